@@ -1,0 +1,73 @@
+"""How one candidate is scored: plain functions of (tensor, norm, item) that run in a worker.
+
+They take plain tuples (a tensorization's canonical key) and return plain dicts, so any
+executor (in-process or Ray) can ship them without pickling project classes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .tensorization import AxisSplit, Tensorization
+from .tt_svd import relative_error, tt_svd
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """ε (relative Frobenius error), budget carry-over, the fast path's method and dtype."""
+
+    eps: float
+    carry_over: bool = True
+    method: str = "gram"
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def from_key(key: tuple) -> Tensorization:
+    axes, modes = key
+    return Tensorization(tuple(AxisSplit(n, tuple(d)) for n, d in axes), tuple(map(tuple, modes)))
+
+
+def score(tensor: np.ndarray, norm: float, item: tuple) -> dict:
+    """Fast fitness: TT-SVD on the tensorized data; error predicted from the discarded tails."""
+    key, settings = item
+    settings = EvalSettings(**settings)
+    shape = from_key(key)
+    start = time.perf_counter()
+    data = shape.apply(tensor).astype(settings.dtype, copy=False)
+    tt = tt_svd(data, settings.eps, norm=norm, carry_over=settings.carry_over, method=settings.method)
+    return {"params": tt.params, "ranks": list(tt.ranks), "rel_error": tt.rel_error,
+            "seconds": time.perf_counter() - start}
+
+
+def confirm(tensor: np.ndarray, norm: float, item: tuple) -> dict:
+    """Float64 SVD sweep; the error is *measured* by reconstruction on the unpadded data."""
+    key, settings = item
+    settings = EvalSettings(**settings)
+    shape = from_key(key)
+    start = time.perf_counter()
+    data = shape.apply(tensor.astype(np.float64, copy=False))
+    tt = tt_svd(data, settings.eps, norm=norm, carry_over=settings.carry_over, method="svd")
+    approx = shape.invert(np.asarray(tt.to_tensor()))
+    return {"params": tt.params, "ranks": list(tt.ranks), "predicted_error": tt.rel_error,
+            "rel_error": relative_error(tensor.astype(np.float64, copy=False), approx),
+            "cores": [np.asarray(c) for c in tt.cores], "seconds": time.perf_counter() - start}
+
+
+def unfolding_spectrum(tensor: np.ndarray, norm: float, item: tuple) -> np.ndarray:
+    """Squared singular values (descending, float64) of the unfolding whose rows are the
+    first ``state[a]`` digits of every axis ``a``."""
+    axes, state = item
+    axes = tuple(AxisSplit(n, tuple(d)) for n, d in axes)
+    rest = tuple(len(a.digits) - s for a, s in zip(axes, state))
+    shape = Tensorization(axes, (tuple(state), rest))
+    mat = shape.apply(tensor.astype(np.float64, copy=False))
+    rows, cols = shape.mode_sizes
+    mat = mat.reshape(rows, cols)
+    gram = mat @ mat.T if rows <= cols else mat.T @ mat
+    return np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None)

@@ -1,0 +1,125 @@
+"""Where evaluations run: in this process, or on persistent Ray actors.
+
+Both expose ``map(func, items) -> list`` in input order, where ``func(tensor, norm, item)``
+is a module-level function.  The Ray executor puts the tensor in the object store once,
+keeps one actor per CPU alive for the whole search (one BLAS thread each), hands the next
+task to whichever actor frees up first (evaluation times vary ~30×), and restarts a dead
+actor and retries its task.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+THREAD_VARS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def limit_threads() -> None:
+    """One BLAS/torch thread in this process."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # torch is optional for the search itself
+        pass
+
+
+class LocalExecutor:
+    """Runs every evaluation in this process (for tiny tensors and tests)."""
+
+    workers = 1
+
+    def __init__(self, tensor: np.ndarray, norm: float) -> None:
+        self.tensor, self.norm = tensor, norm
+
+    def map(self, func: Callable, items: Sequence) -> list:
+        return [func(self.tensor, self.norm, item) for item in items]
+
+    def close(self) -> None:
+        pass
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join ``address`` (or ``RAY_ADDRESS``), else start a loopback-only local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        # a local Ray otherwise listens on the machine's public interface and writes a token
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+             log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": dict(THREAD_VARS)})
+
+
+def _worker_class():
+    import ray
+
+    @ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)
+    class FitnessWorker:
+        def __init__(self, refs: list, norm: float) -> None:
+            limit_threads()
+            # a nested ref is fetched here, so a restarted actor fetches it again
+            self.tensor, self.norm = ray.get(refs[0]), norm  # zero-copy, read-only
+
+        def run(self, func: Callable, index: int, item) -> tuple:
+            return index, func(self.tensor, self.norm, item)
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    return FitnessWorker
+
+
+class RayExecutor:
+    """A persistent pool of Ray actors that each hold the tensor."""
+
+    def __init__(self, tensor: np.ndarray, norm: float, workers: int | None = None,
+                 address: str | None = None) -> None:
+        import ray
+        from ray.util import ActorPool
+
+        start_ray(address, workers)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.workers = max(1, min(workers or cpus, cpus))
+        ref = ray.put(np.ascontiguousarray(tensor))
+        worker = _worker_class()
+        self.actors = [worker.remote([ref], norm) for _ in range(self.workers)]
+        self._ref = ref  # keep alive: restarted actors read it again
+        self.pool = ActorPool(self.actors)
+
+    def map(self, func: Callable, items: Sequence) -> list:
+        out: list = [None] * len(items)
+        tasks = list(enumerate(items))
+        for index, value in self.pool.map_unordered(lambda a, t: a.run.remote(func, *t), tasks):
+            out[index] = value
+        return out
+
+    def pids(self) -> list[int]:
+        import ray
+
+        return ray.get([a.pid.remote() for a in self.actors])
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+
+def make_executor(tensor: np.ndarray, norm: float, workers: int | None = None,
+                  address: str | None = None):
+    """``workers=0`` runs in process; otherwise Ray (local unless an address is given)."""
+    if workers == 0:
+        return LocalExecutor(tensor, norm)
+    return RayExecutor(tensor, norm, workers, address)

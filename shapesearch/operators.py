@@ -1,0 +1,150 @@
+"""Variation operators on tensorizations.  Every operator returns a valid tensorization
+(or ``None`` when it does not apply), so the GA never needs a repair step."""
+
+from __future__ import annotations
+
+import random
+
+from .tensorization import AxisSplit, Tensorization, padding_candidates, prime_factors, retarget
+
+
+class ShapeSpace:
+    """What may vary for a tensor of this shape: per-axis padding and the mode grouping."""
+
+    def __init__(self, shape: tuple[int, ...], max_pad: float = 0.25, max_prime: int = 7,
+                 min_order: int = 2) -> None:
+        self.shape = tuple(shape)
+        self.min_order = min_order
+        self.paddings = [padding_candidates(n, max_pad, max_prime) if n >= 4 else (n,)
+                         for n in self.shape]
+
+    def axis(self, a: int, padded: int) -> AxisSplit:
+        return AxisSplit(self.shape[a], tuple(prime_factors(padded)))
+
+    def smooth_axes(self) -> tuple[AxisSplit, ...]:
+        """Each axis padded to its nearest candidate whose primes are all small."""
+        return tuple(self.axis(a, p[1] if len(p) > 1 and max(prime_factors(n) or [1]) > 7 else p[0])
+                     for a, (n, p) in enumerate(zip(self.shape, self.paddings)))
+
+    def valid(self, t: Tensorization | None) -> bool:
+        return t is not None and t.order >= self.min_order
+
+
+def _drop_empty(axes, modes) -> Tensorization:
+    return Tensorization(axes, tuple(tuple(m) for m in modes if sum(m) > 0))
+
+
+def move_digit(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
+    """Move one digit across the boundary between two neighbouring modes."""
+    if t.order < 2:
+        return None
+    k = rng.randrange(t.order - 1)
+    down = rng.random() < 0.5
+    src = k if down else k + 1
+    axes = [a for a, c in enumerate(t.modes[src]) if c > 0]
+    a = rng.choice(axes)
+    modes = [list(m) for m in t.modes]
+    modes[src][a] -= 1
+    modes[k + 1 if down else k][a] += 1
+    return _drop_empty(t.axes, modes)
+
+
+def split_mode(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
+    """Split one mode into two neighbours (the first keeps the coarser digits)."""
+    big = [k for k, m in enumerate(t.modes) if sum(m) >= 2]
+    if not big:
+        return None
+    k = rng.choice(big)
+    m = t.modes[k]
+    while True:
+        first = [rng.randint(0, c) for c in m]
+        if 0 < sum(first) < sum(m):
+            break
+    second = [c - f for c, f in zip(m, first)]
+    return Tensorization(t.axes, t.modes[:k] + (tuple(first), tuple(second)) + t.modes[k + 1:])
+
+
+def merge_modes(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
+    """Merge two neighbouring modes."""
+    if t.order <= space.min_order:
+        return None
+    k = rng.randrange(t.order - 1)
+    merged = tuple(x + y for x, y in zip(t.modes[k], t.modes[k + 1]))
+    return Tensorization(t.axes, t.modes[:k] + (merged,) + t.modes[k + 2:])
+
+
+def swap_modes(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
+    """Exchange the digit counts of two neighbouring modes."""
+    if t.order < 2:
+        return None
+    k = rng.randrange(t.order - 1)
+    if t.modes[k] == t.modes[k + 1]:
+        return None
+    return Tensorization(t.axes, t.modes[:k] + (t.modes[k + 1], t.modes[k]) + t.modes[k + 2:])
+
+
+def reorder_axis(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
+    """Swap two neighbouring, different digits of one axis (changes which index is coarse)."""
+    options = [(a, i) for a, ax in enumerate(t.axes) for i in range(len(ax.digits) - 1)
+               if ax.digits[i] != ax.digits[i + 1]]
+    if not options:
+        return None
+    a, i = rng.choice(options)
+    d = list(t.axes[a].digits)
+    d[i], d[i + 1] = d[i + 1], d[i]
+    axes = t.axes[:a] + (AxisSplit(t.axes[a].size, tuple(d)),) + t.axes[a + 1:]
+    return Tensorization(axes, t.modes)
+
+
+def change_padding(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
+    """Move one axis to a neighbouring padded length; its digits are regrouped in place."""
+    options = [a for a, p in enumerate(space.paddings) if len(p) > 1]
+    if not options:
+        return None
+    a = rng.choice(options)
+    cands = space.paddings[a]
+    i = cands.index(t.axes[a].padded) if t.axes[a].padded in cands else 0
+    j = min(max(i + rng.choice((-1, 1)), 0), len(cands) - 1)
+    if j == i:
+        return None
+    axes = t.axes[:a] + (space.axis(a, cands[j]),) + t.axes[a + 1:]
+    return retarget(t, axes)
+
+
+MUTATIONS = (move_digit, move_digit, split_mode, merge_modes, swap_modes, reorder_axis, change_padding)
+
+
+def mutate(t: Tensorization, rng: random.Random, space: ShapeSpace, tries: int = 20) -> Tensorization:
+    """One random operator that changes ``t`` (``t`` itself if none applies)."""
+    for _ in range(tries):
+        child = rng.choice(MUTATIONS)(t, rng, space)
+        if space.valid(child) and child.key != t.key:
+            return child
+    return t
+
+
+def _states(t: Tensorization) -> list[tuple[int, ...]]:
+    acc = [0] * len(t.axes)
+    out = [tuple(acc)]
+    for m in t.modes:
+        acc = [x + c for x, c in zip(acc, m)]
+        out.append(tuple(acc))
+    return out
+
+
+def crossover(p1: Tensorization, p2: Tensorization, rng: random.Random,
+              space: ShapeSpace) -> Tensorization:
+    """A child with p1's coarse modes up to a cut and p2's fine modes after it; each axis'
+    split (padding, digit order) is inherited from either parent."""
+    axes = tuple(x if rng.random() < 0.5 else y for x, y in zip(p1.axes, p2.axes))
+    a, b = retarget(p1, axes), retarget(p2, axes)
+    if a.order < 2:
+        return a
+    sa, sb = _states(a), _states(b)
+    i = rng.randrange(1, a.order)
+    cut = sa[i]
+    j = next(j for j, s in enumerate(sb) if all(x >= c for x, c in zip(s, cut)))
+    bridge = tuple(x - c for x, c in zip(sb[j], cut))
+    modes = a.modes[:i] + ((bridge,) if any(bridge) else ()) + b.modes[j:]
+    child = Tensorization(axes, modes)
+    return child if space.valid(child) else a

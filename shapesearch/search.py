@@ -1,0 +1,251 @@
+"""The DEAP genetic algorithm over tensorizations.
+
+(μ+λ) evolution with DEAP's ``varOr`` and truncation selection (so the best shapes always
+survive), a fitness cache keyed by the canonical shape, surrogate-seeded start, stopping
+by generations / stall / wall time, and a JSON checkpoint every generation.  Fitness is
+(parameters, predicted error), lexicographic and minimised; every candidate meets ε by
+construction.  The best few are re-scored in float64 and their error measured.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from deap import algorithms, base, creator, tools
+
+from . import checkpoint
+from .evaluation import EvalSettings, confirm, from_key, score
+from .operators import ShapeSpace, crossover, mutate
+from .surrogate import surrogate_seeds
+from .tensorization import Tensorization, interleaved, natural_axes, original
+
+# at module level so that DEAP's classes exist wherever this module is imported
+creator.create("ShapeFitness", base.Fitness, weights=(-1.0, -1.0))
+creator.create("ShapeIndividual", list, fitness=creator.ShapeFitness)
+
+
+@dataclass
+class SearchConfig:
+    """GA settings.  ``eps``: relative Frobenius error bound; ``time_limit`` in seconds."""
+
+    eps: float = 0.1
+    population: int = 24
+    generations: int = 30
+    stall: int = 8
+    time_limit: float | None = None
+    seed: int = 0
+    cxpb: float = 0.4
+    mutpb: float = 0.6
+    carry_over: bool = True
+    max_pad: float = 0.25
+    max_order: int = 12
+    confirm_top: int = 4
+
+    def check(self) -> None:
+        if not 0.0 < self.eps < 1.0:
+            raise ValueError(f"--eps must be in (0, 1), got {self.eps}")
+        if self.population < 2:
+            raise ValueError(f"--population must be at least 2, got {self.population}")
+        if self.generations < 0:
+            raise ValueError(f"--generations must be >= 0, got {self.generations}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise ValueError(f"--time-limit must be positive seconds, got {self.time_limit}")
+
+
+@dataclass
+class SearchResult:
+    """The confirmed winner and how the search got there.  CR = original entries / params."""
+
+    shape: Tensorization
+    ranks: tuple[int, ...]
+    params: int
+    cr: float
+    rel_error: float
+    cores: list
+    evaluations: int
+    cache_hits: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    surrogate: list[dict] = field(default_factory=list)
+
+
+def _individual(shape: Tensorization):
+    return creator.ShapeIndividual([shape])
+
+
+class _Engine:
+    def __init__(self, tensor: np.ndarray, config: SearchConfig, executor) -> None:
+        self.tensor, self.config, self.executor = tensor, config, executor
+        self.norm = float(np.linalg.norm(tensor))
+        self.space = ShapeSpace(tensor.shape, config.max_pad)
+        self.settings = EvalSettings(config.eps, config.carry_over).to_dict()
+        self.cache: dict[tuple, dict] = {}
+        self.evaluations = self.cache_hits = 0
+        self.toolbox = base.Toolbox()
+        self.toolbox.register("mate", self._mate)
+        self.toolbox.register("mutate", self._mutate)
+
+    # -- DEAP operator wrappers (individuals hold one tensorization) ---------------------------
+    def _mate(self, a, b):
+        a[0], b[0] = crossover(a[0], b[0], random, self.space), crossover(b[0], a[0], random, self.space)
+        return a, b
+
+    def _mutate(self, ind):
+        shape = mutate(ind[0], random, self.space)
+        for _ in range(3):  # spend evaluations on shapes not seen yet
+            if shape.key not in self.cache:
+                break
+            shape = mutate(shape, random, self.space)
+        ind[0] = shape
+        return (ind,)
+
+    # -- fitness -------------------------------------------------------------------------------
+    def evaluate(self, individuals: list) -> None:
+        todo = []
+        for ind in individuals:
+            key = ind[0].key
+            if key in self.cache or key in todo:
+                self.cache_hits += 1
+            else:
+                todo.append(key)
+        results = self.executor.map(score, [(k, self.settings) for k in todo])
+        self.evaluations += len(todo)
+        self.cache.update(zip(todo, results))
+        for ind in individuals:
+            rec = self.cache[ind[0].key]
+            ind.fitness.values = (rec["params"], rec["rel_error"])
+
+    # -- start ---------------------------------------------------------------------------------
+    def seeds(self) -> tuple[list[Tensorization], list[dict]]:
+        axes = natural_axes(self.tensor.shape)
+        shapes = [original(axes)]
+        spatial = sum(1 for n in self.tensor.shape if n > 8) or len(axes)
+        shapes.append(interleaved(axes, spatial))
+        notes = []
+        for ax in dict.fromkeys([axes, self.space.smooth_axes()]):
+            for s in surrogate_seeds(self.executor, ax, self.config.eps, self.norm, self.config.max_order):
+                shapes.append(s.shape)
+                notes.append({"order": s.shape.order, "shape": s.shape.describe(),
+                              "bound_params": s.bound_params, "key": checkpoint.key_to_json(s.shape.key)})
+        unique = list({s.key: s for s in shapes if self.space.valid(s)}.values())
+        return unique, notes
+
+    def initial_population(self, seeds: list[Tensorization]) -> list:
+        mu = self.config.population
+        pop = [_individual(s) for s in seeds]
+        self.evaluate(pop)
+        pop = tools.selBest(pop, mu)
+        keys = {ind[0].key for ind in pop}
+        tries = 0
+        while len(pop) < mu and tries < 50 * mu:
+            tries += 1
+            shape = random.choice(seeds)
+            for _ in range(random.randint(1, 3)):
+                shape = mutate(shape, random, self.space)
+            if shape.key not in keys:
+                keys.add(shape.key)
+                pop.append(_individual(shape))
+        self.evaluate(pop)
+        return pop
+
+    def step(self, pop: list) -> list:
+        offspring = algorithms.varOr(pop, self.toolbox, len(pop), self.config.cxpb, self.config.mutpb)
+        self.evaluate(offspring)
+        unique = list({ind[0].key: ind for ind in pop + offspring}.values())
+        return tools.selBest(unique, self.config.population)
+
+    def confirm_best(self) -> dict:
+        ranked = sorted(self.cache.items(), key=lambda kv: (kv[1]["params"], kv[1]["rel_error"]))
+        top = [k for k, _ in ranked[: self.config.confirm_top]]
+        confirmed = self.executor.map(confirm, [(k, self.settings) for k in top])
+        ok = [(c["params"], c["rel_error"], k, c) for k, c in zip(top, confirmed)
+              if c["rel_error"] <= self.config.eps]
+        if not ok:
+            raise RuntimeError("no candidate met the error bound when measured in float64")
+        _, _, key, rec = min(ok, key=lambda x: (x[0], x[1]))
+        return {"key": key, **rec}
+
+
+def run_search(tensor: np.ndarray, config: SearchConfig, executor, *,
+               checkpoint_dir: Path | None = None, resume: bool = False,
+               on_generation: Callable[[dict], None] | None = None) -> SearchResult:
+    """Search the tensorization of ``tensor`` with the fewest TT parameters at error ≤ ε."""
+    config.check()
+    start = time.perf_counter()
+    engine = _Engine(tensor, config, executor)
+    fp = checkpoint.fingerprint(tensor)
+    if resume:
+        state = checkpoint.load(checkpoint_dir)
+        if state["fingerprint"] != fp:
+            raise ValueError("the checkpoint belongs to different data; resume with the same input")
+        if state["config"]["eps"] != config.eps or state["config"]["seed"] != config.seed:
+            raise ValueError("resume with the same --eps and --seed as the checkpointed run")
+        engine.cache = {checkpoint.key_from_json(k): v for k, v in state["cache"]}
+        engine.evaluations, engine.cache_hits = state["evaluations"], state["cache_hits"]
+        pop = [_individual(from_key(checkpoint.key_from_json(k))) for k in state["population"]]
+        for ind in pop:
+            rec = engine.cache[ind[0].key]
+            ind.fitness.values = (rec["params"], rec["rel_error"])
+        checkpoint.set_rng_state(state["rng"])
+        history, surrogate, gen = state["history"], state["surrogate"], state["generation"]
+        stall, elapsed0 = state["stall"], state["elapsed"]
+    else:
+        random.seed(config.seed)
+        seeds, surrogate = engine.seeds()
+        pop = engine.initial_population(seeds)
+        history, gen, stall, elapsed0 = [], 0, 0, 0.0
+
+    def record() -> None:
+        best = pop[0].fitness.values
+        history.append({"generation": gen, "best_params": int(best[0]),
+                        "best_cr": tensor.size / best[0],
+                        "mean_cr": float(np.mean([tensor.size / i.fitness.values[0] for i in pop])),
+                        "evaluations": engine.evaluations, "cache_hits": engine.cache_hits,
+                        "elapsed": elapsed0 + time.perf_counter() - start})
+        if on_generation:
+            on_generation(history[-1])
+        if checkpoint_dir is not None:
+            checkpoint.save(checkpoint_dir, {
+                "config": asdict(config), "fingerprint": fp, "generation": gen,
+                "population": [checkpoint.key_to_json(i[0].key) for i in pop],
+                "cache": [[checkpoint.key_to_json(k), v] for k, v in engine.cache.items()],
+                "rng": checkpoint.rng_state(), "history": history, "surrogate": surrogate,
+                "evaluations": engine.evaluations, "cache_hits": engine.cache_hits,
+                "stall": stall, "elapsed": history[-1]["elapsed"]})
+
+    if not resume:
+        pop = tools.selBest(pop, config.population)
+        record()
+    last_gen_time = 0.0
+    while gen < config.generations and stall < config.stall:
+        elapsed = elapsed0 + time.perf_counter() - start
+        if config.time_limit is not None and elapsed + last_gen_time > config.time_limit:
+            break
+        t0 = time.perf_counter()
+        before = pop[0].fitness.values
+        pop = engine.step(pop)
+        gen += 1
+        stall = stall + 1 if pop[0].fitness.values >= before else 0
+        last_gen_time = time.perf_counter() - t0
+        record()
+
+    best = engine.confirm_best()
+    shape = from_key(best["key"])
+    return SearchResult(shape=shape, ranks=tuple(best["ranks"]), params=best["params"],
+                        cr=tensor.size / best["params"], rel_error=best["rel_error"],
+                        cores=best["cores"], evaluations=engine.evaluations,
+                        cache_hits=engine.cache_hits,
+                        seconds=elapsed0 + time.perf_counter() - start,
+                        history=history, surrogate=surrogate)
+
+
+def psnr(reference: np.ndarray, approx: np.ndarray, peak: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB for data scaled to [0, peak]."""
+    mse = float(np.mean((reference - approx) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)

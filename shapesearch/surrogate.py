@@ -1,0 +1,105 @@
+"""Unfolding-spectrum surrogate: guaranteed parameter upper bounds, by shortest path.
+
+For fixed axis splits, the k-th TT unfolding of a tensorization depends only on the
+*state* after k modes (how many digits of each axis are consumed), not on the path there.
+So the spectra of all states are computed once; for d modes with the uniform per-cut
+threshold δ = ε‖A‖/√(d−1), r(S) is the smallest rank whose tail is ≤ δ, and the cheapest
+d-edge path from the empty to the full state, edge S→S' costing r(S)·n(S→S')·r(S'), is a
+tensorization whose real TT-SVD (uniform or carry-over budget) has at most that many
+parameters: projections only shrink singular values (Oseledets 2011, Thm 2.2).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from .evaluation import unfolding_spectrum
+from .tensorization import AxisSplit, Tensorization, from_states
+
+MAX_STATES = 2500
+
+
+@dataclass(frozen=True)
+class SurrogateShape:
+    shape: Tensorization
+    bound_params: int
+
+
+def lattice_states(axes: tuple[AxisSplit, ...]) -> list[tuple[int, ...]]:
+    """All digit-count states, in an order where every state follows those it dominates."""
+    return list(itertools.product(*(range(len(a.digits) + 1) for a in axes)))
+
+
+def compute_spectra(executor, axes: tuple[AxisSplit, ...]) -> dict[tuple[int, ...], np.ndarray]:
+    """Squared singular values of every non-trivial unfolding, computed on the executor."""
+    states = lattice_states(axes)
+    full = states[-1]
+    inner = [s for s in states if any(s) and s != full]
+    plain_axes = tuple((a.size, a.digits) for a in axes)
+    spectra = executor.map(unfolding_spectrum, [(plain_axes, s) for s in inner])
+    return dict(zip(inner, spectra))
+
+
+def _ranks(spectra: dict, states: list, delta2: float) -> np.ndarray:
+    ranks = np.ones(len(states))
+    for i, s in enumerate(states):
+        eigs = spectra.get(s)
+        if eigs is None:
+            continue
+        tails = np.maximum(eigs.sum() - np.cumsum(eigs), 0.0)
+        ranks[i] = min(int(np.searchsorted(-tails, -delta2, side="left")) + 1, len(eigs))
+    return ranks
+
+
+def shortest_paths(spectra: dict, axes: tuple[AxisSplit, ...], eps: float, norm: float,
+                   orders: range) -> list[SurrogateShape]:
+    """For each order d in ``orders``, the tensorization with the least bounded parameters."""
+    states = lattice_states(axes)
+    if len(states) > MAX_STATES:
+        return []
+    arr = np.array(states)
+    logsize = np.zeros(len(states))
+    for a, axis in enumerate(axes):
+        prefix = np.concatenate([[0.0], np.cumsum(np.log(axis.digits))]) if axis.digits else np.zeros(1)
+        logsize += prefix[arr[:, a]]
+    dominated = np.all(arr[:, None, :] <= arr[None, :, :], axis=2) & ~np.eye(len(states), dtype=bool)
+    # n(S→S') = size(S') / size(S): the product of the digits the edge adds
+    edge = np.where(dominated, np.exp(logsize[None, :] - logsize[:, None]), np.inf)
+    edge = np.round(edge)
+    out = []
+    for d in orders:
+        delta2 = (eps * norm) ** 2 / max(d - 1, 1)
+        r = _ranks(spectra, states, delta2)
+        cost = r[:, None] * edge * r[None, :]
+        best = np.full(len(states), np.inf)
+        best[0] = 0.0
+        back = []
+        for _ in range(d):
+            total = best[:, None] + cost
+            arg = np.argmin(total, axis=0)
+            best = total[arg, np.arange(len(states))]
+            back.append(arg)
+        if not np.isfinite(best[-1]):
+            continue
+        path, node = [len(states) - 1], len(states) - 1
+        for arg in reversed(back):
+            node = int(arg[node])
+            path.append(node)
+        chain = [states[i] for i in reversed(path)]
+        out.append(SurrogateShape(from_states(axes, chain), int(best[-1])))
+    return out
+
+
+def surrogate_seeds(executor, axes: tuple[AxisSplit, ...], eps: float, norm: float,
+                    max_order: int = 12) -> list[SurrogateShape]:
+    """Bounded-best shapes for d = 2 … max_order (none if the lattice is too large)."""
+    if len(lattice_states(axes)) > MAX_STATES:
+        return []
+    total_digits = sum(len(a.digits) for a in axes)
+    spectra = compute_spectra(executor, axes)
+    top = min(max_order, total_digits)
+    return shortest_paths(spectra, axes, eps, norm, range(2, top + 1))
+
