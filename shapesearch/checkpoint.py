@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UsageError
+
 CHECKPOINT = "checkpoint.json"
 
 
@@ -49,8 +51,8 @@ def save(directory: Path, state: dict) -> None:
 def load(directory: Path) -> dict:
     path = Path(directory) / CHECKPOINT
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: --resume needs the --out directory of an earlier run")
+        raise UsageError(f"{path} not found: --resume needs the --out directory of an earlier run")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not a valid checkpoint ({exc}); start a new run instead") from exc
+        raise UsageError(f"{path} is not a valid checkpoint ({exc}); start a new run instead") from exc

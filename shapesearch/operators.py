@@ -148,3 +148,19 @@ def crossover(p1: Tensorization, p2: Tensorization, rng: random.Random,
     modes = a.modes[:i] + ((bridge,) if any(bridge) else ()) + b.modes[j:]
     child = Tensorization(axes, modes)
     return child if space.valid(child) else a
+
+
+def random_shape(space: ShapeSpace, rng: random.Random, max_order: int = 12) -> Tensorization:
+    """A uniformly drawn padding and digit order per axis and a random grouping into modes."""
+    axes = []
+    for a, cands in enumerate(space.paddings):
+        digits = list(space.axis(a, rng.choice(cands)).digits)
+        rng.shuffle(digits)
+        axes.append(AxisSplit(space.shape[a], tuple(digits)))
+    total = sum(len(x.digits) for x in axes)
+    d = rng.randint(min(space.min_order, total), max(min(max_order, total), 1))
+    counts = [[0] * len(axes) for _ in range(d)]
+    for a, axis in enumerate(axes):
+        for k in sorted(rng.randrange(d) for _ in axis.digits):
+            counts[k][a] += 1
+    return _drop_empty(tuple(axes), counts)

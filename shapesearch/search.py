@@ -9,7 +9,6 @@ construction.  The best few are re-scored in float64 and their error measured.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import numpy as np
 from deap import algorithms, base, creator, tools
 
 from . import checkpoint
+from .errors import UsageError
 from .evaluation import EvalSettings, confirm, from_key, score
 from .operators import ShapeSpace, crossover, mutate
 from .surrogate import surrogate_seeds
@@ -49,13 +49,13 @@ class SearchConfig:
 
     def check(self) -> None:
         if not 0.0 < self.eps < 1.0:
-            raise ValueError(f"--eps must be in (0, 1), got {self.eps}")
+            raise UsageError(f"--eps must be in (0, 1), got {self.eps}")
         if self.population < 2:
-            raise ValueError(f"--population must be at least 2, got {self.population}")
+            raise UsageError(f"--population must be at least 2, got {self.population}")
         if self.generations < 0:
-            raise ValueError(f"--generations must be >= 0, got {self.generations}")
+            raise UsageError(f"--generations must be >= 0, got {self.generations}")
         if self.time_limit is not None and self.time_limit <= 0:
-            raise ValueError(f"--time-limit must be positive seconds, got {self.time_limit}")
+            raise UsageError(f"--time-limit must be positive seconds, got {self.time_limit}")
 
 
 @dataclass
@@ -73,6 +73,7 @@ class SearchResult:
     seconds: float
     history: list[dict] = field(default_factory=list)
     surrogate: list[dict] = field(default_factory=list)
+    reference: dict = field(default_factory=dict)
 
 
 def _individual(shape: Tensorization):
@@ -122,13 +123,28 @@ class _Engine:
             ind.fitness.values = (rec["params"], rec["rel_error"])
 
     # -- start ---------------------------------------------------------------------------------
-    def seeds(self) -> tuple[list[Tensorization], list[dict]]:
+    def reference_shapes(self) -> dict[str, Tensorization]:
+        """The tensor as it is, and classic ket augmentation (large axes interleaved digit by
+        digit, small ones such as a colour channel last)."""
         axes = natural_axes(self.tensor.shape)
-        shapes = [original(axes)]
         spatial = sum(1 for n in self.tensor.shape if n > 8) or len(axes)
-        shapes.append(interleaved(axes, spatial))
+        big_first = tuple(sorted(range(len(axes)), key=lambda a: self.tensor.shape[a] <= 8))
+        ka = interleaved(axes, spatial) if big_first == tuple(range(len(axes))) else original(axes)
+        return {"original": original(axes), "ket_augmentation": ka}
+
+    def reference(self) -> dict:
+        out = {}
+        for name, shape in self.reference_shapes().items():
+            rec = self.cache.get(shape.key)
+            if rec is not None:
+                out[name] = {"modes": shape.describe(), "params": rec["params"],
+                             "cr": self.tensor.size / rec["params"], "rel_error": rec["rel_error"]}
+        return out
+
+    def seeds(self) -> tuple[list[Tensorization], list[dict]]:
+        shapes = list(self.reference_shapes().values())
         notes = []
-        for ax in dict.fromkeys([axes, self.space.smooth_axes()]):
+        for ax in dict.fromkeys([natural_axes(self.tensor.shape), self.space.smooth_axes()]):
             for s in surrogate_seeds(self.executor, ax, self.config.eps, self.norm, self.config.max_order):
                 shapes.append(s.shape)
                 notes.append({"order": s.shape.order, "shape": s.shape.describe(),
@@ -183,9 +199,9 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor, *,
     if resume:
         state = checkpoint.load(checkpoint_dir)
         if state["fingerprint"] != fp:
-            raise ValueError("the checkpoint belongs to different data; resume with the same input")
+            raise UsageError("the checkpoint belongs to different data; resume with the same input")
         if state["config"]["eps"] != config.eps or state["config"]["seed"] != config.seed:
-            raise ValueError("resume with the same --eps and --seed as the checkpointed run")
+            raise UsageError("resume with the same --eps and --seed as the checkpointed run")
         engine.cache = {checkpoint.key_from_json(k): v for k, v in state["cache"]}
         engine.evaluations, engine.cache_hits = state["evaluations"], state["cache_hits"]
         pop = [_individual(from_key(checkpoint.key_from_json(k))) for k in state["population"]]
@@ -242,10 +258,5 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor, *,
                         cores=best["cores"], evaluations=engine.evaluations,
                         cache_hits=engine.cache_hits,
                         seconds=elapsed0 + time.perf_counter() - start,
-                        history=history, surrogate=surrogate)
+                        history=history, surrogate=surrogate, reference=engine.reference())
 
-
-def psnr(reference: np.ndarray, approx: np.ndarray, peak: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB for data scaled to [0, peak]."""
-    mse = float(np.mean((reference - approx) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)

@@ -1,0 +1,87 @@
+"""What a run leaves in ``--out``: ``tt.safetensors`` (cores + how to undo the
+tensorization), ``result.json``, a reconstruction and a convergence plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorly as tl
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+from tensorly.tt_tensor import TTTensor
+
+from .errors import UsageError
+from .tensorization import Tensorization
+
+TT_FILE = "tt.safetensors"
+RESULT_FILE = "result.json"
+FORMAT = "shapesearch-tt/1"
+
+
+def save_tt(path: Path, cores: list[np.ndarray], shape: Tensorization, meta: dict) -> None:
+    """Cores as ``core_0 … core_{d-1}`` (float64); the tensorization and ``meta`` as metadata."""
+    tensors = {f"core_{k}": np.ascontiguousarray(c, dtype=np.float64) for k, c in enumerate(cores)}
+    header = {"format": FORMAT, "tensorization": json.dumps(shape.to_dict()),
+              "meta": json.dumps(meta)}
+    save_file(tensors, str(path), metadata=header)
+
+
+def load_tt(path: Path) -> tuple[list[np.ndarray], Tensorization, dict]:
+    """Read a ``tt.safetensors`` written by :func:`save_tt`, checking that it is consistent."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TT_FILE
+    if not path.is_file():
+        raise UsageError(f"{path} not found; point to a run's --out directory or its {TT_FILE}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not a readable safetensors file ({exc})") from exc
+    if header.get("format") != FORMAT:
+        raise UsageError(f"{path} was not written by shapesearch (format {header.get('format')!r})")
+    shape = Tensorization.from_dict(json.loads(header["tensorization"]))
+    cores = [tensors[f"core_{k}"] for k in range(len(tensors))]
+    sizes = tuple(c.shape[1] for c in cores)
+    if sizes != shape.mode_sizes:
+        raise UsageError(f"{path}: core mode sizes {sizes} do not match the stored tensorization")
+    return cores, shape, json.loads(header["meta"])
+
+
+def reconstruct(cores: list[np.ndarray], shape: Tensorization) -> np.ndarray:
+    """The full tensor in its original axes (padding removed)."""
+    with tl.backend_context("numpy"):
+        return shape.invert(np.asarray(tl.tt_to_tensor(TTTensor(cores))))
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def plot_convergence(history: list[dict], path: Path, title: str) -> None:
+    """Best and mean CR per generation, against evaluations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = [h["evaluations"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(evals, [h["best_cr"] for h in history], marker="o", label="best CR")
+    ax.plot(evals, [h["mean_cr"] for h in history], linestyle="--", label="population mean CR")
+    ax.set_xlabel("TT-SVD evaluations")
+    ax.set_ylabel("compression ratio (original entries / TT parameters)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

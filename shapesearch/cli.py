@@ -1,0 +1,196 @@
+"""``shapesearch`` command line: image / tensor searches and reconstruction."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(2, f"shapesearch: error: {message} (see --help)\n")
+
+
+def _search_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eps", type=float, default=0.1, help="relative Frobenius error bound (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--generations", type=int, default=30, help="at most this many generations")
+    p.add_argument("--population", type=int, default=24)
+    p.add_argument("--stall", type=int, default=8, help="stop after this many generations without gain")
+    p.add_argument("--time-limit", type=float, default=None, help="wall seconds for the search")
+    p.add_argument("--workers", type=int, default=None,
+                   help="Ray workers (default: one per CPU; 0 = in this process)")
+    p.add_argument("--address", default=None, help="join this Ray cluster (or set RAY_ADDRESS)")
+    p.add_argument("--no-carry-over", action="store_true",
+                   help="uniform per-cut error budget (as in the seed paper's code)")
+    p.add_argument("--out", type=Path, default=None, help="result directory")
+    p.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                   help="continue the checkpointed run in DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="shapesearch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    img = sub.add_parser("image", help="find the TT shape that compresses an image most at error ≤ ε")
+    img.add_argument("path", nargs="?", default=None, help="PNG/JPEG (default: the bundled astronaut)")
+    _search_options(img)
+    ten = sub.add_parser("tensor", help="the same for an array in .npy or .safetensors")
+    ten.add_argument("path", help="FILE.npy or FILE.safetensors")
+    ten.add_argument("--key", default=None, help="tensor name inside a .safetensors file")
+    _search_options(ten)
+    rec = sub.add_parser("reconstruct", help="rebuild the data from a run's tt.safetensors alone")
+    rec.add_argument("dir", type=Path, help="a run's --out directory (or its tt.safetensors)")
+    rec.add_argument("--out", type=Path, required=True, help="FILE.png, FILE.npy or FILE.safetensors")
+    rec.add_argument("--overwrite", action="store_true")
+    rec.add_argument("--json", action="store_true")
+    return parser
+
+
+def load_array(path: Path, key: str | None) -> np.ndarray:
+    """A real array from .npy (never unpickled) or .safetensors."""
+    if not path.is_file():
+        raise UsageError(f"{path} not found; give a .npy or .safetensors file")
+    if path.suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise UsageError(f"{path}: {exc}; save a plain numeric array") from exc
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, TypeError) as exc:
+            raise UsageError(f"{path} is not a readable safetensors file ({exc})") from exc
+        if key is None and len(tensors) != 1:
+            raise UsageError(f"{path} holds {len(tensors)} tensors; choose one with --key "
+                             f"({', '.join(sorted(tensors)[:5])})")
+        name = key or next(iter(tensors))
+        if name not in tensors:
+            raise UsageError(f"{path} has no tensor {name!r}; choose one of {', '.join(sorted(tensors)[:5])}")
+        return tensors[name]
+    raise UsageError(f"{path}: unsupported file type {path.suffix!r}; use .npy or .safetensors")
+
+
+def _search(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
+    from .images import load_image
+    from .pipeline import Job, run_job
+    from .search import SearchConfig
+
+    if args.resume is not None and args.out is not None and args.out != args.resume:
+        raise UsageError("--resume DIR continues in DIR; drop --out or make it the same directory")
+    if args.command == "image":
+        image = load_image(args.path)
+        data, name, kind, bits = image.pixels, image.name, "image", image.bits
+    else:
+        path = Path(args.path)
+        data, name, kind, bits = load_array(path, args.key), path.stem, "array", 0
+    out = args.resume or args.out or Path("shapesearch-out") / f"{name}-eps{args.eps:g}"
+    config = SearchConfig(eps=args.eps, population=args.population, generations=args.generations,
+                          stall=args.stall, time_limit=args.time_limit, seed=args.seed,
+                          carry_over=not args.no_carry_over)
+    job = Job(data=data, name=name, out=out, kind=kind, bits=bits, resume=args.resume is not None,
+              overwrite=args.overwrite, workers=args.workers, address=args.address)
+    bars: list = []  # opened at the first generation, after every input check has passed
+
+    def progress(h: dict) -> None:
+        if not bars:
+            bars.append(tqdm(total=config.generations, desc=f"{name} ε={config.eps:g}", unit="gen",
+                             file=sys.stderr, dynamic_ncols=True))
+        bars[0].n = h["generation"]
+        bars[0].set_postfix(best_cr=f"{h['best_cr']:.2f}", evals=h["evaluations"], hits=h["cache_hits"])
+
+    try:
+        result = run_job(job, config, on_generation=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    result["out"] = str(out)
+    return result
+
+
+def _summary(r: dict) -> str:
+    rows = [
+        ("input", f"{r['input']} {tuple(r['input_shape'])}"),
+        ("TT modes", r["shape"]["text"]),
+        ("mode digits", " | ".join(r["shape"]["composition"])),
+        ("padding", ", ".join(f"{a['size']}→{a['padded']}" for a in r["shape"]["axes"])),
+        ("ranks", "-".join(map(str, r["ranks"]))),
+        ("parameters", f"{r['params']:,} (of {r['original_entries']:,} entries)"),
+        ("CR", f"{r['cr']:.2f}"),
+        ("rel. error", f"{r['rel_error']:.4f} (bound {r['eps']:g}, measured)"),
+        ("PSNR", "exact" if r["psnr"] is None else f"{r['psnr']:.2f} dB"),
+    ]
+    for name, ref in r["reference"].items():
+        rows.append((f"CR {name.replace('_', ' ')}", f"{ref['cr']:.2f} ({ref['modes']})"))
+    if r["surrogate"]:
+        best = min(r["surrogate"], key=lambda s: s["bound_params"])
+        rows.append(("CR surrogate", f"≥ {r['original_entries'] / best['bound_params']:.2f} "
+                                     f"({best['shape']}, guaranteed)"))
+    rows += [
+        ("evaluations", f"{r['evaluations']} TT-SVDs, {r['cache_hits']} cache hits, "
+                        f"{r['generations']} generations, {r['workers']} worker(s)"),
+        ("wall time", f"{r['wall_seconds']:.1f} s"),
+        ("output", r["out"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _reconstruct(args: argparse.Namespace) -> dict:
+    from . import artifacts
+    from .images import save_image
+
+    cores, shape, meta = artifacts.load_tt(args.dir)
+    if args.out.exists() and not args.overwrite:
+        raise UsageError(f"{args.out} exists; choose another --out or pass --overwrite")
+    data = artifacts.reconstruct(cores, shape)
+    suffix = args.out.suffix.lower()
+    if suffix == ".png":
+        if meta.get("kind") != "image":
+            raise UsageError("this TT holds an array, not an image; write .npy or .safetensors")
+        save_image(data, int(meta["bits"]), args.out)
+    elif suffix == ".npy":
+        np.save(args.out, data, allow_pickle=False)
+    elif suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        save_file({"data": np.ascontiguousarray(data)}, str(args.out))
+    else:
+        raise UsageError(f"--out {args.out}: unsupported type {suffix!r}; use .png, .npy or .safetensors")
+    return {"output": str(args.out), "shape": list(data.shape), "kind": meta.get("kind"),
+            "tt_modes": shape.describe(), "params": int(sum(c.size for c in cores))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help or a one-line usage error
+        return int(exc.code or 0)
+    try:
+        result = _reconstruct(args) if args.command == "reconstruct" else _search(args)
+    except UsageError as exc:
+        print(f"shapesearch: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    elif args.command == "reconstruct":
+        print(f"wrote {result['output']} {tuple(result['shape'])} from {result['params']:,} TT parameters")
+    else:
+        print(_summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

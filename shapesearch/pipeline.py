@@ -1,0 +1,120 @@
+"""One compression job: check the inputs, search, confirm, write the artifacts."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import artifacts, checkpoint
+from .errors import UsageError
+from .executors import make_executor
+from .images import psnr, save_image
+from .search import SearchConfig, run_search
+
+TINY = 20_000  # below this many entries, evaluate in process (Ray start-up would dominate)
+
+
+@dataclass
+class Job:
+    """What to compress and where to put the results."""
+
+    data: np.ndarray
+    name: str
+    out: Path
+    kind: str = "array"  # "image" (pixels in [0, 1]) or "array"
+    bits: int = 8  # image bit depth, for writing it back
+    resume: bool = False
+    overwrite: bool = False
+    workers: int | None = None
+    address: str | None = None
+
+
+def check_data(data: np.ndarray, name: str) -> np.ndarray:
+    if data.dtype.kind not in "biuf":
+        raise UsageError(f"{name}: dtype {data.dtype} is not a real number type; give int or float data")
+    if data.size < 4:
+        raise UsageError(f"{name} has only {data.size} entries; nothing to compress")
+    data = np.asarray(data, dtype=np.float64)
+    if not np.all(np.isfinite(data)):
+        raise UsageError(f"{name} contains NaN or infinite values; clean them before compressing")
+    if not np.any(data):
+        raise UsageError(f"{name} is all zeros; a relative error bound is meaningless for it")
+    return data
+
+
+def check_out(job: Job) -> None:
+    """Refuse to write over an earlier run's results unless asked to."""
+    if job.resume:
+        checkpoint.load(job.out)  # fails clearly when there is nothing to resume
+        return
+    if job.out.exists() and not job.out.is_dir():
+        raise UsageError(f"--out {job.out} is a file; give a directory")
+    taken = [f for f in (artifacts.RESULT_FILE, artifacts.TT_FILE, checkpoint.CHECKPOINT)
+             if (job.out / f).exists()]
+    if taken and not job.overwrite:
+        raise UsageError(f"--out {job.out} already holds a run ({taken[0]}); pick another --out, "
+                         "pass --overwrite, or --resume it")
+
+
+def run_job(job: Job, config: SearchConfig,
+            on_generation: Callable[[dict], None] | None = None) -> dict:
+    """Search, confirm and write ``result.json``, ``tt.safetensors``, a reconstruction and a plot."""
+    start = time.perf_counter()
+    config.check()
+    if job.workers is not None and job.workers < 0:
+        raise UsageError(f"--workers must be >= 0 (0 = in process), got {job.workers}")
+    data = check_data(job.data, job.name)
+    check_out(job)
+    job.out.mkdir(parents=True, exist_ok=True)
+    norm = float(np.linalg.norm(data))
+    workers = 0 if job.workers is None and data.size < TINY and not job.address else job.workers
+    executor = make_executor(data, norm, workers, job.address)
+    try:
+        found = run_search(data, config, executor, checkpoint_dir=job.out, resume=job.resume,
+                           on_generation=on_generation)
+    finally:
+        executor.close()
+
+    approx = artifacts.reconstruct(found.cores, found.shape)
+    files = {"tt": artifacts.TT_FILE, "result": artifacts.RESULT_FILE, "plot": "convergence.png"}
+    meta = {"kind": job.kind, "bits": job.bits, "name": job.name, "eps": config.eps}
+    artifacts.save_tt(job.out / artifacts.TT_FILE, found.cores, found.shape, meta)
+    if job.kind == "image":
+        files["reconstruction"] = "reconstruction.png"
+        save_image(approx, job.bits, job.out / files["reconstruction"])
+    else:
+        files["reconstruction"] = "reconstruction.npy"
+        np.save(job.out / files["reconstruction"], approx, allow_pickle=False)
+    artifacts.plot_convergence(found.history, job.out / files["plot"],
+                               f"{job.name}, ε = {config.eps}")
+    quality = psnr(data, approx, peak=1.0 if job.kind == "image" else float(np.abs(data).max()))
+    result = {
+        "input": job.name,
+        "input_shape": list(data.shape),
+        "eps": config.eps,
+        "seed": config.seed,
+        "shape": {"text": found.shape.describe(), **found.shape.to_dict()},
+        "ranks": list(found.ranks),
+        "params": found.params,
+        "original_entries": int(data.size),
+        "cr": found.cr,
+        "rel_error": found.rel_error,
+        "psnr": quality if math.isfinite(quality) else None,  # None: exact
+        "evaluations": found.evaluations,
+        "cache_hits": found.cache_hits,
+        "search_seconds": found.seconds,
+        "wall_seconds": time.perf_counter() - start,
+        "workers": executor.workers,
+        "generations": len(found.history) - 1,
+        "reference": found.reference,
+        "surrogate": [{k: v for k, v in s.items() if k != "key"} for s in found.surrogate],
+        "history": found.history,
+        "files": files,
+    }
+    artifacts.write_json(job.out / artifacts.RESULT_FILE, result)
+    return result

@@ -1,0 +1,205 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.numpy import save_file
+
+from shapesearch.cli import main
+from shapesearch.images import load_image
+
+from .conftest import smooth_image
+
+FAST = ["--workers", "0", "--population", "8", "--generations", "3"]
+KEYS = {"shape", "ranks", "params", "cr", "rel_error", "psnr", "evaluations", "cache_hits",
+        "wall_seconds", "history"}
+
+
+def _png(tmp_path, name="img.png", mode="RGB", bits=8):
+    img = smooth_image(40, 56, 4)
+    if mode == "L":
+        arr = (img[..., 0] * 255).round().astype(np.uint8)
+    elif mode == "I;16":
+        arr = (img[..., 0] * 65535).round().astype(np.uint16)
+    elif mode == "RGBA":
+        arr = (img * 255).round().astype(np.uint8)
+    else:
+        arr = (img[..., :3] * 255).round().astype(np.uint8)
+    path = tmp_path / name
+    im = Image.fromarray(arr)
+    if mode == "P":
+        im = im.convert("P")
+    im.save(path)
+    return path
+
+
+def _run(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_image_run_writes_everything_and_reconstructs(tmp_path, capsys):
+    src = _png(tmp_path)
+    out = tmp_path / "run"
+    code, stdout, _ = _run(["image", src, "--eps", "0.1", "--out", out, "--json", *FAST], capsys)
+    assert code == 0
+    result = json.loads(stdout)
+    assert KEYS <= set(result)
+    on_disk = json.loads((out / "result.json").read_text())
+    assert on_disk["params"] == result["params"] and on_disk["rel_error"] <= 0.1
+    assert result["shape"]["composition"] and result["shape"]["axes"][0]["padded"] >= 40
+    for f in ("tt.safetensors", "reconstruction.png", "convergence.png", "checkpoint.json"):
+        assert (out / f).is_file()
+    # rebuild from tt.safetensors alone and compare with the run's own reconstruction
+    rebuilt = tmp_path / "rebuilt.png"
+    code, stdout, _ = _run(["reconstruct", out / "tt.safetensors", "--out", rebuilt, "--json"], capsys)
+    assert code == 0 and json.loads(stdout)["shape"] == [40, 56, 3]
+    a = np.asarray(Image.open(rebuilt))
+    b = np.asarray(Image.open(out / "reconstruction.png"))
+    np.testing.assert_array_equal(a, b)
+    orig = load_image(src).pixels
+    err = np.linalg.norm(a / 255 - orig) / np.linalg.norm(orig)
+    assert err <= 0.1 + 0.01  # 8-bit rounding of the reconstruction adds a little
+
+
+@pytest.mark.parametrize("mode,channels", [("L", None), ("I;16", None), ("RGBA", 4), ("P", 3)])
+def test_gray_16bit_alpha_palette_images_work(tmp_path, capsys, mode, channels):
+    src = _png(tmp_path, mode=mode)
+    code, stdout, _ = _run(["image", src, "--out", tmp_path / "r", "--json", *FAST], capsys)
+    assert code == 0
+    shape = json.loads(stdout)["input_shape"]
+    assert shape == ([40, 56] if channels is None else [40, 56, channels])
+    back = Image.open(tmp_path / "r" / "reconstruction.png")
+    assert back.mode == {"L": "L", "I;16": "I;16", "RGBA": "RGBA", "P": "RGB"}[mode]
+
+
+def test_jpeg_works(tmp_path, capsys):
+    path = tmp_path / "x.jpg"
+    Image.fromarray((smooth_image(40, 56, 3) * 255).astype(np.uint8)).save(path)
+    code, stdout, _ = _run(["image", path, "--out", tmp_path / "r", "--json", *FAST], capsys)
+    assert code == 0 and json.loads(stdout)["rel_error"] <= 0.1
+
+
+def test_tensor_npy_and_safetensors(tmp_path, capsys):
+    x = smooth_image(30, 35, 2).astype(np.float32) * 7.0
+    np.save(tmp_path / "x.npy", x)
+    code, stdout, _ = _run(["tensor", tmp_path / "x.npy", "--eps", "0.05", "--out", tmp_path / "a",
+                            "--json", *FAST], capsys)
+    assert code == 0
+    r = json.loads(stdout)
+    assert r["rel_error"] <= 0.05 and r["input_shape"] == [30, 35, 2]
+    code, _, _ = _run(["reconstruct", tmp_path / "a", "--out", tmp_path / "back.npy"], capsys)
+    back = np.load(tmp_path / "back.npy", allow_pickle=False)
+    assert code == 0 and np.linalg.norm(back - x) / np.linalg.norm(x) <= 0.05
+    save_file({"w": x, "b": x[0]}, str(tmp_path / "m.safetensors"))
+    code, _, _ = _run(["tensor", tmp_path / "m.safetensors", "--key", "w", "--out", tmp_path / "b",
+                       *FAST], capsys)
+    assert code == 0
+
+
+def _error(args, capsys):
+    code, out, err = _run(args, capsys)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code != 0
+    assert len(lines) == 1 and lines[0].startswith("shapesearch: error:"), err
+    return lines[0]
+
+
+def test_bad_image_inputs(tmp_path, capsys):
+    assert "not found" in _error(["image", tmp_path / "none.png"], capsys)
+    (tmp_path / "t.png").write_text("hello")
+    assert "not an image" in _error(["image", tmp_path / "t.png"], capsys)
+    good = _png(tmp_path)
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:300])
+    assert "decoded" in _error(["image", tmp_path / "cut.png", *FAST], capsys)
+    Image.fromarray(np.ones((8, 8), np.float32)).save(tmp_path / "f.tiff")
+    assert "not supported" in _error(["image", tmp_path / "f.tiff"], capsys)
+    frames = [Image.new("L", (8, 8), i) for i in (0, 120)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    assert "frames" in _error(["image", tmp_path / "a.gif"], capsys)
+    Image.new("L", (1, 1)).save(tmp_path / "dot.png")
+    assert "nothing to compress" in _error(["image", tmp_path / "dot.png"], capsys)
+    Image.new("L", (8, 8)).save(tmp_path / "black.png")
+    assert "all zeros" in _error(["image", tmp_path / "black.png", *FAST], capsys)
+
+
+@pytest.mark.parametrize("args,msg", [(["--eps", "0"], "eps"), (["--eps", "1.5"], "eps"),
+                                      (["--eps", "abc"], "invalid float"),
+                                      (["--population", "1"], "population"),
+                                      (["--workers", "-1"], "workers"),
+                                      (["--time-limit", "-3"], "time-limit")])
+def test_bad_search_options(tmp_path, capsys, args, msg):
+    src = _png(tmp_path)
+    assert msg in _error(["image", src, "--out", tmp_path / "r", *args], capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_nothing_is_written_over(tmp_path, capsys):
+    src = _png(tmp_path)
+    out = tmp_path / "r"
+    assert _run(["image", src, "--out", out, *FAST], capsys)[0] == 0
+    before = (out / "result.json").read_bytes()
+    assert "already holds a run" in _error(["image", src, "--out", out, *FAST], capsys)
+    assert (out / "result.json").read_bytes() == before
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in _error(["image", src, "--out", tmp_path / "file", *FAST], capsys)
+    assert "not found" in _error(["image", src, "--resume", tmp_path / "none", *FAST], capsys)
+    assert "drop --out" in _error(["image", src, "--resume", out, "--out", tmp_path / "x"], capsys)
+    rebuilt = tmp_path / "keep.png"
+    rebuilt.write_bytes(b"mine")
+    assert "exists" in _error(["reconstruct", out, "--out", rebuilt], capsys)
+    assert rebuilt.read_bytes() == b"mine"
+
+
+def test_resume_from_the_cli_finishes_the_run(tmp_path, capsys):
+    src = _png(tmp_path)
+    common = ["--workers", "0", "--population", "8", "--seed", "2"]
+    _run(["image", src, "--out", tmp_path / "full", "--generations", "4", *common], capsys)
+    _run(["image", src, "--out", tmp_path / "part", "--generations", "2", *common], capsys)
+    code, _, _ = _run(["image", src, "--resume", tmp_path / "part", "--generations", "4", *common], capsys)
+    assert code == 0
+    a = json.loads((tmp_path / "full" / "result.json").read_text())
+    b = json.loads((tmp_path / "part" / "result.json").read_text())
+    for k in ("shape", "ranks", "params", "evaluations", "cache_hits"):
+        assert a[k] == b[k]
+
+
+def test_bad_tensor_inputs(tmp_path, capsys):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    assert "allow_pickle" in _error(["tensor", tmp_path / "obj.npy"], capsys)
+    np.save(tmp_path / "c.npy", np.ones((4, 4), complex))
+    assert "not a real number type" in _error(["tensor", tmp_path / "c.npy"], capsys)
+    x = np.ones((6, 6))
+    x[1, 1] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    assert "NaN" in _error(["tensor", tmp_path / "nan.npy"], capsys)
+    np.save(tmp_path / "z.npy", np.zeros((6, 6)))
+    assert "all zeros" in _error(["tensor", tmp_path / "z.npy"], capsys)
+    (tmp_path / "x.txt").write_text("1 2 3")
+    assert "unsupported file type" in _error(["tensor", tmp_path / "x.txt"], capsys)
+    save_file({"a": np.ones((4, 4), np.float32), "b": np.ones(3, np.float32)}, str(tmp_path / "m.safetensors"))
+    assert "--key" in _error(["tensor", tmp_path / "m.safetensors"], capsys)
+    assert "no tensor" in _error(["tensor", tmp_path / "m.safetensors", "--key", "zz"], capsys)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
+    assert "safetensors" in _error(["tensor", tmp_path / "bad.safetensors"], capsys)
+
+
+def test_bad_reconstruct_inputs(tmp_path, capsys):
+    assert "not found" in _error(["reconstruct", tmp_path / "none", "--out", tmp_path / "o.png"], capsys)
+    save_file({"core_0": np.ones((1, 2, 1))}, str(tmp_path / "tt.safetensors"))
+    assert "not written by shapesearch" in _error(["reconstruct", tmp_path, "--out", tmp_path / "o.npy"],
+                                                   capsys)
+    np.save(tmp_path / "x.npy", smooth_image(20, 20, 1)[..., 0])
+    _run(["tensor", tmp_path / "x.npy", "--out", tmp_path / "r", *FAST], capsys)
+    assert "holds an array" in _error(["reconstruct", tmp_path / "r", "--out", tmp_path / "o.png"], capsys)
+    assert "unsupported type" in _error(["reconstruct", tmp_path / "r", "--out", tmp_path / "o.bmp"], capsys)
+
+
+def test_console_script_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "shapesearch.cli", "image", str(tmp_path / "no.png")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("shapesearch: error:") and "not found" in proc.stderr

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from shapesearch.errors import UsageError
+from shapesearch.executors import LocalExecutor
+from shapesearch.search import SearchConfig, run_search
+
+
+def _search(image, tmp_path=None, resume=False, **kw):
+    cfg = SearchConfig(**{"eps": 0.1, "population": 12, "generations": 6, "stall": 100, **kw})
+    ex = LocalExecutor(image, float(np.linalg.norm(image)))
+    return run_search(image, cfg, ex, checkpoint_dir=tmp_path, resume=resume)
+
+
+def _summary(r):
+    return (r.shape.key, r.params, r.ranks, r.evaluations, r.cache_hits,
+            [(h["best_params"], h["evaluations"]) for h in r.history])
+
+
+def test_result_meets_bound_and_beats_its_seeds(image):
+    r = _search(image)
+    assert r.rel_error <= 0.1
+    assert r.cr == pytest.approx(image.size / r.params)
+    # the reference shapes and the surrogate's shapes all start in the population
+    assert r.params <= min(v["params"] for v in r.reference.values())
+    assert r.params <= min(s["bound_params"] for s in r.surrogate)
+    assert r.evaluations > 0 and r.cache_hits > 0
+    assert r.history[-1]["best_params"] <= r.history[0]["best_params"]
+
+
+def test_same_seed_same_result_other_seed_other_path(image):
+    a, b = _search(image, seed=3), _search(image, seed=3)
+    assert _summary(a) == _summary(b)
+    c = _search(image, seed=4)
+    assert _summary(c)[3:] != _summary(a)[3:]
+
+
+def test_resume_equals_uninterrupted_run(image, tmp_path):
+    full = _search(image, seed=7, generations=6)
+    _search(image, tmp_path / "run", seed=7, generations=3)
+    resumed = _search(image, tmp_path / "run", resume=True, seed=7, generations=6)
+    assert _summary(resumed) == _summary(full)
+
+
+def test_resume_refuses_other_data_or_settings(image, tmp_path):
+    _search(image, tmp_path / "run", generations=1)
+    with pytest.raises(UsageError, match="different data"):
+        _search(image * 0.5, tmp_path / "run", resume=True)
+    with pytest.raises(UsageError, match="same --eps"):
+        _search(image, tmp_path / "run", resume=True, eps=0.2)
+    with pytest.raises(UsageError, match="not found"):
+        _search(image, tmp_path / "nothing", resume=True)
+
+
+def test_time_limit_stops_early(image):
+    r = _search(image, generations=10_000, time_limit=2.0)
+    assert len(r.history) - 1 < 10_000
+    assert r.history[-1]["elapsed"] < 6.0
+
+
+def test_stall_stops_early(image):
+    r = _search(image, generations=10_000, stall=2)
+    gens = len(r.history) - 1
+    assert gens < 10_000
+    last = [h["best_params"] for h in r.history[-3:]]
+    assert last[0] == last[-1]
+
+
+@pytest.mark.parametrize("kw,msg", [({"eps": 0.0}, "eps"), ({"eps": 1.0}, "eps"),
+                                    ({"population": 1}, "population"), ({"generations": -1}, "generations"),
+                                    ({"time_limit": 0}, "time-limit")])
+def test_bad_settings(image, kw, msg):
+    with pytest.raises(UsageError, match=msg):
+        _search(image, **kw)
