@@ -180,7 +180,8 @@ def test_bad_tensor_inputs(tmp_path, capsys):
     assert "all zeros" in _error(["tensor", tmp_path / "z.npy"], capsys)
     (tmp_path / "x.txt").write_text("1 2 3")
     assert "unsupported file type" in _error(["tensor", tmp_path / "x.txt"], capsys)
-    save_file({"a": np.ones((4, 4), np.float32), "b": np.ones(3, np.float32)}, str(tmp_path / "m.safetensors"))
+    two = {"a": np.ones((4, 4), np.float32), "b": np.ones(3, np.float32)}
+    save_file(two, str(tmp_path / "m.safetensors"))
     assert "--key" in _error(["tensor", tmp_path / "m.safetensors"], capsys)
     assert "no tensor" in _error(["tensor", tmp_path / "m.safetensors", "--key", "zz"], capsys)
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
