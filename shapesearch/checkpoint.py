@@ -16,13 +16,13 @@ CHECKPOINT = "checkpoint.json"
 
 
 def key_to_json(key: tuple) -> dict:
-    axes, modes = key
-    return {"axes": [[n, list(d)] for n, d in axes], "modes": [list(m) for m in modes]}
+    axes, modes, reverse = key
+    return {"axes": [[n, list(d)] for n, d in axes], "modes": [list(m) for m in modes], "reverse": reverse}
 
 
 def key_from_json(d: dict) -> tuple:
     return (tuple((int(n), tuple(int(x) for x in digits)) for n, digits in d["axes"]),
-            tuple(tuple(int(c) for c in m) for m in d["modes"]))
+            tuple(tuple(int(c) for c in m) for m in d["modes"]), bool(d["reverse"]))
 
 
 def fingerprint(tensor: np.ndarray) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
+from .search import SearchConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -18,12 +19,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--eps", type=float, default=0.1, help="relative Frobenius error bound (default 0.1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--generations", type=int, default=30, help="at most this many generations")
-    p.add_argument("--population", type=int, default=24)
-    p.add_argument("--stall", type=int, default=8, help="stop after this many generations without gain")
-    p.add_argument("--time-limit", type=float, default=None, help="wall seconds for the search")
+    d = SearchConfig()
+    dflt = " (default %(default)s)"
+    p.add_argument("--eps", type=float, default=d.eps, help="relative Frobenius error bound" + dflt)
+    p.add_argument("--seed", type=int, default=d.seed, help="makes a run reproducible" + dflt)
+    p.add_argument("--generations", type=int, default=d.generations, help="at most this many" + dflt)
+    p.add_argument("--population", type=int, default=d.population, help="shapes kept" + dflt)
+    p.add_argument("--stall", type=int, default=d.stall,
+                   help="stop after this many generations without gain" + dflt)
+    p.add_argument("--time-limit", type=float, default=d.time_limit,
+                   help="stop the search after this many wall seconds")
     p.add_argument("--workers", type=int, default=None,
                    help="Ray workers (default: one per CPU; 0 = in this process)")
     p.add_argument("--address", default=None, help="join this Ray cluster (or set RAY_ADDRESS)")
@@ -86,7 +91,6 @@ def _search(args: argparse.Namespace) -> dict:
 
     from .images import load_image
     from .pipeline import Job, run_job
-    from .search import SearchConfig
 
     if args.resume is not None and args.out is not None and args.out != args.resume:
         raise UsageError("--resume DIR continues in DIR; drop --out or make it the same directory")

@@ -28,19 +28,15 @@ class EvalSettings:
         return asdict(self)
 
 
-def from_key(key: tuple) -> Tensorization:
-    axes, modes = key
-    return Tensorization(tuple(AxisSplit(n, tuple(d)) for n, d in axes), tuple(map(tuple, modes)))
-
-
 def score(tensor: np.ndarray, norm: float, item: tuple) -> dict:
     """Fast fitness: TT-SVD on the tensorized data; error predicted from the discarded tails."""
     key, settings = item
     settings = EvalSettings(**settings)
-    shape = from_key(key)
+    shape = Tensorization.from_key(key)
     start = time.perf_counter()
     data = shape.apply(tensor).astype(settings.dtype, copy=False)
-    tt = tt_svd(data, settings.eps, norm=norm, carry_over=settings.carry_over, method=settings.method)
+    tt = tt_svd(data, settings.eps, norm=norm, carry_over=settings.carry_over, method=settings.method,
+                reverse=shape.reverse_sweep)
     return {"params": tt.params, "ranks": list(tt.ranks), "rel_error": tt.rel_error,
             "seconds": time.perf_counter() - start}
 
@@ -49,10 +45,11 @@ def confirm(tensor: np.ndarray, norm: float, item: tuple) -> dict:
     """Float64 SVD sweep; the error is *measured* by reconstruction on the unpadded data."""
     key, settings = item
     settings = EvalSettings(**settings)
-    shape = from_key(key)
+    shape = Tensorization.from_key(key)
     start = time.perf_counter()
     data = shape.apply(tensor.astype(np.float64, copy=False))
-    tt = tt_svd(data, settings.eps, norm=norm, carry_over=settings.carry_over, method="svd")
+    tt = tt_svd(data, settings.eps, norm=norm, carry_over=settings.carry_over, method="svd",
+                reverse=shape.reverse_sweep)
     approx = shape.invert(np.asarray(tt.to_tensor()))
     return {"params": tt.params, "ranks": list(tt.ranks), "predicted_error": tt.rel_error,
             "rel_error": relative_error(tensor.astype(np.float64, copy=False), approx),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from .tensorization import AxisSplit, Tensorization, padding_candidates, prime_factors, retarget
@@ -30,8 +31,8 @@ class ShapeSpace:
         return t is not None and t.order >= self.min_order
 
 
-def _drop_empty(axes, modes) -> Tensorization:
-    return Tensorization(axes, tuple(tuple(m) for m in modes if sum(m) > 0))
+def _drop_empty(axes, modes, reverse: bool = False) -> Tensorization:
+    return Tensorization(axes, tuple(tuple(m) for m in modes if sum(m) > 0), reverse)
 
 
 def move_digit(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
@@ -46,7 +47,7 @@ def move_digit(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tenso
     modes = [list(m) for m in t.modes]
     modes[src][a] -= 1
     modes[k + 1 if down else k][a] += 1
-    return _drop_empty(t.axes, modes)
+    return _drop_empty(t.axes, modes, t.reverse_sweep)
 
 
 def split_mode(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
@@ -61,7 +62,7 @@ def split_mode(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tenso
         if 0 < sum(first) < sum(m):
             break
     second = [c - f for c, f in zip(m, first)]
-    return Tensorization(t.axes, t.modes[:k] + (tuple(first), tuple(second)) + t.modes[k + 1:])
+    return dataclasses.replace(t, modes=t.modes[:k] + (tuple(first), tuple(second)) + t.modes[k + 1:])
 
 
 def merge_modes(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
@@ -70,7 +71,7 @@ def merge_modes(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tens
         return None
     k = rng.randrange(t.order - 1)
     merged = tuple(x + y for x, y in zip(t.modes[k], t.modes[k + 1]))
-    return Tensorization(t.axes, t.modes[:k] + (merged,) + t.modes[k + 2:])
+    return dataclasses.replace(t, modes=t.modes[:k] + (merged,) + t.modes[k + 2:])
 
 
 def swap_modes(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
@@ -80,7 +81,7 @@ def swap_modes(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tenso
     k = rng.randrange(t.order - 1)
     if t.modes[k] == t.modes[k + 1]:
         return None
-    return Tensorization(t.axes, t.modes[:k] + (t.modes[k + 1], t.modes[k]) + t.modes[k + 2:])
+    return dataclasses.replace(t, modes=t.modes[:k] + (t.modes[k + 1], t.modes[k]) + t.modes[k + 2:])
 
 
 def reorder_axis(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
@@ -93,7 +94,7 @@ def reorder_axis(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Ten
     d = list(t.axes[a].digits)
     d[i], d[i + 1] = d[i + 1], d[i]
     axes = t.axes[:a] + (AxisSplit(t.axes[a].size, tuple(d)),) + t.axes[a + 1:]
-    return Tensorization(axes, t.modes)
+    return dataclasses.replace(t, axes=axes)
 
 
 def change_padding(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
@@ -111,7 +112,13 @@ def change_padding(t: Tensorization, rng: random.Random, space: ShapeSpace) -> T
     return retarget(t, axes)
 
 
-MUTATIONS = (move_digit, move_digit, split_mode, merge_modes, swap_modes, reorder_axis, change_padding)
+def flip_sweep(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
+    """Sweep the TT-SVD the other way."""
+    return dataclasses.replace(t, reverse_sweep=not t.reverse_sweep)
+
+
+MUTATIONS = (move_digit, move_digit, split_mode, merge_modes, swap_modes, reorder_axis, change_padding,
+             flip_sweep)
 
 
 def mutate(t: Tensorization, rng: random.Random, space: ShapeSpace, tries: int = 20) -> Tensorization:
@@ -146,7 +153,7 @@ def crossover(p1: Tensorization, p2: Tensorization, rng: random.Random,
     j = next(j for j, s in enumerate(sb) if all(x >= c for x, c in zip(s, cut)))
     bridge = tuple(x - c for x, c in zip(sb[j], cut))
     modes = a.modes[:i] + ((bridge,) if any(bridge) else ()) + b.modes[j:]
-    child = Tensorization(axes, modes)
+    child = Tensorization(axes, modes, rng.choice((p1.reverse_sweep, p2.reverse_sweep)))
     return child if space.valid(child) else a
 
 
@@ -163,4 +170,4 @@ def random_shape(space: ShapeSpace, rng: random.Random, max_order: int = 12) -> 
     for a, axis in enumerate(axes):
         for k in sorted(rng.randrange(d) for _ in axis.digits):
             counts[k][a] += 1
-    return _drop_empty(tuple(axes), counts)
+    return _drop_empty(tuple(axes), counts, rng.random() < 0.5)

@@ -9,6 +9,7 @@ construction.  The best few are re-scored in float64 and their error measured.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from deap import algorithms, base, creator, tools
 
 from . import checkpoint
 from .errors import UsageError
-from .evaluation import EvalSettings, confirm, from_key, score
+from .evaluation import EvalSettings, confirm, score
 from .operators import ShapeSpace, crossover, mutate
 from .surrogate import surrogate_seeds
 from .tensorization import Tensorization, interleaved, natural_axes, original
@@ -35,9 +36,9 @@ class SearchConfig:
     """GA settings.  ``eps``: relative Frobenius error bound; ``time_limit`` in seconds."""
 
     eps: float = 0.1
-    population: int = 24
-    generations: int = 30
-    stall: int = 8
+    population: int = 32
+    generations: int = 60
+    stall: int = 12
     time_limit: float | None = None
     seed: int = 0
     cxpb: float = 0.4
@@ -146,7 +147,8 @@ class _Engine:
         notes = []
         for ax in dict.fromkeys([natural_axes(self.tensor.shape), self.space.smooth_axes()]):
             for s in surrogate_seeds(self.executor, ax, self.config.eps, self.norm, self.config.max_order):
-                shapes.append(s.shape)
+                # the bound holds for either sweep direction
+                shapes += [s.shape, dataclasses.replace(s.shape, reverse_sweep=True)]
                 notes.append({"order": s.shape.order, "shape": s.shape.describe(),
                               "bound_params": s.bound_params, "key": checkpoint.key_to_json(s.shape.key)})
         unique = list({s.key: s for s in shapes if self.space.valid(s)}.values())
@@ -204,7 +206,7 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor, *,
             raise UsageError("resume with the same --eps and --seed as the checkpointed run")
         engine.cache = {checkpoint.key_from_json(k): v for k, v in state["cache"]}
         engine.evaluations, engine.cache_hits = state["evaluations"], state["cache_hits"]
-        pop = [_individual(from_key(checkpoint.key_from_json(k))) for k in state["population"]]
+        pop = [_individual(Tensorization.from_key(checkpoint.key_from_json(k))) for k in state["population"]]
         for ind in pop:
             rec = engine.cache[ind[0].key]
             ind.fitness.values = (rec["params"], rec["rel_error"])
@@ -252,7 +254,7 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor, *,
         record()
 
     best = engine.confirm_best()
-    shape = from_key(best["key"])
+    shape = Tensorization.from_key(best["key"])
     return SearchResult(shape=shape, ranks=tuple(best["ranks"]), params=best["params"],
                         cr=tensor.size / best["params"], rel_error=best["rel_error"],
                         cores=best["cores"], evaluations=engine.evaluations,

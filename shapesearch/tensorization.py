@@ -7,7 +7,8 @@ only say *how many* digits a mode takes, the digits of one axis always stay coar
 across modes, and every count table whose columns sum to the axes' digit counts is valid.
 
 This covers plain C-order reshapes, ket augmentation (one row and one column digit per
-mode) and a colour channel merged into any mode.
+mode) and a colour channel merged into any mode.  ``reverse_sweep`` records the direction
+the TT-SVD sweeps the modes in: both meet ε, and they often find different ranks.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Tensorization:
 
     axes: tuple[AxisSplit, ...]
     modes: tuple[tuple[int, ...], ...]
+    reverse_sweep: bool = False
 
     def __post_init__(self) -> None:
         for a, axis in enumerate(self.axes):
@@ -80,7 +82,7 @@ class Tensorization:
     @property
     def key(self) -> tuple:
         """Canonical hashable encoding (padding is implied by the digits)."""
-        return (tuple((a.size, a.digits) for a in self.axes), self.modes)
+        return (tuple((a.size, a.digits) for a in self.axes), self.modes, self.reverse_sweep)
 
     @cached_property
     def mode_digits(self) -> tuple[tuple[tuple[int, int], ...], ...]:
@@ -112,7 +114,7 @@ class Tensorization:
         return tuple(a.padded for a in self.axes)
 
     def describe(self) -> str:
-        return "×".join(str(n) for n in self.mode_sizes)
+        return "×".join(str(n) for n in self.mode_sizes) + (" (←)" if self.reverse_sweep else "")
 
     def composition(self) -> list[str]:
         """Per mode, which digits of which axis it holds, e.g. ``"a0:2·2 a2:3"``."""
@@ -130,12 +132,19 @@ class Tensorization:
             "modes": [list(m) for m in self.modes],
             "mode_sizes": list(self.mode_sizes),
             "composition": self.composition(),
+            "sweep": "right-to-left" if self.reverse_sweep else "left-to-right",
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> Tensorization:
         axes = tuple(AxisSplit(int(a["size"]), tuple(int(x) for x in a["digits"])) for a in d["axes"])
-        return cls(axes, tuple(tuple(int(c) for c in m) for m in d["modes"]))
+        return cls(axes, tuple(tuple(int(c) for c in m) for m in d["modes"]),
+                   d.get("sweep") == "right-to-left")
+
+    @classmethod
+    def from_key(cls, key: tuple) -> Tensorization:
+        axes, modes, reverse = key
+        return cls(tuple(AxisSplit(n, tuple(d)) for n, d in axes), tuple(map(tuple, modes)), bool(reverse))
 
     # -- apply / invert -------------------------------------------------------------------------
     @cached_property
@@ -238,4 +247,4 @@ def retarget(t: Tensorization, axes: tuple[AxisSplit, ...]) -> Tensorization:
             k = next((k for k in owners if bounds[k] >= mid), owners[-1])
             counts[k][a] += 1
     modes = tuple(tuple(c) for c in counts if sum(c) > 0)
-    return Tensorization(axes, modes)
+    return Tensorization(axes, modes, t.reverse_sweep)

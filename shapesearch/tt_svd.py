@@ -43,23 +43,23 @@ def _pick_rank(eigs: np.ndarray, energy: float, delta2: float) -> tuple[int, flo
 
 def _split(mat, delta2: float, method: str):
     """Truncated factorisation mat ≈ U @ C with orthonormal U.  Returns (U, C, tail²)."""
-    energy = float(tl.to_numpy(tl.sum(mat * mat)))
     m, n = tl.shape(mat)
     if method == "svd":
+        energy = float(tl.to_numpy(tl.norm(mat))) ** 2
         u, s, vt = tl.svd(mat, full_matrices=False)
         s_np = tl.to_numpy(s).astype(np.float64)
         r, tail = _pick_rank(s_np**2, energy, delta2)
         return u[:, :r], tl.reshape(s[:r], (r, 1)) * vt[:r, :], tail
     if method != "gram":
         raise ValueError(f"unknown method {method!r}; use 'gram' or 'svd'")
+    gram = tl.dot(mat, tl.transpose(mat)) if m <= n else tl.dot(tl.transpose(mat), mat)
+    energy = float(np.trace(tl.to_numpy(gram).astype(np.float64)))  # = ‖mat‖²
+    w, v = tl.eigh(gram)  # ascending
+    w_np = tl.to_numpy(w)[::-1].astype(np.float64)
     if m <= n:
-        w, v = tl.eigh(tl.dot(mat, tl.transpose(mat)))  # ascending
-        w_np = tl.to_numpy(w)[::-1].astype(np.float64)
         r, tail = _pick_rank(w_np, energy, delta2)
         u = tl.flip(v, axis=1)[:, :r]
         return u, tl.dot(tl.transpose(u), mat), tail
-    w, v = tl.eigh(tl.dot(tl.transpose(mat), mat))
-    w_np = tl.to_numpy(w)[::-1].astype(np.float64)
     r, tail = _pick_rank(w_np, energy, delta2)
     v = tl.flip(v, axis=1)[:, :r]
     s = tl.sqrt(tl.clip(tl.flip(w)[:r], 1e-300, None))
@@ -68,14 +68,20 @@ def _split(mat, delta2: float, method: str):
 
 
 def tt_svd(tensor, eps: float, *, norm: float | None = None, carry_over: bool = True,
-           method: str = "gram") -> TTResult:
+           method: str = "gram", reverse: bool = False) -> TTResult:
     """TT-SVD of ``tensor`` with relative error ≤ ``eps`` (Frobenius).
 
     ``norm`` is the reference ‖A‖_F the bound is relative to (default: the tensor's own;
     pass the unpadded norm for a zero-padded tensor so the bound holds on the original data).
+    ``reverse`` sweeps right to left: same guarantee, often other ranks.
     """
     if not 0.0 <= eps < 1.0:
         raise ValueError(f"eps must be in [0, 1), got {eps}")
+    if reverse:
+        order = tuple(range(tl.ndim(tensor)))[::-1]
+        tt = tt_svd(tl.transpose(tensor, order), eps, norm=norm, carry_over=carry_over, method=method)
+        cores = [tl.transpose(c, (2, 1, 0)) for c in reversed(tt.cores)]
+        return TTResult(cores, tt.ranks[::-1], tt.params, tt.rel_error)
     shape = tl.shape(tensor)
     d = len(shape)
     ref = float(tl.to_numpy(tl.norm(tensor))) if norm is None else float(norm)

@@ -23,13 +23,13 @@ def _low_rank_plus_noise(shape, rng):
 
 @settings(max_examples=200, deadline=None)
 @given(shape=shapes, seed=st.integers(0, 10**6), eps=st.floats(0.001, 0.9),
-       carry=st.booleans(), method=st.sampled_from(["svd", "gram"]))
-def test_error_bound_holds_on_random_tensors_and_shapes(shape, seed, eps, carry, method):
+       carry=st.booleans(), method=st.sampled_from(["svd", "gram"]), reverse=st.booleans())
+def test_error_bound_holds_on_random_tensors_and_shapes(shape, seed, eps, carry, method, reverse):
     rng = np.random.default_rng(seed)
     x = _low_rank_plus_noise(tuple(shape), rng)
     t = random_shape(ShapeSpace(tuple(shape)), random.Random(seed))
     y = t.apply(x)
-    tt = tt_svd(y, eps, norm=float(np.linalg.norm(x)), carry_over=carry, method=method)
+    tt = tt_svd(y, eps, norm=float(np.linalg.norm(x)), carry_over=carry, method=method, reverse=reverse)
     measured = relative_error(x, t.invert(np.asarray(tt.to_tensor())))
     tol = 1e-10 if method == "svd" else 1e-6  # Gram squares the condition number
     assert measured <= eps + tol
@@ -40,6 +40,16 @@ def test_error_bound_holds_on_random_tensors_and_shapes(shape, seed, eps, carry,
         assert measured == pytest.approx(tt.rel_error, abs=1e-6)
     else:
         assert measured <= tt.rel_error + 1e-6
+
+
+def test_reverse_sweep_is_the_forward_sweep_of_the_mirrored_tensor():
+    x = _low_rank_plus_noise((5, 6, 7, 4), np.random.default_rng(4))
+    back = tt_svd(x, 0.2, method="svd", reverse=True)
+    mirrored = tt_svd(np.ascontiguousarray(x.transpose(3, 2, 1, 0)), 0.2, method="svd")
+    assert back.ranks == mirrored.ranks[::-1] and back.params == mirrored.params
+    assert [tuple(c.shape) for c in back.cores] == [(1, 5, back.ranks[1]), (back.ranks[1], 6, back.ranks[2]),
+                                                   (back.ranks[2], 7, back.ranks[3]), (back.ranks[3], 4, 1)]
+    assert relative_error(x, back.to_tensor()) == pytest.approx(back.rel_error, abs=1e-9)
 
 
 def test_zero_eps_is_exact_and_full_rank():
