@@ -35,23 +35,74 @@ def _drop_empty(axes, modes, reverse: bool = False) -> Tensorization:
     return Tensorization(axes, tuple(tuple(m) for m in modes if sum(m) > 0), reverse)
 
 
-def move_digit(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
-    """Move one digit across the boundary between two neighbouring modes."""
-    if t.order < 2:
-        return None
-    k = rng.randrange(t.order - 1)
-    down = rng.random() < 0.5
-    src = k if down else k + 1
-    axes = [a for a, c in enumerate(t.modes[src]) if c > 0]
-    a = rng.choice(axes)
-    modes = [list(m) for m in t.modes]
-    modes[src][a] -= 1
-    modes[k + 1 if down else k][a] += 1
-    return _drop_empty(t.axes, modes, t.reverse_sweep)
+# -- moves: each lists every shape one move of its kind away -----------------------------------
+def digit_moves(t: Tensorization, space: ShapeSpace) -> list[Tensorization]:
+    """One digit across a boundary between neighbouring modes (the finest of its axis going
+    down, or the coarsest coming up)."""
+    out = []
+    for k in range(t.order - 1):
+        for src, dst in ((k, k + 1), (k + 1, k)):
+            for a, c in enumerate(t.modes[src]):
+                if c:
+                    modes = [list(m) for m in t.modes]
+                    modes[src][a] -= 1
+                    modes[dst][a] += 1
+                    out.append(_drop_empty(t.axes, modes, t.reverse_sweep))
+    return out
+
+
+def merges(t: Tensorization, space: ShapeSpace) -> list[Tensorization]:
+    """Two neighbouring modes merged into one."""
+    if t.order <= space.min_order:
+        return []
+    out = []
+    for k in range(t.order - 1):
+        merged = tuple(x + y for x, y in zip(t.modes[k], t.modes[k + 1]))
+        out.append(dataclasses.replace(t, modes=t.modes[:k] + (merged,) + t.modes[k + 2:]))
+    return out
+
+
+def swaps(t: Tensorization, space: ShapeSpace) -> list[Tensorization]:
+    """The digit counts of two neighbouring modes exchanged."""
+    return [dataclasses.replace(t, modes=t.modes[:k] + (t.modes[k + 1], t.modes[k]) + t.modes[k + 2:])
+            for k in range(t.order - 1) if t.modes[k] != t.modes[k + 1]]
+
+
+def digit_orders(t: Tensorization, space: ShapeSpace) -> list[Tensorization]:
+    """Two neighbouring, different digits of one axis swapped (changes which index is coarse)."""
+    out = []
+    for a, ax in enumerate(t.axes):
+        for i in range(len(ax.digits) - 1):
+            if ax.digits[i] != ax.digits[i + 1]:
+                d = list(ax.digits)
+                d[i], d[i + 1] = d[i + 1], d[i]
+                axis = AxisSplit(ax.size, tuple(d))
+                out.append(dataclasses.replace(t, axes=t.axes[:a] + (axis,) + t.axes[a + 1:]))
+    return out
+
+
+def paddings(t: Tensorization, space: ShapeSpace) -> list[Tensorization]:
+    """One axis moved to the next shorter or longer padded length, its digits regrouped in place."""
+    out = []
+    for a, cands in enumerate(space.paddings):
+        i = cands.index(t.axes[a].padded) if t.axes[a].padded in cands else 0
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(cands):
+                out.append(retarget(t, t.axes[:a] + (space.axis(a, cands[j]),) + t.axes[a + 1:]))
+    return out
+
+
+def sweep_flips(t: Tensorization, space: ShapeSpace) -> list[Tensorization]:
+    """The TT-SVD sweeping the other way."""
+    return [dataclasses.replace(t, reverse_sweep=not t.reverse_sweep)]
+
+
+MOVES = (digit_moves, digit_moves, merges, swaps, digit_orders, paddings, sweep_flips)
 
 
 def split_mode(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
-    """Split one mode into two neighbours (the first keeps the coarser digits)."""
+    """One mode split into two neighbours, the first keeping the coarser digits (random:
+    there are too many splits to list)."""
     big = [k for k, m in enumerate(t.modes) if sum(m) >= 2]
     if not big:
         return None
@@ -61,70 +112,30 @@ def split_mode(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tenso
         first = [rng.randint(0, c) for c in m]
         if 0 < sum(first) < sum(m):
             break
-    second = [c - f for c, f in zip(m, first)]
-    return dataclasses.replace(t, modes=t.modes[:k] + (tuple(first), tuple(second)) + t.modes[k + 1:])
+    second = tuple(c - f for c, f in zip(m, first))
+    return dataclasses.replace(t, modes=t.modes[:k] + (tuple(first), second) + t.modes[k + 1:])
 
 
-def merge_modes(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
-    """Merge two neighbouring modes."""
-    if t.order <= space.min_order:
-        return None
-    k = rng.randrange(t.order - 1)
-    merged = tuple(x + y for x, y in zip(t.modes[k], t.modes[k + 1]))
-    return dataclasses.replace(t, modes=t.modes[:k] + (merged,) + t.modes[k + 2:])
-
-
-def swap_modes(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
-    """Exchange the digit counts of two neighbouring modes."""
-    if t.order < 2:
-        return None
-    k = rng.randrange(t.order - 1)
-    if t.modes[k] == t.modes[k + 1]:
-        return None
-    return dataclasses.replace(t, modes=t.modes[:k] + (t.modes[k + 1], t.modes[k]) + t.modes[k + 2:])
-
-
-def reorder_axis(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
-    """Swap two neighbouring, different digits of one axis (changes which index is coarse)."""
-    options = [(a, i) for a, ax in enumerate(t.axes) for i in range(len(ax.digits) - 1)
-               if ax.digits[i] != ax.digits[i + 1]]
-    if not options:
-        return None
-    a, i = rng.choice(options)
-    d = list(t.axes[a].digits)
-    d[i], d[i + 1] = d[i + 1], d[i]
-    axes = t.axes[:a] + (AxisSplit(t.axes[a].size, tuple(d)),) + t.axes[a + 1:]
-    return dataclasses.replace(t, axes=axes)
-
-
-def change_padding(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
-    """Move one axis to a neighbouring padded length; its digits are regrouped in place."""
-    options = [a for a, p in enumerate(space.paddings) if len(p) > 1]
-    if not options:
-        return None
-    a = rng.choice(options)
-    cands = space.paddings[a]
-    i = cands.index(t.axes[a].padded) if t.axes[a].padded in cands else 0
-    j = min(max(i + rng.choice((-1, 1)), 0), len(cands) - 1)
-    if j == i:
-        return None
-    axes = t.axes[:a] + (space.axis(a, cands[j]),) + t.axes[a + 1:]
-    return retarget(t, axes)
-
-
-def flip_sweep(t: Tensorization, rng: random.Random, space: ShapeSpace) -> Tensorization | None:
-    """Sweep the TT-SVD the other way."""
-    return dataclasses.replace(t, reverse_sweep=not t.reverse_sweep)
-
-
-MUTATIONS = (move_digit, move_digit, split_mode, merge_modes, swap_modes, reorder_axis, change_padding,
-             flip_sweep)
+def neighbours(t: Tensorization, space: ShapeSpace) -> list[Tensorization]:
+    """Every valid shape one listed move away from ``t``."""
+    seen, out = {t.key}, []
+    for move in dict.fromkeys(MOVES):
+        for s in move(t, space):
+            if space.valid(s) and s.key not in seen:
+                seen.add(s.key)
+                out.append(s)
+    return out
 
 
 def mutate(t: Tensorization, rng: random.Random, space: ShapeSpace, tries: int = 20) -> Tensorization:
-    """One random operator that changes ``t`` (``t`` itself if none applies)."""
+    """A random move of a random kind that changes ``t`` (``t`` itself if none applies)."""
     for _ in range(tries):
-        child = rng.choice(MUTATIONS)(t, rng, space)
+        kind = rng.randrange(len(MOVES) + 1)
+        if kind == len(MOVES):
+            child = split_mode(t, rng, space)
+        else:
+            options = MOVES[kind](t, space)
+            child = rng.choice(options) if options else None
         if space.valid(child) and child.key != t.key:
             return child
     return t
@@ -171,3 +182,4 @@ def random_shape(space: ShapeSpace, rng: random.Random, max_order: int = 12) -> 
         for k in sorted(rng.randrange(d) for _ in axis.digits):
             counts[k][a] += 1
     return _drop_empty(tuple(axes), counts, rng.random() < 0.5)
+

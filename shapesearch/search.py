@@ -22,7 +22,7 @@ from deap import algorithms, base, creator, tools
 from . import checkpoint
 from .errors import UsageError
 from .evaluation import EvalSettings, confirm, score
-from .operators import ShapeSpace, crossover, mutate
+from .operators import ShapeSpace, crossover, mutate, neighbours
 from .surrogate import surrogate_seeds
 from .tensorization import Tensorization, interleaved, natural_axes, original
 
@@ -47,6 +47,7 @@ class SearchConfig:
     max_pad: float = 0.25
     max_order: int = 12
     confirm_top: int = 4
+    polish_rounds: int = 10
 
     def check(self) -> None:
         if not 0.0 < self.eps < 1.0:
@@ -178,6 +179,18 @@ class _Engine:
         unique = list({ind[0].key: ind for ind in pop + offspring}.values())
         return tools.selBest(unique, self.config.population)
 
+    def polish(self, pop: list, rounds: int) -> list:
+        """Steepest descent from the best shape over its one-move neighbourhood."""
+        for _ in range(rounds):
+            best = pop[0]
+            cands = [_individual(s) for s in neighbours(best[0], self.space)]
+            self.evaluate(cands)
+            unique = list({ind[0].key: ind for ind in pop + cands}.values())
+            pop = tools.selBest(unique, self.config.population)
+            if pop[0].fitness.values >= best.fitness.values:
+                break
+        return pop
+
     def confirm_best(self) -> dict:
         ranked = sorted(self.cache.items(), key=lambda kv: (kv[1]["params"], kv[1]["rel_error"]))
         top = [k for k, _ in ranked[: self.config.confirm_top]]
@@ -219,16 +232,17 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor, *,
         pop = engine.initial_population(seeds)
         history, gen, stall, elapsed0 = [], 0, 0, 0.0
 
-    def record() -> None:
+    def record(phase: str = "ga") -> None:
         best = pop[0].fitness.values
-        history.append({"generation": gen, "best_params": int(best[0]),
+        history.append({"generation": gen, "phase": phase, "best_params": int(best[0]),
                         "best_cr": tensor.size / best[0],
                         "mean_cr": float(np.mean([tensor.size / i.fitness.values[0] for i in pop])),
                         "evaluations": engine.evaluations, "cache_hits": engine.cache_hits,
                         "elapsed": elapsed0 + time.perf_counter() - start})
         if on_generation:
             on_generation(history[-1])
-        if checkpoint_dir is not None:
+        # the checkpoint holds GA generations only: a resumed run polishes at its own end
+        if checkpoint_dir is not None and phase == "ga":
             checkpoint.save(checkpoint_dir, {
                 "config": asdict(config), "fingerprint": fp, "generation": gen,
                 "population": [checkpoint.key_to_json(i[0].key) for i in pop],
@@ -252,6 +266,10 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor, *,
         stall = stall + 1 if pop[0].fitness.values >= before else 0
         last_gen_time = time.perf_counter() - t0
         record()
+    if config.polish_rounds and (config.time_limit is None
+                                 or elapsed0 + time.perf_counter() - start < config.time_limit):
+        pop = engine.polish(pop, config.polish_rounds)
+        record("polish")
 
     best = engine.confirm_best()
     shape = Tensorization.from_key(best["key"])

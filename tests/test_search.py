@@ -60,10 +60,11 @@ def test_time_limit_stops_early(image):
 
 def test_stall_stops_early(image):
     r = _search(image, generations=10_000, stall=2)
-    gens = len(r.history) - 1
-    assert gens < 10_000
-    last = [h["best_params"] for h in r.history[-3:]]
+    ga = [h for h in r.history if h["phase"] == "ga"]
+    assert len(ga) - 1 < 10_000
+    last = [h["best_params"] for h in ga[-3:]]
     assert last[0] == last[-1]
+    assert r.history[-1]["phase"] == "polish"  # then a local search around the best
 
 
 @pytest.mark.parametrize("kw,msg", [({"eps": 0.0}, "eps"), ({"eps": 1.0}, "eps"),

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shapesearch.operators import ShapeSpace, crossover, mutate, random_shape
+from shapesearch.operators import ShapeSpace, crossover, mutate, neighbours, random_shape
 from shapesearch.tensorization import (
     AxisSplit,
     Tensorization,
@@ -106,3 +106,17 @@ def test_operators_keep_genomes_valid(shape, seed):
             # constructing validates; apply must work on real data
             x = np.ones(shape)
             assert t.invert(t.apply(x)).shape == tuple(shape)
+
+
+def test_neighbourhood_is_valid_distinct_and_complete():
+    space = ShapeSpace((12, 10, 3))
+    t = Tensorization(space.smooth_axes(), ((1, 1, 1), (2, 1, 0)))
+    near = neighbours(t, space)
+    keys = [s.key for s in near]
+    assert len(keys) == len(set(keys)) and t.key not in keys
+    assert any(s.reverse_sweep for s in near)  # the other sweep direction
+    assert any(s.modes != t.modes and s.axes == t.axes for s in near)  # a digit moved across
+    assert any(s.axes[0].digits != t.axes[0].digits for s in near)  # a digit order / padding change
+    for s in near:
+        x = np.arange(360.0).reshape(12, 10, 3)
+        np.testing.assert_array_equal(s.invert(s.apply(x)), x)

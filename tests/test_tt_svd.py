@@ -69,7 +69,7 @@ def test_carry_over_never_uses_more_parameters_here():
 
 
 def test_pytorch_backend_matches_numpy():
-    torch = pytest.importorskip("torch")
+    import torch
     x = _low_rank_plus_noise((6, 7, 8), np.random.default_rng(2))
     ref = tt_svd(x, 0.1, method="gram")
     with tl.backend_context("pytorch"):
