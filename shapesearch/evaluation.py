@@ -28,13 +28,24 @@ class EvalSettings:
         return asdict(self)
 
 
+_CAST: dict = {}  # (id, dtype) -> (tensor, cast copy): a worker casts its tensor once
+
+
+def _as_dtype(tensor: np.ndarray, dtype: str) -> np.ndarray:
+    key = (id(tensor), dtype)
+    if key not in _CAST or _CAST[key][0] is not tensor:
+        _CAST.clear()
+        _CAST[key] = (tensor, tensor.astype(dtype, copy=False))
+    return _CAST[key][1]
+
+
 def score(tensor: np.ndarray, norm: float, item: tuple) -> dict:
     """Fast fitness: TT-SVD on the tensorized data; error predicted from the discarded tails."""
     key, settings = item
     settings = EvalSettings(**settings)
     shape = Tensorization.from_key(key)
     start = time.perf_counter()
-    data = shape.apply(tensor).astype(settings.dtype, copy=False)
+    data = shape.apply(_as_dtype(tensor, settings.dtype))
     tt = tt_svd(data, settings.eps, norm=norm, carry_over=settings.carry_over, method=settings.method,
                 reverse=shape.reverse_sweep)
     return {"params": tt.params, "ranks": list(tt.ranks), "rel_error": tt.rel_error,

@@ -12,6 +12,7 @@ parameters: projections only shrink singular values (Oseledets 2011, Thm 2.2).
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ from .evaluation import unfolding_spectrum
 from .tensorization import AxisSplit, Tensorization, from_states
 
 MAX_STATES = 2500
+MAX_GRAM_FLOPS = 2e9  # unfoldings costlier than this keep the trivial bound r ≤ min(rows, cols)
 
 
 @dataclass(frozen=True)
@@ -33,21 +35,36 @@ def lattice_states(axes: tuple[AxisSplit, ...]) -> list[tuple[int, ...]]:
     return list(itertools.product(*(range(len(a.digits) + 1) for a in axes)))
 
 
+def _unfolding_rows(axes: tuple[AxisSplit, ...], state: tuple[int, ...]) -> int:
+    return math.prod(math.prod(a.digits[:k]) for a, k in zip(axes, state))
+
+
 def compute_spectra(executor, axes: tuple[AxisSplit, ...]) -> dict[tuple[int, ...], np.ndarray]:
-    """Squared singular values of every non-trivial unfolding, computed on the executor."""
+    """Squared singular values of the non-trivial unfoldings that are cheap enough, computed
+    on the executor."""
     states = lattice_states(axes)
     full = states[-1]
-    inner = [s for s in states if any(s) and s != full]
+    total = math.prod(a.padded for a in axes)
+
+    def affordable(s) -> bool:
+        rows = _unfolding_rows(axes, s)
+        return total * min(rows, total // rows) <= MAX_GRAM_FLOPS
+
+    inner = [s for s in states if any(s) and s != full and affordable(s)]
     plain_axes = tuple((a.size, a.digits) for a in axes)
     spectra = executor.map(unfolding_spectrum, [(plain_axes, s) for s in inner])
     return dict(zip(inner, spectra))
 
 
-def _ranks(spectra: dict, states: list, delta2: float) -> np.ndarray:
+def _ranks(spectra: dict, axes: tuple[AxisSplit, ...], states: list, delta2: float) -> np.ndarray:
+    """r(S) per state: from its spectrum, or min(rows, cols) where none was computed."""
+    total = math.prod(a.padded for a in axes)
     ranks = np.ones(len(states))
-    for i, s in enumerate(states):
+    for i, s in enumerate(states[1:-1], start=1):
         eigs = spectra.get(s)
         if eigs is None:
+            rows = _unfolding_rows(axes, s)
+            ranks[i] = min(rows, total // rows)
             continue
         tails = np.maximum(eigs.sum() - np.cumsum(eigs), 0.0)
         ranks[i] = min(int(np.searchsorted(-tails, -delta2, side="left")) + 1, len(eigs))
@@ -72,7 +89,7 @@ def shortest_paths(spectra: dict, axes: tuple[AxisSplit, ...], eps: float, norm:
     out = []
     for d in orders:
         delta2 = (eps * norm) ** 2 / max(d - 1, 1)
-        r = _ranks(spectra, states, delta2)
+        r = _ranks(spectra, axes, states, delta2)
         cost = r[:, None] * edge * r[None, :]
         best = np.full(len(states), np.inf)
         best[0] = 0.0

@@ -54,3 +54,17 @@ def test_shortest_path_is_optimal_over_enumerated_paths():
             r = [rank(s) for s in chain]
             costs.append(sum(r[k] * size[k] * r[k + 1] for k in range(3)))
     assert best.bound_params == min(costs)
+
+
+def test_bound_holds_when_costly_unfoldings_are_skipped(monkeypatch):
+    import shapesearch.surrogate as sg
+
+    monkeypatch.setattr(sg, "MAX_GRAM_FLOPS", 48 * 64 * 3 * 12)  # only unfoldings with a side ≤ 12
+    x = smooth_image(48, 64, 3, seed=9)
+    norm = float(np.linalg.norm(x))
+    axes = natural_axes(x.shape)
+    spectra = sg.compute_spectra(LocalExecutor(x, norm), axes)
+    assert 0 < len(spectra) < len(sg.lattice_states(axes)) - 2
+    for s in sg.shortest_paths(spectra, axes, 0.1, norm, range(2, 9)):
+        real = confirm(x, norm, (s.shape.key, EvalSettings(0.1).to_dict()))
+        assert real["params"] <= s.bound_params
