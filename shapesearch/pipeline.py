@@ -112,7 +112,7 @@ def run_job(job: Job, config: SearchConfig,
         "workers": executor.workers,
         "generations": found.history[-1]["generation"],
         "reference": found.reference,
-        "surrogate": [{k: v for k, v in s.items() if k != "key"} for s in found.surrogate],
+        "surrogate": found.surrogate,
         "history": found.history,
         "files": files,
     }

@@ -110,6 +110,8 @@ class _Engine:
 
     # -- fitness -------------------------------------------------------------------------------
     def evaluate(self, individuals: list) -> None:
+        """Fitness for the individuals that lack it: cached, or computed on the executor."""
+        individuals = [ind for ind in individuals if not ind.fitness.valid]
         todo = []
         for ind in individuals:
             key = ind[0].key
@@ -151,7 +153,7 @@ class _Engine:
                 # the bound holds for either sweep direction
                 shapes += [s.shape, dataclasses.replace(s.shape, reverse_sweep=True)]
                 notes.append({"order": s.shape.order, "shape": s.shape.describe(),
-                              "bound_params": s.bound_params, "key": checkpoint.key_to_json(s.shape.key)})
+                              "bound_params": s.bound_params})
         unique = list({s.key: s for s in shapes if self.space.valid(s)}.values())
         return unique, notes
 
