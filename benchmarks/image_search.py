@@ -30,7 +30,14 @@ from shapesearch.executors import LocalExecutor
 from shapesearch.images import psnr
 from shapesearch.operators import ShapeSpace
 from shapesearch.surrogate import surrogate_seeds
-from shapesearch.tensorization import AxisSplit, Tensorization, interleaved, natural_axes, original, prime_factors
+from shapesearch.tensorization import (
+    AxisSplit,
+    Tensorization,
+    interleaved,
+    natural_axes,
+    original,
+    prime_factors,
+)
 
 IMAGES = {"astronaut": "astronaut.png", "coffee": "coffee.png", "chelsea": "chelsea.png",
           "rocket": "rocket.jpg"}
@@ -190,7 +197,8 @@ def run(name: str, eps: float, methods: list[str], done: set) -> None:
             row = run_ours(name, eps)
         elif method in ("random", "tpe"):
             if budget is None:
-                ours = [r for r in load_rows(JSONL) if (r["image"], r["eps"], r["method"]) == (name, eps, "ours")]
+                ours = [r for r in load_rows(JSONL)
+                        if (r["image"], r["eps"], r["method"]) == (name, eps, "ours")]
                 budget = ours[-1]["evaluations"] if ours else 1000
             row = run_optuna(img, eps, method, budget)
         else:
@@ -219,7 +227,8 @@ def report() -> str:
                 if r:
                     body.append([img, LABELS[m], r["cr"], r["rel_error"], r["psnr"], r["evaluations"],
                                  r["wall"], r["shape"]])
-        out += [table(["image", "method", "CR", "error", "PSNR dB", "evaluations", "wall s", "shape"], body), ""]
+        headers = ["image", "method", "CR", "error", "PSNR dB", "evaluations", "wall s", "shape"]
+        out += [table(headers, body), ""]
         summary = []
         for m in METHODS:
             got = [by_key[(i, eps, m)] for i in IMAGES if (i, eps, m) in by_key]

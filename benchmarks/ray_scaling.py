@@ -49,8 +49,9 @@ def main() -> None:
     speedup = results[1]["search_seconds"] / results[2]["search_seconds"]
     text = "\n".join([
         "# Ray scaling", "",
-        f"Printed by `benchmarks/ray_scaling.py`: {args.image}, ε = {args.eps}, {args.generations} generations "
-        f"(no stall stop), population {SearchConfig().population}, on {machine()}. 'search s' excludes "
+        f"Printed by `benchmarks/ray_scaling.py`: {args.image}, ε = {args.eps}, "
+        f"{args.generations} generations (no stall stop), population {SearchConfig().population}, "
+        f"on {machine()}. 'search s' excludes "
         "Ray start-up; 'job s' is the whole job including it and the written artifacts.", "",
         table(["workers", "search s", "job s", "evaluations", "CR", "shape"], rows), "",
         f"Speed-up of the search with 2 workers: **{speedup:.2f}×**; identical result on both: {same}.", ""])
