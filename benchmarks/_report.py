@@ -40,7 +40,7 @@ def append_row(path: Path, row: dict) -> None:
 def table(headers: list[str], rows: list[list]) -> str:
     def fmt(v):
         if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1 else f"{v:.2f}"
+            return f"{v:.4g}" if abs(v) < 1 else f"{v:.2f}"
         return str(v)
 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

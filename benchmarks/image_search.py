@@ -216,7 +216,10 @@ def report() -> str:
            "Printed by `benchmarks/image_search.py` (rows in `results/image_search.jsonl`). "
            "CR = original entries / TT parameters; error = measured relative Frobenius error of the "
            "reconstruction (float64); PSNR on pixels scaled to [0, 1]; wall time in seconds on "
-           f"{rows[0]['machine'] if rows else machine()}.", ""]
+           f"{rows[0]['machine'] if rows else machine()}. The seed GA is serial: its rows ran pinned to one "
+           "core (`taskset -c 1`) with the other core in use; every other row ran on the idle machine, "
+           "shapesearch with 2 Ray workers (wall time of the whole CLI run, Ray start-up included), "
+           "Optuna with 2 threads.", ""]
     by_key = {(r["image"], r["eps"], r["method"]): r for r in rows}
     for eps in sorted({r["eps"] for r in rows}):
         out += [f"## ε = {eps}", ""]
@@ -235,6 +238,10 @@ def report() -> str:
             if len(got) == len(IMAGES):
                 summary.append([LABELS[m], float(np.mean([g["cr"] for g in got])),
                                 max(g["rel_error"] for g in got), float(np.mean([g["wall"] for g in got]))])
+        missing = [LABELS[m] for m in METHODS if not any((i, eps, m) in by_key for i in IMAGES)]
+        if missing:
+            out += [f"Not run at this ε: {', '.join(missing)} (the seed GA takes 2–17 min per image; "
+                    f"`python benchmarks/image_search.py --methods seed_ga --eps {eps}` adds its rows).", ""]
         if summary:
             out += ["Over all images:", "",
                     table(["method", "mean CR", "max error", "mean wall s"], summary), ""]

@@ -1,4 +1,9 @@
-"""Search state on disk as JSON (no pickles): written atomically every generation."""
+"""Search state on disk as JSON (no pickles), every generation.
+
+``checkpoint.json`` (population, RNG state, history, counters) is replaced atomically;
+the fitness cache grows by appending its new entries to ``checkpoint-cache.jsonl``, so a
+generation's write costs what it added, not the whole cache.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import numpy as np
 from .errors import UsageError
 
 CHECKPOINT = "checkpoint.json"
+CACHE_LOG = "checkpoint-cache.jsonl"
 
 
 def key_to_json(key: tuple) -> dict:
@@ -41,8 +47,14 @@ def set_rng_state(state: list) -> None:
     random.setstate((state[0], tuple(state[1]), state[2]))
 
 
-def save(directory: Path, state: dict) -> None:
+def save(directory: Path, state: dict, new_cache: list[tuple[tuple, dict]], fresh: bool = False) -> None:
+    """Append ``new_cache`` entries to the cache log (truncated first if ``fresh``), then
+    replace the state file; ``state["cache_entries"]`` says how many log lines belong to it."""
     directory.mkdir(parents=True, exist_ok=True)
+    with (directory / CACHE_LOG).open("w" if fresh else "a") as f:
+        f.writelines(json.dumps([key_to_json(k), v]) + "\n" for k, v in new_cache)
+        f.flush()
+        os.fsync(f.fileno())
     tmp = directory / (CHECKPOINT + ".tmp")
     tmp.write_text(json.dumps(state))
     os.replace(tmp, directory / CHECKPOINT)
@@ -53,6 +65,15 @@ def load(directory: Path) -> dict:
     if not path.is_file():
         raise UsageError(f"{path} not found: --resume needs the --out directory of an earlier run")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        state = json.loads(path.read_text())
+        log = Path(directory) / CACHE_LOG
+        lines = log.read_text().splitlines()
+        if len(lines) > state["cache_entries"]:  # written after the last state: drop them
+            lines = lines[: state["cache_entries"]]
+            log.write_text("".join(line + "\n" for line in lines))
+        state["cache"] = [json.loads(line) for line in lines]
+    except (json.JSONDecodeError, KeyError, OSError) as exc:
         raise UsageError(f"{path} is not a valid checkpoint ({exc}); start a new run instead") from exc
+    if len(state["cache"]) != state["cache_entries"]:
+        raise UsageError(f"{directory / CACHE_LOG} is shorter than its checkpoint; start a new run instead")
+    return state

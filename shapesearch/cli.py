@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import model_cli
 from .errors import UsageError
 from .search import SearchConfig
 
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--out", type=Path, required=True, help="FILE.png, FILE.npy or FILE.safetensors")
     rec.add_argument("--overwrite", action="store_true")
     rec.add_argument("--json", action="store_true")
+    model_cli.add_parsers(sub)
     return parser
 
 
@@ -86,7 +88,7 @@ def load_array(path: Path, key: str | None) -> np.ndarray:
     raise UsageError(f"{path}: unsupported file type {path.suffix!r}; use .npy or .safetensors")
 
 
-def _search(args: argparse.Namespace) -> dict:
+def _search(args: argparse.Namespace) -> tuple[dict, str]:
     from tqdm import tqdm
 
     from .images import load_image
@@ -121,7 +123,7 @@ def _search(args: argparse.Namespace) -> dict:
         for bar in bars:
             bar.close()
     result["out"] = str(out)
-    return result
+    return result, _summary(result)
 
 
 def _summary(r: dict) -> str:
@@ -152,7 +154,7 @@ def _summary(r: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _reconstruct(args: argparse.Namespace) -> dict:
+def _reconstruct(args: argparse.Namespace) -> tuple[dict, str]:
     from . import artifacts
     from .images import save_image
 
@@ -173,8 +175,9 @@ def _reconstruct(args: argparse.Namespace) -> dict:
         save_file({"data": np.ascontiguousarray(data)}, str(args.out))
     else:
         raise UsageError(f"--out {args.out}: unsupported type {suffix!r}; use .png, .npy or .safetensors")
-    return {"output": str(args.out), "shape": list(data.shape), "kind": meta.get("kind"),
-            "tt_modes": shape.describe(), "params": int(sum(c.size for c in cores))}
+    result = {"output": str(args.out), "shape": list(data.shape), "kind": meta.get("kind"),
+              "tt_modes": shape.describe(), "params": int(sum(c.size for c in cores))}
+    return result, f"wrote {args.out} {tuple(data.shape)} from {result['params']:,} TT parameters"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,17 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse: --help or a one-line usage error
         return int(exc.code or 0)
+    commands = {"image": _search, "tensor": _search, "reconstruct": _reconstruct,
+                "compress": model_cli.compress_command, "eval": model_cli.eval_command}
     try:
-        result = _reconstruct(args) if args.command == "reconstruct" else _search(args)
+        result, text = commands[args.command](args)
     except UsageError as exc:
         print(f"shapesearch: error: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(result))
-    elif args.command == "reconstruct":
-        print(f"wrote {result['output']} {tuple(result['shape'])} from {result['params']:,} TT parameters")
-    else:
-        print(_summary(result))
+    print(json.dumps(result) if args.json else text)
     return 0
 
 

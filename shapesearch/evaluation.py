@@ -6,6 +6,7 @@ executor (in-process or Ray) can ship them without pickling project classes.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -37,6 +38,13 @@ def _as_dtype(tensor: np.ndarray, dtype: str) -> np.ndarray:
         _CAST.clear()
         _CAST[key] = (tensor, tensor.astype(dtype, copy=False))
     return _CAST[key][1]
+
+
+def cost_estimate(shape: Tensorization) -> float:
+    """Rough cost of scoring ``shape``: the Gram matrix of its first unfolding (N·min side)."""
+    sizes = shape.mode_sizes[::-1] if shape.reverse_sweep else shape.mode_sizes
+    total = math.prod(sizes)
+    return float(total) * min(sizes[0], total // sizes[0])
 
 
 def score(tensor: np.ndarray, norm: float, item: tuple) -> dict:

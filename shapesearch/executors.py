@@ -10,6 +10,7 @@ actor and retries its task.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -22,12 +23,9 @@ def limit_threads() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")  # only if something uses it: importing it costs seconds
+    if torch is not None:
         torch.set_num_threads(1)
-    except ImportError:  # torch is optional for the search itself
-        pass
 
 
 class LocalExecutor:
@@ -67,12 +65,14 @@ def _worker_class():
     @ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)
     class FitnessWorker:
         def __init__(self, refs: list, norm: float) -> None:
+            from . import evaluation  # noqa: F401  (import the scoring code before the first task)
+
             limit_threads()
             # a nested ref is fetched here, so a restarted actor fetches it again
             self.tensor, self.norm = ray.get(refs[0]), norm  # zero-copy, read-only
 
-        def run(self, func: Callable, index: int, item) -> tuple:
-            return index, func(self.tensor, self.norm, item)
+        def run(self, func: Callable, indexed: list[tuple[int, object]]) -> list[tuple[int, object]]:
+            return [(i, func(self.tensor, self.norm, item)) for i, item in indexed]
 
         def pid(self) -> int:
             return os.getpid()
@@ -95,13 +95,19 @@ class RayExecutor:
         worker = _worker_class()
         self.actors = [worker.remote([ref], norm) for _ in range(self.workers)]
         self._ref = ref  # keep alive: restarted actors read it again
-        self.pool = ActorPool(self.actors)
+        # each actor appears twice: its next task is already queued when one finishes
+        self.pool = ActorPool(self.actors * 2)
+        self.pids()  # wait until every actor is up, so start-up is not billed to the first tasks
 
-    def map(self, func: Callable, items: Sequence) -> list:
+    def map(self, func: Callable, items: Sequence, chunks_per_worker: int = 4) -> list:
+        """Results in input order.  Items go out in interleaved chunks (item j to chunk j mod C,
+        about ``chunks_per_worker`` chunks per actor): fewer round trips, mixed costs per chunk."""
         out: list = [None] * len(items)
-        tasks = list(enumerate(items))
-        for index, value in self.pool.map_unordered(lambda a, t: a.run.remote(func, *t), tasks):
-            out[index] = value
+        n_chunks = max(1, min(len(items), self.workers * chunks_per_worker))
+        chunks = [list(enumerate(items))[j::n_chunks] for j in range(n_chunks)]
+        for done in self.pool.map_unordered(lambda a, chunk: a.run.remote(func, chunk), chunks):
+            for index, value in done:
+                out[index] = value
         return out
 
     def pids(self) -> list[int]:

@@ -21,7 +21,7 @@ from deap import algorithms, base, creator, tools
 
 from . import checkpoint
 from .errors import UsageError
-from .evaluation import EvalSettings, confirm, score
+from .evaluation import EvalSettings, confirm, cost_estimate, score
 from .operators import ShapeSpace, crossover, mutate, neighbours
 from .surrogate import surrogate_seeds
 from .tensorization import Tensorization, interleaved, natural_axes, original
@@ -119,6 +119,8 @@ class _Engine:
                 self.cache_hits += 1
             else:
                 todo.append(key)
+        # longest first, so no worker is left with one slow shape at the end of a generation
+        todo.sort(key=lambda k: -cost_estimate(Tensorization.from_key(k)))
         results = self.executor.map(score, [(k, self.settings) for k in todo])
         self.evaluations += len(todo)
         self.cache.update(zip(todo, results))
@@ -234,6 +236,8 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor, *,
         pop = engine.initial_population(seeds)
         history, gen, stall, elapsed0 = [], 0, 0, 0.0
 
+    saved = [len(engine.cache) if resume else 0]  # cache entries already in the log
+
     def record(phase: str = "ga") -> None:
         best = pop[0].fitness.values
         history.append({"generation": gen, "phase": phase, "best_params": int(best[0]),
@@ -245,13 +249,16 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor, *,
             on_generation(history[-1])
         # the checkpoint holds GA generations only: a resumed run polishes at its own end
         if checkpoint_dir is not None and phase == "ga":
+            entries = list(engine.cache.items())
             checkpoint.save(checkpoint_dir, {
                 "config": asdict(config), "fingerprint": fp, "generation": gen,
                 "population": [checkpoint.key_to_json(i[0].key) for i in pop],
-                "cache": [[checkpoint.key_to_json(k), v] for k, v in engine.cache.items()],
+                "cache_entries": len(entries),
                 "rng": checkpoint.rng_state(), "history": history, "surrogate": surrogate,
                 "evaluations": engine.evaluations, "cache_hits": engine.cache_hits,
-                "stall": stall, "elapsed": history[-1]["elapsed"]})
+                "stall": stall, "elapsed": history[-1]["elapsed"]},
+                entries[saved[0]:], fresh=saved[0] == 0)
+            saved[0] = len(entries)
 
     if not resume:
         pop = tools.selBest(pop, config.population)

@@ -42,6 +42,16 @@ def test_resume_equals_uninterrupted_run(image, tmp_path):
     assert _summary(resumed) == _summary(full)
 
 
+def test_resume_after_a_crash_between_cache_append_and_state_write(image, tmp_path):
+    full = _search(image, seed=7, generations=5)
+    _search(image, tmp_path / "run", seed=7, generations=2)
+    log = tmp_path / "run" / "checkpoint-cache.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines + lines[:3]) + "\n")  # entries the state does not know yet
+    resumed = _search(image, tmp_path / "run", resume=True, seed=7, generations=5)
+    assert _summary(resumed) == _summary(full)
+
+
 def test_resume_refuses_other_data_or_settings(image, tmp_path):
     _search(image, tmp_path / "run", generations=1)
     with pytest.raises(UsageError, match="different data"):

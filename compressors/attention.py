@@ -1,0 +1,58 @@
+"""Attention whose values have their own head size (transformers 5.x, Llama family).
+
+The stock forward views V as ``(..., -1, head_dim)``, which breaks (or silently
+mis-shapes) once ``v_proj`` is compressed.  Here V is viewed per KV head with the width
+``v_proj`` actually has; Q/K keep ``head_dim`` and the 1/√head_dim scale.  Eager and SDPA
+kernels and the dynamic KV cache accept a V width that differs from K's.  The swap only
+changes the module's class, so :func:`unpatch` restores the original exactly.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
+
+
+def _forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+             attention_mask: torch.Tensor | None = None, past_key_values=None, **kwargs):
+    input_shape = hidden_states.shape[:-1]
+    qk_shape = (*input_shape, -1, self.head_dim)
+    query = self.q_proj(hidden_states).view(qk_shape).transpose(1, 2)
+    key = self.k_proj(hidden_states).view(qk_shape).transpose(1, 2)
+    value = self.v_proj(hidden_states).view(*input_shape, self.config.num_key_value_heads, -1).transpose(1, 2)
+    cos, sin = position_embeddings
+    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    if past_key_values is not None:
+        key, value = past_key_values.update(key, value, self.layer_idx)
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+    sliding = getattr(self, "sliding_window", getattr(self.config, "sliding_window", None))
+    out, weights = attend(self, query, key, value, attention_mask,
+                          dropout=0.0 if not self.training else self.attention_dropout,
+                          scaling=self.scaling, sliding_window=sliding, **kwargs)
+    out = out.reshape(*input_shape, -1).contiguous()
+    return self.o_proj(out), weights
+
+
+@cache
+def _patched_class(base: type) -> type:
+    return type(f"VarHead{base.__name__}", (base,), {"forward": _forward, "_unpatched": base})
+
+
+def patch(attn: nn.Module) -> None:
+    """Let ``attn`` run with any ``v_proj`` width divisible by the number of KV heads."""
+    if not hasattr(type(attn), "_unpatched"):
+        attn.__class__ = _patched_class(type(attn))
+
+
+def unpatch(attn: nn.Module) -> None:
+    base = getattr(type(attn), "_unpatched", None)
+    if base is not None:
+        attn.__class__ = base
+
+
+def value_head_dim(attn: nn.Module) -> int:
+    return attn.v_proj.out_features // attn.config.num_key_value_heads

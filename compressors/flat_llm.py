@@ -1,0 +1,141 @@
+"""FLAT-LLM: head-wise PCA of V absorbed into W_v/W_o, Nyström MLP selection, IPRS ranks.
+
+Per layer l with keep ratio w_l (from IPRS or uniform):
+* V/O: C_g = Σ_tokens y yᵀ of KV head g's value output (float64), Q̃_g = its top
+  r_l = ⌊w_l·d_h⌋ eigenvectors; W_v^g ← Q̃_gᵀ W_v^g and W_o^h ← W_o^h Q̃_{g(h)}, g(h) = ⌊h/n⌋.
+* MLP: C = Σ z zᵀ of the ``down_proj`` input; ridge leverage s = diag(C (C + λI)⁻¹), keep the
+  k_l = ⌊w_l·d_int⌋ top neurons S; W_down ← W_down C[:, S] C[S, S]⁻¹ (least squares).
+Layers with w_l = 1 are left bitwise untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import attention
+from .architectures import Dims, decoder_layers, dims
+from .calibration import Accumulator, LayerInputs, run_layer
+from .iprs import allocate, layer_importance, mean_keep_ratio
+
+
+@dataclass
+class FlatLLMConfig:
+    """``ratio``: fraction of decoder-linear parameters removed (embeddings, lm_head and norms
+    are not counted).  ``uniform``: the same keep ratio in every layer instead of IPRS."""
+
+    ratio: float = 0.2
+    uniform: bool = False
+    ridge: float = 1.0  # λ of the ridge leverage scores, absolute (C is a sum over tokens)
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
+    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                    dtype=like.weight.dtype, device=like.weight.device)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if bias is not None:
+            out.bias.copy_(bias)
+    return out
+
+
+def value_bases(cov: torch.Tensor, rank: int) -> torch.Tensor:
+    """Top-``rank`` eigenvectors of each per-head covariance [G, dh, dh] → [G, dh, rank]."""
+    _, vecs = torch.linalg.eigh(cov)  # ascending
+    return vecs.flip(-1)[..., :rank]
+
+
+def absorb_values(attn: nn.Module, bases: torch.Tensor) -> None:
+    """W_v^g ← Q̃_gᵀ W_v^g and W_o^h ← W_o^h Q̃_{g(h)}; V then has head size r."""
+    groups, head_dim, rank = bases.shape
+    heads = attn.config.num_attention_heads
+    q = bases.double()
+    wv = attn.v_proj.weight.double().reshape(groups, head_dim, -1)
+    new_v = torch.einsum("gdr,gdi->gri", q, wv).reshape(groups * rank, -1)
+    bias = attn.v_proj.bias
+    new_bias = None if bias is None else torch.einsum("gdr,gd->gr", q, bias.double().reshape(groups, -1)).reshape(-1)
+    wo = attn.o_proj.weight.double().reshape(-1, heads, head_dim)
+    kv_of = torch.arange(heads) // (heads // groups)
+    new_o = torch.einsum("ohd,hdr->ohr", wo, q[kv_of]).reshape(wo.shape[0], heads * rank)
+    attn.v_proj = _linear(new_v, new_bias, attn.v_proj)
+    attn.o_proj = _linear(new_o, attn.o_proj.bias, attn.o_proj)
+    attention.patch(attn)
+
+
+def nystrom_select(cov: torch.Tensor, width: int, ridge: float) -> torch.Tensor:
+    """Indices of the ``width`` neurons with the largest ridge leverage scores (sorted)."""
+    eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+    scores = 1.0 - ridge * torch.diagonal(torch.linalg.inv(cov + ridge * eye))
+    return torch.sort(torch.topk(scores, width).indices).values
+
+
+def prune_mlp(mlp: nn.Module, keep: torch.Tensor, cov: torch.Tensor) -> None:
+    """Keep neurons ``keep`` of gate/up; refit down_proj by least squares on C."""
+    c_sk = cov[keep]  # [k, d_int]
+    down = mlp.down_proj.weight.double()  # [d, d_int]
+    new_down = torch.linalg.solve(c_sk[:, keep], c_sk @ down.T).T  # W_down C[:,S] C[S,S]⁻¹
+    mlp.gate_proj = _linear(mlp.gate_proj.weight[keep], _rows(mlp.gate_proj.bias, keep), mlp.gate_proj)
+    mlp.up_proj = _linear(mlp.up_proj.weight[keep], _rows(mlp.up_proj.bias, keep), mlp.up_proj)
+    mlp.down_proj = _linear(new_down, mlp.down_proj.bias, mlp.down_proj)
+
+
+def _rows(bias: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:
+    return None if bias is None else bias[keep]
+
+
+@torch.no_grad()
+def importance_scores(model: nn.Module, windows: list[torch.Tensor]) -> list[float]:
+    """t_l: mean over tokens of arccos(clamp(cos(x_in, x_out), 0, 1))/π, uncompressed model."""
+    layers = decoder_layers(model)
+    sums = [0.0] * len(layers)
+    count = [0] * len(layers)
+
+    def hook(index):
+        def record(module, args, kwargs, output):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            s, n = layer_importance(hidden, output[0] if isinstance(output, tuple) else output)
+            sums[index] += s
+            count[index] += n
+        return record
+
+    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        for ids in windows:
+            model(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return [s / max(n, 1) for s, n in zip(sums, count)]
+
+
+def keep_ratios(model: nn.Module, config: FlatLLMConfig, windows: list[torch.Tensor]) -> list[float]:
+    d = dims(model)
+    rbar = mean_keep_ratio(config.ratio, d.hidden, d.heads, d.kv_heads, d.head_dim, d.intermediate)
+    if config.uniform:
+        return [min(rbar, 1.0)] * d.layers
+    t = [max(x, 1e-12) for x in importance_scores(model, windows)]
+    return allocate(t, rbar)
+
+
+def layer_widths(d: Dims, w: float) -> tuple[int, int]:
+    """(V head size r_l, MLP width k_l) for keep ratio w (at least 1 each)."""
+    return max(1, math.floor(w * d.head_dim)), max(1, math.floor(w * d.intermediate))
+
+
+def rewrite_layer(layer: nn.Module, inputs: LayerInputs, d: Dims, w: float, ridge: float) -> dict:
+    """Gather V and MLP statistics on ``inputs`` (layer uncompressed), then compress it."""
+    rank, width = layer_widths(d, w)
+    if w >= 1.0:
+        return {"v_head_dim": d.head_dim, "mlp_width": d.intermediate, "keep": 1.0}
+    v_stats = Accumulator(layer.self_attn.v_proj, output=True, groups=d.kv_heads)
+    mlp_stats = Accumulator(layer.mlp.down_proj)
+    try:
+        run_layer(layer, inputs)
+    finally:
+        cov_v, cov = v_stats.close(), mlp_stats.close()
+    absorb_values(layer.self_attn, value_bases(cov_v, rank))
+    prune_mlp(layer.mlp, nystrom_select(cov, width, ridge), cov)
+    return {"v_head_dim": rank, "mlp_width": width, "keep": w}

