@@ -47,28 +47,29 @@ def cost_estimate(shape: Tensorization) -> float:
     return float(total) * min(sizes[0], total // sizes[0])
 
 
-def score(tensor: np.ndarray, norm: float, item: tuple) -> dict:
-    """Fast fitness: TT-SVD on the tensorized data; error predicted from the discarded tails."""
+def _decompose(tensor: np.ndarray, norm: float, item: tuple, dtype: str, method: str):
+    """(shape, TT of the tensorized data) for a (key, settings) work item."""
     key, settings = item
     settings = EvalSettings(**settings)
     shape = Tensorization.from_key(key)
+    data = shape.apply(_as_dtype(tensor, dtype))
+    return shape, tt_svd(data, settings.eps, norm=norm, carry_over=settings.carry_over, method=method,
+                         reverse=shape.reverse_sweep)
+
+
+def score(tensor: np.ndarray, norm: float, item: tuple) -> dict:
+    """Fast fitness: TT-SVD on the tensorized data; error predicted from the discarded tails."""
     start = time.perf_counter()
-    data = shape.apply(_as_dtype(tensor, settings.dtype))
-    tt = tt_svd(data, settings.eps, norm=norm, carry_over=settings.carry_over, method=settings.method,
-                reverse=shape.reverse_sweep)
+    settings = EvalSettings(**item[1])
+    _, tt = _decompose(tensor, norm, item, settings.dtype, settings.method)
     return {"params": tt.params, "ranks": list(tt.ranks), "rel_error": tt.rel_error,
             "seconds": time.perf_counter() - start}
 
 
 def confirm(tensor: np.ndarray, norm: float, item: tuple) -> dict:
     """Float64 SVD sweep; the error is *measured* by reconstruction on the unpadded data."""
-    key, settings = item
-    settings = EvalSettings(**settings)
-    shape = Tensorization.from_key(key)
     start = time.perf_counter()
-    data = shape.apply(tensor.astype(np.float64, copy=False))
-    tt = tt_svd(data, settings.eps, norm=norm, carry_over=settings.carry_over, method="svd",
-                reverse=shape.reverse_sweep)
+    shape, tt = _decompose(tensor, norm, item, "float64", "svd")
     approx = shape.invert(np.asarray(tt.to_tensor()))
     return {"params": tt.params, "ranks": list(tt.ranks), "predicted_error": tt.rel_error,
             "rel_error": relative_error(tensor.astype(np.float64, copy=False), approx),

@@ -147,8 +147,13 @@ def test_compress_save_load_and_generate(kv, tmp_path):
 
 
 def test_uniform_option_and_layer_accounting():
+    from compressors.compress import flat_llm_budget
+
     model = tiny(2, layers=3)
     report = compressors.compress(model, FlatLLMConfig(ratio=0.3, uniform=True), calibration=windows())
+    # the count the baselines are matched to is what FLAT-LLM really leaves
+    keeps = [layer["keep"] for layer in report["layers"]]
+    assert flat_llm_budget(tiny(2, layers=3), keeps) == report["decoder_linear_params_after"]
     keeps = {layer["keep"] for layer in report["layers"]}
     assert len(keeps) == 1
     for layer, spec in zip(decoder_layers(model), report["layers"]):
