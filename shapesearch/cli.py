@@ -135,7 +135,7 @@ def _summary(r: dict) -> str:
         ("ranks", "-".join(map(str, r["ranks"]))),
         ("parameters", f"{r['params']:,} (of {r['original_entries']:,} entries)"),
         ("CR", f"{r['cr']:.2f}"),
-        ("rel. error", f"{r['rel_error']:.4f} (bound {r['eps']:g}, measured)"),
+        ("rel. error", f"{r['rel_error']:.5f} (bound {r['eps']:g}, measured)"),
         ("PSNR", "exact" if r["psnr"] is None else f"{r['psnr']:.2f} dB"),
     ]
     for name, ref in r["reference"].items():
