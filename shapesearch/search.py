@@ -112,15 +112,15 @@ class _Engine:
     def evaluate(self, individuals: list) -> None:
         """Fitness for the individuals that lack it: cached, or computed on the executor."""
         individuals = [ind for ind in individuals if not ind.fitness.valid]
-        todo = []
+        new: dict[tuple, Tensorization] = {}
         for ind in individuals:
             key = ind[0].key
-            if key in self.cache or key in todo:
+            if key in self.cache or key in new:
                 self.cache_hits += 1
             else:
-                todo.append(key)
+                new[key] = ind[0]
         # longest first, so no worker is left with one slow shape at the end of a generation
-        todo.sort(key=lambda k: -cost_estimate(Tensorization.from_key(k)))
+        todo = sorted(new, key=lambda k: -cost_estimate(new[k]))
         results = self.executor.map(score, [(k, self.settings) for k in todo])
         self.evaluations += len(todo)
         self.cache.update(zip(todo, results))
