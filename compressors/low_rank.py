@@ -49,15 +49,15 @@ class LowRankLinear(nn.Module):
         return self.second(self.first(x))
 
 
-def _get(layer: nn.Module, path: str) -> nn.Module:
+def get_module(layer: nn.Module, path: str) -> nn.Module:
     for part in path.split("."):
         layer = getattr(layer, part)
     return layer
 
 
-def _set(layer: nn.Module, path: str, module: nn.Module) -> None:
+def set_module(layer: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
-    setattr(_get(layer, parent) if parent else layer, name, module)
+    setattr(get_module(layer, parent) if parent else layer, name, module)
 
 
 def rank_for(out_features: int, in_features: int, rho: float) -> int:
@@ -66,10 +66,10 @@ def rank_for(out_features: int, in_features: int, rho: float) -> int:
 
 def ranks_for_budget(model: nn.Module, budget: int) -> dict[str, int]:
     """Per-linear ranks from the single ρ that fits the decoder linears into ``budget`` params."""
-    shapes = {f"model.layers.{i}.{p}": _get(layer, p).weight.shape
+    shapes = {f"model.layers.{i}.{p}": get_module(layer, p).weight.shape
               for i, layer in enumerate(decoder_layers(model)) for p in PROJECTIONS}
-    biases = sum(_get(layer, p).bias.numel() for layer in decoder_layers(model) for p in PROJECTIONS
-                 if _get(layer, p).bias is not None)
+    biases = sum(get_module(layer, p).bias.numel() for layer in decoder_layers(model) for p in PROJECTIONS
+                 if get_module(layer, p).bias is not None)
 
     def params(rho: float) -> int:
         return biases + sum(rank_for(o, i, rho) * (o + i) for o, i in shapes.values())
@@ -120,7 +120,7 @@ def rewrite_layer(layer: nn.Module, inputs: LayerInputs | None, index: int, rank
     """Factorize the seven projections of one decoder layer; SVD-LLM gathers input Grams first."""
     grams: dict[str, torch.Tensor] = {}
     if whiten:
-        stats = {p: Accumulator(_get(layer, p)) for p in ("self_attn.q_proj", "self_attn.o_proj",
+        stats = {p: Accumulator(get_module(layer, p)) for p in ("self_attn.q_proj", "self_attn.o_proj",
                                                          "mlp.gate_proj", "mlp.down_proj")}
         try:
             run_layer(layer, inputs)
@@ -131,6 +131,6 @@ def rewrite_layer(layer: nn.Module, inputs: LayerInputs | None, index: int, rank
     out = {}
     for p in PROJECTIONS:
         name = f"model.layers.{index}.{p}"
-        _set(layer, p, factorize(_get(layer, p), ranks[name], grams.get(p)))
+        set_module(layer, p, factorize(get_module(layer, p), ranks[name], grams.get(p)))
         out[p] = ranks[name]
     return out

@@ -49,8 +49,8 @@ def _resize(model: nn.Module, record: dict) -> None:
             mlp.down_proj = nn.Linear(width, c.hidden_size, bias=old.bias is not None, dtype=old.weight.dtype)
         elif method in ("svd", "svd-llm"):
             for path, rank in spec["ranks"].items():
-                old = low_rank._get(layer, path)
-                low_rank._set(layer, path, low_rank.LowRankLinear(old.in_features, old.out_features, rank,
+                old = low_rank.get_module(layer, path)
+                low_rank.set_module(layer, path, low_rank.LowRankLinear(old.in_features, old.out_features, rank,
                                                                   old.bias is not None, dtype=old.weight.dtype))
         else:
             raise UsageError(f"layer {i}: unknown compression method {method!r} in config.json")
