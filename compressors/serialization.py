@@ -60,7 +60,7 @@ def load(directory: str | Path, dtype: torch.dtype | None = None,
          attn_implementation: str | None = None) -> nn.Module:
     """Rebuild a model saved by :func:`save` (compressed or dense) and load its weights
     (in ``dtype``, default: the dtype it was saved in)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():
@@ -69,10 +69,11 @@ def load(directory: str | Path, dtype: torch.dtype | None = None,
     saved = getattr(config, "dtype", None)
     dtype = dtype or (getattr(torch, saved) if isinstance(saved, str) else saved) or torch.float32
     record = getattr(config, "shapesearch_compression", None)
+    causal = any(a.endswith("ForCausalLM") for a in config.architectures or [])
+    auto = AutoModelForCausalLM if causal else AutoModel
     if not record:
-        return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype,
-                                                    attn_implementation=attn_implementation).eval()
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+        return auto.from_pretrained(directory, dtype=dtype, attn_implementation=attn_implementation).eval()
+    model = auto.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     _resize(model, record)
     files = sorted(directory.glob("*.safetensors"))
     if not files:

@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help or a one-line usage error
         return int(exc.code or 0)
     commands = {"image": _search, "tensor": _search, "reconstruct": _reconstruct,
-                "compress": model_cli.compress_command, "eval": model_cli.eval_command}
+                "compress": model_cli.compress_command, "layers": model_cli.layers_command,
+                "eval": model_cli.eval_command}
     try:
         result, text = commands[args.command](args)
     except UsageError as exc:

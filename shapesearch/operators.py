@@ -8,15 +8,28 @@ import random
 
 from .tensorization import AxisSplit, Tensorization, padding_candidates, prime_factors, retarget
 
+LAYOUTS = (None, "ttm", "tt")
+
 
 class ShapeSpace:
-    """What may vary for a tensor of this shape: per-axis padding and the mode grouping."""
+    """What may vary for a tensor of this shape: per-axis padding and the mode grouping.
+
+    ``layout`` restricts the grouping for a weight matrix: ``"ttm"`` (a TT-matrix of W
+    [out, in]: any grouping, each mode pairs m_k output with n_k input digits) or ``"tt"``
+    (the Saten authors' format on Wᵀ [in, out]: every mode holds digits of one axis, input
+    modes first).  ``max_pad = 0`` turns padding off.
+    """
 
     def __init__(self, shape: tuple[int, ...], max_pad: float = 0.25, max_prime: int = 7,
-                 min_order: int = 2) -> None:
+                 min_order: int = 2, layout: str | None = None) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; use one of {LAYOUTS}")
+        if layout is not None and len(shape) != 2:
+            raise ValueError(f"layout {layout!r} needs a matrix, got shape {tuple(shape)}")
         self.shape = tuple(shape)
         self.min_order = min_order
-        self.paddings = [padding_candidates(n, max_pad, max_prime) if n >= 4 else (n,)
+        self.layout = layout
+        self.paddings = [padding_candidates(n, max_pad, max_prime) if n >= 4 and max_pad > 0 else (n,)
                          for n in self.shape]
 
     def axis(self, a: int, padded: int) -> AxisSplit:
@@ -28,7 +41,12 @@ class ShapeSpace:
                      for a, (n, p) in enumerate(zip(self.shape, self.paddings)))
 
     def valid(self, t: Tensorization | None) -> bool:
-        return t is not None and t.order >= self.min_order
+        if t is None or t.order < self.min_order:
+            return False
+        if self.layout == "tt":
+            owners = [next(a for a, c in enumerate(m) if c) for m in t.modes]
+            return all(sum(1 for c in m if c) == 1 for m in t.modes) and owners == sorted(owners)
+        return True
 
 
 def _drop_empty(axes, modes, reverse: bool = False) -> Tensorization:

@@ -46,6 +46,8 @@ class SearchConfig:
     carry_over: bool = True
     max_pad: float = 0.25
     max_order: int = 12
+    layout: str | None = None  # "ttm" / "tt" for weight matrices (see ShapeSpace)
+    surrogate: bool = True
     confirm_top: int = 4
     polish_rounds: int = 10
 
@@ -83,10 +85,12 @@ def _individual(shape: Tensorization):
 
 
 class _Engine:
-    def __init__(self, tensor: np.ndarray, config: SearchConfig, executor) -> None:
+    def __init__(self, tensor: np.ndarray, config: SearchConfig, executor,
+                 references: dict[str, Tensorization] | None = None) -> None:
         self.tensor, self.config, self.executor = tensor, config, executor
         self.norm = float(np.linalg.norm(tensor))
-        self.space = ShapeSpace(tensor.shape, config.max_pad)
+        self.space = ShapeSpace(tensor.shape, config.max_pad, layout=config.layout)
+        self.references = references
         self.settings = EvalSettings(config.eps, config.carry_over).to_dict()
         self.cache: dict[tuple, dict] = {}
         self.evaluations = self.cache_hits = 0
@@ -131,7 +135,9 @@ class _Engine:
     # -- start ---------------------------------------------------------------------------------
     def reference_shapes(self) -> dict[str, Tensorization]:
         """The tensor as it is, and classic ket augmentation (large axes interleaved digit by
-        digit, small ones such as a colour channel last)."""
+        digit, small ones such as a colour channel last), unless the caller gave its own."""
+        if self.references is not None:
+            return dict(self.references)
         axes = natural_axes(self.tensor.shape)
         spatial = sum(1 for n in self.tensor.shape if n > 8) or len(axes)
         big_first = tuple(sorted(range(len(axes)), key=lambda a: self.tensor.shape[a] <= 8))
@@ -150,7 +156,8 @@ class _Engine:
     def seeds(self) -> tuple[list[Tensorization], list[dict]]:
         shapes = list(self.reference_shapes().values())
         notes = []
-        for ax in dict.fromkeys([natural_axes(self.tensor.shape), self.space.smooth_axes()]):
+        axes_options = [natural_axes(self.tensor.shape), self.space.smooth_axes()] if self.config.surrogate else []
+        for ax in dict.fromkeys(axes_options):
             for s in surrogate_seeds(self.executor, ax, self.config.eps, self.norm, self.config.max_order):
                 # the bound holds for either sweep direction
                 shapes += [s.shape, dataclasses.replace(s.shape, reverse_sweep=True)]
@@ -209,11 +216,15 @@ class _Engine:
 
 def run_search(tensor: np.ndarray, config: SearchConfig, executor, *,
                checkpoint_dir: Path | None = None, resume: bool = False,
-               on_generation: Callable[[dict], None] | None = None) -> SearchResult:
-    """Search the tensorization of ``tensor`` with the fewest TT parameters at error ≤ ε."""
+               on_generation: Callable[[dict], None] | None = None,
+               references: dict[str, Tensorization] | None = None) -> SearchResult:
+    """Search the tensorization of ``tensor`` with the fewest TT parameters at error ≤ ε.
+
+    ``references``: named shapes that seed the search and are reported next to the winner
+    (default: the tensor as it is and ket augmentation)."""
     config.check()
     start = time.perf_counter()
-    engine = _Engine(tensor, config, executor)
+    engine = _Engine(tensor, config, executor, references)
     fp = checkpoint.fingerprint(tensor)
     if resume:
         state = checkpoint.load(checkpoint_dir)

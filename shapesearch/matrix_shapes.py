@@ -1,0 +1,111 @@
+"""Shapes of a weight matrix as a TT: the two layer formats and the Saten authors' balanced rule.
+
+A layer W [out, in] is searched as a :class:`Tensorization` of a 2-axis tensor:
+
+* ``"ttm"`` (TT-matrix / MPO) tensorizes W [out, in]; mode k holds m_k output and n_k input
+  digits (either may be 1), i.e. cores [r, m_k, n_k, r'].
+* ``"tt"`` (format of the Saten code) tensorizes Wᵀ [in, out]; modes hold input digits
+  (a_1…a_p) then output digits (b_1…b_q), i.e. cores [r, d_k, r'].
+
+Digits of one axis stay coarse→fine across modes, so the mode sizes are a C-order reshape
+of each axis: exactly the layout the layers in ``compressors.tt_linear`` use.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from .tensorization import AxisSplit, Tensorization, prime_factors
+
+FORMATS = ("ttm", "tt")
+
+
+def matrix_tensor(weight: np.ndarray, fmt: str) -> np.ndarray:
+    """The 2-axis tensor a format tensorizes: W [out, in] for ttm, Wᵀ [in, out] for tt."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; use one of {FORMATS}")
+    return weight if fmt == "ttm" else weight.T
+
+
+def _factorizations(n: int, order: int) -> list[tuple[int, ...]]:
+    """Every ordered factorization of ``n`` into ``order`` factors ≥ 2."""
+    if order == 1:
+        return [(n,)] if n >= 2 else []
+    out = []
+    for f in range(2, n + 1):
+        if n % f == 0:
+            out += [(f,) + rest for rest in _factorizations(n // f, order - 1)]
+    return out
+
+
+def balanced_factors(n: int, order: int) -> tuple[int, ...]:
+    """The ordered factorization with the smallest sum of factors (tensorlearn's rule: ties go
+    to the one it enumerates first, the lexicographically largest).  ``order`` drops to the
+    number of prime factors when ``n`` has fewer (427 = 7·61 has at most two modes)."""
+    order = max(1, min(order, len(prime_factors(n))))
+    return min(_factorizations(n, order), key=lambda f: (sum(f), tuple(-x for x in f))) if n > 1 else (1,)
+
+
+def shape_from_modes(out_modes: tuple[int, ...], in_modes: tuple[int, ...], fmt: str,
+                     reverse: bool = False) -> Tensorization:
+    """The tensorization with these mode sizes (ttm: paired, equal length; tt: any lengths)."""
+    def axis(size: int, factors) -> AxisSplit:
+        return AxisSplit(size, tuple(p for f in factors for p in prime_factors(f)))
+
+    out_modes, in_modes = tuple(map(int, out_modes)), tuple(map(int, in_modes))
+    if fmt == "ttm":
+        if len(out_modes) != len(in_modes):
+            raise ValueError(f"a TT-matrix pairs modes: {out_modes} and {in_modes} differ in length")
+        axes = (axis(math.prod(out_modes), out_modes), axis(math.prod(in_modes), in_modes))
+        modes = tuple((len(prime_factors(m)), len(prime_factors(n))) for m, n in zip(out_modes, in_modes))
+    elif fmt == "tt":
+        axes = (axis(math.prod(in_modes), in_modes), axis(math.prod(out_modes), out_modes))
+        modes = tuple((len(prime_factors(a)), 0) for a in in_modes) + tuple(
+            (0, len(prime_factors(b))) for b in out_modes)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; use one of {FORMATS}")
+    return Tensorization(axes, modes, reverse)
+
+
+def modes_of(shape: Tensorization, fmt: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(out_modes, in_modes) of a tensorization in format ``fmt`` (inverse of shape_from_modes)."""
+    sizes = [[math.prod(shape.axes[a].digits[i] for a2, i in mode if a2 == a) for mode in shape.mode_digits]
+             for a in (0, 1)]
+    if fmt == "ttm":
+        return tuple(sizes[0]), tuple(sizes[1])
+    ins = tuple(s for s, m in zip(sizes[0], shape.modes) if m[0])
+    outs = tuple(s for s, m in zip(sizes[1], shape.modes) if m[1])
+    return outs, ins
+
+
+def balanced_shape(out_features: int, in_features: int, fmt: str, order: int = 2) -> Tensorization:
+    """The authors' fixed shape: ``order`` balanced factors per side (ttm pairs them)."""
+    outs, ins = balanced_factors(out_features, order), balanced_factors(in_features, order)
+    if fmt == "ttm" and len(outs) != len(ins):
+        d = min(len(outs), len(ins))
+        outs, ins = balanced_factors(out_features, d), balanced_factors(in_features, d)
+    return shape_from_modes(outs, ins, fmt)
+
+
+def all_pairings(out_features: int, in_features: int, order: int) -> list[Tensorization]:
+    """Every ttm shape with exactly ``order`` modes of factors ≥ 1 (for exhaustive checks on tiny layers)."""
+    def with_ones(n: int) -> set[tuple[int, ...]]:
+        out = set()
+        for k in range(1, order + 1):
+            for f in _factorizations(n, k) if n > 1 else [()]:
+                for pos in itertools.combinations(range(order), k):
+                    t = [1] * order
+                    for p, x in zip(pos, f):
+                        t[p] = x
+                    out.add(tuple(t))
+        return out
+
+    shapes = []
+    for m in sorted(with_ones(out_features)):
+        for n in sorted(with_ones(in_features)):
+            if all(a * b > 1 for a, b in zip(m, n)):
+                shapes.append(shape_from_modes(m, n, "ttm"))
+    return shapes
