@@ -21,6 +21,7 @@ from .architectures import check_supported, decoder_layers, decoder_linear_param
 from .calibration import sequential
 from .flat_llm import FlatLLMConfig
 from .low_rank import SVDConfig
+from .tensorize import SatenConfig, TTConfig, tensorize
 
 
 def _check(model: nn.Module, config, calibration: list[torch.Tensor] | None, needs_data: bool) -> None:
@@ -54,15 +55,18 @@ def flat_llm_budget(model: nn.Module, keep: list[float]) -> int:
 @torch.no_grad()
 def compress(model: nn.Module, config, calibration: list[torch.Tensor] | None = None,
              progress: Callable[[int], None] | None = None, budget: int | None = None) -> dict:
-    """Rewrite ``model`` in place with ``config`` (FlatLLMConfig or SVDConfig).
+    """Rewrite ``model`` in place with ``config`` (FlatLLMConfig, SVDConfig, TTConfig or SatenConfig).
 
     ``calibration``: token windows [1, T].  For the SVD baselines, ``budget`` (decoder-linear
     parameters to keep) defaults to what FLAT-LLM keeps at the same ratio on this model, so
     the methods are compared at matched parameters.
     """
+    if isinstance(config, TTConfig | SatenConfig):
+        return tensorize(model, config, progress)
     is_flat = isinstance(config, FlatLLMConfig)
     if not is_flat and not isinstance(config, SVDConfig):
-        raise UsageError(f"unknown config {type(config).__name__}; use FlatLLMConfig or SVDConfig")
+        raise UsageError(f"unknown config {type(config).__name__}; use FlatLLMConfig, SVDConfig, TTConfig "
+                         "or SatenConfig")
     _check(model, config, calibration, needs_data=is_flat or config.whiten or budget is None)
     model.eval()
     linear_before, total_before = decoder_linear_params(model), total_params(model)

@@ -66,10 +66,15 @@ def rank_for(out_features: int, in_features: int, rho: float) -> int:
 
 def ranks_for_budget(model: nn.Module, budget: int) -> dict[str, int]:
     """Per-linear ranks from the single ρ that fits the decoder linears into ``budget`` params."""
-    shapes = {f"model.layers.{i}.{p}": get_module(layer, p).weight.shape
-              for i, layer in enumerate(decoder_layers(model)) for p in PROJECTIONS}
-    biases = sum(get_module(layer, p).bias.numel() for layer in decoder_layers(model) for p in PROJECTIONS
-                 if get_module(layer, p).bias is not None)
+    linears = {f"model.layers.{i}.{p}": get_module(layer, p)
+               for i, layer in enumerate(decoder_layers(model)) for p in PROJECTIONS}
+    return ranks_for_linears(linears, budget)
+
+
+def ranks_for_linears(linears: dict[str, nn.Linear], budget: int) -> dict[str, int]:
+    """Ranks from the single ρ that fits ``linears`` (weights + biases) into ``budget`` params."""
+    shapes = {name: m.weight.shape for name, m in linears.items()}
+    biases = sum(m.bias.numel() for m in linears.values() if m.bias is not None)
 
     def params(rho: float) -> int:
         return biases + sum(rank_for(o, i, rho) * (o + i) for o, i in shapes.values())

@@ -13,6 +13,7 @@ from shapesearch.errors import UsageError
 
 from . import attention, low_rank
 from .architectures import decoder_layers
+from .tensorize import module_from_spec
 
 WEIGHTS = "model.safetensors"
 
@@ -30,6 +31,11 @@ def _resize(model: nn.Module, record: dict) -> None:
     """Give a freshly built dense model the module shapes ``record`` describes."""
     method = record["method"]
     c = model.config
+    if method in ("tt", "saten"):
+        dtype = next(model.parameters()).dtype
+        for name, spec in record["layers"].items():
+            model.set_submodule(name, module_from_spec(spec, dtype))
+        return
     for i, (layer, spec) in enumerate(zip(decoder_layers(model), record["layers"])):
         if method == "flat-llm":
             attn, mlp = layer.self_attn, layer.mlp

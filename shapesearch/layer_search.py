@@ -40,28 +40,34 @@ class LayerSearchConfig:
                             polish_rounds=self.polish_rounds, surrogate=fmt == "ttm", confirm_top=3)
 
 
+def search_matrix(weight: np.ndarray, eps: float | list[float], fmt: str = "ttm",
+                  config: LayerSearchConfig = LayerSearchConfig()) -> dict:
+    """Fewest-parameter TT shape of ``weight`` [out, in] with relative Frobenius error ≤ ``eps``.
+
+    Returns a JSON-ready record: modes, sweep, ranks, parameters, measured error, and the
+    balanced shape's parameters and error at the same ε (never fewer: it seeds the search).
+    With a list of ε, returns {ε: record}; the unfolding spectra are computed once for all."""
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    tensor = np.ascontiguousarray(matrix_tensor(np.asarray(weight, dtype=np.float64), fmt))
+    fast = LocalExecutor(tensor.astype(np.float32), float(np.linalg.norm(tensor)))
+    out = {e: _search_one(tensor, fast, e, fmt, config) for e in (eps if isinstance(eps, list) else [eps])}
+    return out if isinstance(eps, list) else out[eps]
+
+
 def _measured(tensor: np.ndarray, norm: float, shape, eps: float) -> dict:
     rec = confirm(tensor, norm, (shape.key, EvalSettings(eps).to_dict()))
     rec.pop("cores")
     return rec
 
 
-def search_matrix(weight: np.ndarray, eps: float, fmt: str = "ttm",
-                  config: LayerSearchConfig = LayerSearchConfig()) -> dict:
-    """Fewest-parameter TT shape of ``weight`` [out, in] with relative Frobenius error ≤ ``eps``.
-
-    Returns a JSON-ready record: modes, sweep, ranks, parameters, measured error, and the
-    balanced shape's parameters and error at the same ε (never fewer: it seeds the search)."""
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+def _search_one(tensor: np.ndarray, fast: LocalExecutor, eps: float, fmt: str, config: LayerSearchConfig) -> dict:
     start = time.perf_counter()
-    tensor = np.ascontiguousarray(matrix_tensor(np.asarray(weight, dtype=np.float64), fmt))
-    norm = float(np.linalg.norm(tensor))
-    out_features, in_features = weight.shape
+    norm = fast.norm
+    out_features, in_features = tensor.shape if fmt == "ttm" else tensor.shape[::-1]
     balanced = balanced_shape(out_features, in_features, fmt, config.balanced_order)
     bal = _measured(tensor, norm, balanced, eps)
-    result = run_search(tensor.astype(np.float32), config.search_config(eps, fmt), LocalExecutor(tensor, norm),
-                        references={"balanced": balanced})
+    result = run_search(fast.tensor, config.search_config(eps, fmt), fast, references={"balanced": balanced})
     best = {"shape": result.shape, "params": result.params, "ranks": list(result.ranks),
             "rel_error": result.rel_error}
     if bal["params"] < best["params"] or not result.rel_error <= eps:
@@ -80,47 +86,43 @@ def search_matrix(weight: np.ndarray, eps: float, fmt: str = "ttm",
     }
 
 
-def _search_task(weight: np.ndarray, eps: float, fmt: str, config: dict) -> dict:
+def _search_task(weight: np.ndarray, eps_values: list[float], fmt: str, config: dict) -> dict:
     from .executors import limit_threads
 
     limit_threads()
-    return search_matrix(weight, eps, fmt, LayerSearchConfig(**config))
+    return search_matrix(weight, list(eps_values), fmt, LayerSearchConfig(**config))
 
 
 def search_layers(weights: dict[str, np.ndarray], eps_values: list[float], fmt: str = "ttm",
                   config: LayerSearchConfig = LayerSearchConfig(), workers: int | None = None,
                   address: str | None = None,
-                  progress: Callable[[], None] | None = None) -> dict[str, dict[float, dict]]:
-    """``search_matrix`` for every (layer, ε), one Ray task each (``workers=0``: in process).
-
-    Returns {layer name: {ε: record}}.  Tasks are submitted largest layer first."""
-    jobs = sorted(((name, eps) for name in weights for eps in eps_values),
-                  key=lambda j: -weights[j[0]].size)
-    out: dict[str, dict[float, dict]] = {name: {} for name in weights}
+                  progress: Callable[[int], None] | None = None) -> dict[str, dict[float, dict]]:
+    """``search_matrix`` of every layer at every ε, one Ray task per layer (``workers=0``: in
+    process), largest layer first.  Returns {layer name: {ε: record}}; ``progress(n)`` gets
+    the number of (layer, ε) searches just finished."""
+    eps_values = list(eps_values)
+    names = sorted(weights, key=lambda n: -weights[n].size)
     if workers == 0:
-        for name, eps in jobs:
-            out[name][eps] = search_matrix(weights[name], eps, fmt, config)
+        out = {}
+        for name in names:
+            out[name] = search_matrix(weights[name], eps_values, fmt, config)
             if progress:
-                progress()
-        return out
+                progress(len(eps_values))
+        return {n: out[n] for n in weights}
     import ray
 
     from .executors import start_ray
 
     start_ray(address, workers)
     task = ray.remote(num_cpus=1, max_retries=3)(_search_task)
-    refs = {}
-    stored = {name: ray.put(np.ascontiguousarray(w)) for name, w in weights.items()}  # shared by its ε tasks
-    for name, eps in jobs:
-        refs[task.remote(stored[name], eps, fmt, asdict(config))] = (name, eps)
-    pending = list(refs)
+    refs = {task.remote(np.ascontiguousarray(weights[n]), eps_values, fmt, asdict(config)): n for n in names}
+    out, pending = {}, list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        name, eps = refs[done[0]]
-        out[name][eps] = ray.get(done[0])
+        out[refs[done[0]]] = ray.get(done[0])
         if progress:
-            progress()
-    return out
+            progress(len(eps_values))
+    return {n: out[n] for n in weights}
 
 
 def make_plan(found: dict[str, dict[float, dict]], norms2: dict[str, float], budget: int | None,

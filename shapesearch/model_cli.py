@@ -35,17 +35,28 @@ def add_parsers(sub) -> None:
     lay.add_argument("--out", type=Path, required=True, help="plan file to write (JSON)")
     lay.add_argument("--overwrite", action="store_true")
     lay.add_argument("--json", action="store_true")
-    comp = sub.add_parser("compress", help="compress a causal LM (FLAT-LLM, or a baseline at matched size)")
-    comp.add_argument("compressor", choices=["flat-llm"], help="the compressor family")
-    comp.add_argument("--model", required=True, help="smollm2, a model directory, or a .gguf file")
+    comp = sub.add_parser("compress", help="compress a model: FLAT-LLM (or a low-rank baseline at matched size), "
+                                           "or TT / Saten layers from a `shapesearch layers` plan")
+    comp.add_argument("compressor", choices=["flat-llm", "tt", "saten"], help="the compressor family")
+    comp.add_argument("--model", required=True, help="smollm2, minilm (tt/saten), a model directory, or a .gguf file")
+    comp.add_argument("--plan", type=Path, default=None, help="tt/saten: the plan.json from `shapesearch layers`")
+    comp.add_argument("--density", type=float, default=None,
+                      help="saten: fraction of each layer's entries kept in the sparse residual (exact top-K)")
+    comp.add_argument("--nm", default=None, help="saten: structured residual, n of every m inputs (e.g. 2:4)")
+    comp.add_argument("--finetune-steps", type=int, default=0,
+                      help="tt/saten: optimizer steps of fine-tuning in compressed space (default %(default)s)")
+    comp.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (default %(default)s)")
+    comp.add_argument("--distill", action="store_true",
+                      help="fine-tune by distillation from the dense model (always so for encoders)")
     comp.add_argument("--ratio", type=float, default=0.2,
-                      help="fraction of decoder-linear parameters removed (default %(default)s)")
+                      help="flat-llm: fraction of decoder-linear parameters removed (default %(default)s)")
     comp.add_argument("--method", choices=METHODS, default="flat-llm",
                       help="flat-llm, or svd / svd-llm at FLAT-LLM's parameter count (default %(default)s)")
     comp.add_argument("--uniform", action="store_true", help="same keep ratio in every layer (no IPRS)")
     comp.add_argument("--calib", type=Path, default=None,
                       help="calibration text file (default: gensim's Wikipedia articles, calibration split)")
-    comp.add_argument("--samples", type=int, default=32, help="calibration windows (default %(default)s)")
+    comp.add_argument("--samples", type=int, default=32,
+                      help="calibration / fine-tuning windows (default %(default)s)")
     comp.add_argument("--seqlen", type=int, default=512, help="tokens per window (default %(default)s)")
     comp.add_argument("--seed", type=int, default=0)
     comp.add_argument("--out", type=Path, required=True, help="directory for the compressed model")
@@ -121,8 +132,75 @@ def _plan_table(plan: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+def _parse_nm(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        n, m = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise UsageError(f"--nm must look like 2:4 (keep n of every m inputs), got {text!r}") from None
+    return n, m
+
+
+def tensorize_command(args: argparse.Namespace) -> tuple[dict, str]:
+    import copy
+
+    import compressors
+    from compressors.models import load_model
+    from compressors.tensorize import read_plan
+    from compressors.text import calibration_windows, read_text
+
+    if args.plan is None:
+        raise UsageError(f"compress {args.compressor} needs --plan FILE.json (write one with `shapesearch layers`)")
+    if args.compressor == "tt" and (args.density is not None or args.nm is not None):
+        raise UsageError("--density / --nm are for saten; tt has no sparse residual")
+    if args.finetune_steps < 0:
+        raise UsageError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+        raise UsageError(f"--out {args.out} is not empty; pick another directory or pass --overwrite")
+    plan = read_plan(args.plan)
+    if args.compressor == "saten":
+        config = compressors.SatenConfig(plan=plan, density=args.density, nm=_parse_nm(args.nm))
+        config.check()
+    else:
+        config = compressors.TTConfig(plan=plan)
+    ft = compressors.FinetuneConfig(steps=args.finetune_steps, lr=args.lr, distill=args.distill)
+    ft.check()
+    text = read_text(args.calib, "calibration") if args.finetune_steps else None
+    model, tok = load_model(args.model)
+    teacher = copy.deepcopy(model) if args.finetune_steps else None
+    report = compressors.compress(model, config)
+    if args.finetune_steps:
+        windows = calibration_windows(tok, text, args.samples, args.seqlen, args.seed)
+        report["finetune"] = compressors.finetune(model, windows, ft, teacher=teacher)
+    compressors.save(model, args.out, tok)
+    report.update(model=args.model, out=str(args.out))
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    rows = [
+        ("method", f"{report['method']} ({plan.get('format')} shapes from {args.plan}"
+                   + (f", residual {'density ' + str(args.density) if args.density is not None else args.nm})"
+                      if args.compressor == "saten" else ")")),
+        ("replaced layers", f"{report['replaced_layers']}: {report['replaced_params_before']:,} → "
+                            f"{report['replaced_params_after']:,} parameters ({report['replaced_ratio']:.3f} kept), "
+                            f"{report['replaced_bytes_after']:,} bytes with indices "
+                            f"({report['replaced_bytes_ratio']:.3f} of dense)"),
+        ("whole model", f"{report['params_before']:,} → {report['params_after']:,} ({report['model_ratio']:.3f} kept)"),
+    ]
+    if "finetune" in report:
+        f = report["finetune"]
+        rows.append(("fine-tune", f"{f['steps']} steps ({f['loss']}), loss {f['loss_start']:.4f} → "
+                                  f"{f['loss_end']:.4f}, {f['seconds']:.0f} s"))
+    rows.append(("saved", str(args.out)))
+    return report, _table(rows)
+
+
 def compress_command(args: argparse.Namespace) -> tuple[dict, str]:
     from tqdm import tqdm
+
+    if args.compressor in ("tt", "saten"):
+        return tensorize_command(args)
+    if args.plan is not None or args.density is not None or args.nm is not None or args.finetune_steps:
+        raise UsageError("--plan / --density / --nm / --finetune-steps are for tt and saten, not flat-llm")
 
     import compressors
     from compressors.architectures import check_supported

@@ -39,9 +39,21 @@ def _unfolding_rows(axes: tuple[AxisSplit, ...], state: tuple[int, ...]) -> int:
     return math.prod(math.prod(a.digits[:k]) for a, k in zip(axes, state))
 
 
+_LAST: list = []  # (tensor, axes, spectra): searches of one tensor at several ε share the spectra
+
+
 def compute_spectra(executor, axes: tuple[AxisSplit, ...]) -> dict[tuple[int, ...], np.ndarray]:
     """Squared singular values of the non-trivial unfoldings that are cheap enough, computed
-    on the executor."""
+    on the executor (reused when the executor holds the same tensor object as last time)."""
+    tensor = getattr(executor, "tensor", None)
+    if _LAST and tensor is not None and _LAST[0][0] is tensor and _LAST[0][1] == axes:
+        return _LAST[0][2]
+    spectra = _compute_spectra(executor, axes)
+    _LAST[:] = [(tensor, axes, spectra)] if tensor is not None else []
+    return spectra
+
+
+def _compute_spectra(executor, axes: tuple[AxisSplit, ...]) -> dict[tuple[int, ...], np.ndarray]:
     states = lattice_states(axes)
     full = states[-1]
     total = math.prod(a.padded for a in axes)

@@ -1,0 +1,124 @@
+"""Short fine-tuning in compressed space, on CPU.
+
+Only the compressed layers train — TT cores, kept residual values (the mask never changes)
+and their biases (regime (a) of the Saten notes; low-rank factors for the SVD baseline);
+everything else stays frozen.  The loss is the next-token loss on text, or distillation from
+the dense model: KL to its next-token distribution for a causal LM, MSE to its last hidden
+states for an encoder.  Dropout stays off (eval mode), so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from shapesearch.errors import UsageError
+
+from .low_rank import LowRankLinear
+from .models import is_causal_lm
+from .saten import SatenLinear
+from .tt_linear import TTLinear, TTMatrixLinear
+
+COMPRESSED = (TTMatrixLinear, TTLinear, SatenLinear, LowRankLinear)
+
+
+@dataclass
+class FinetuneConfig:
+    """``steps`` optimizer steps of ``batch`` windows each; AdamW at ``lr`` (no weight decay by
+    default: decay would pull the kept residual values and TT cores toward zero)."""
+
+    steps: int = 100
+    lr: float = 1e-4
+    batch: int = 1
+    distill: bool = False
+    weight_decay: float = 0.0
+    temperature: float = 1.0
+
+    def check(self) -> None:
+        if self.steps < 0 or self.batch < 1:
+            raise UsageError(f"fine-tuning needs steps >= 0 and batch >= 1, got {self.steps} and {self.batch}")
+        if not self.lr > 0:
+            raise UsageError(f"learning rate must be positive, got {self.lr}")
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the compressed layers (each once)."""
+    params: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        if isinstance(module, COMPRESSED):
+            params.update((id(p), p) for p in module.parameters())
+    return list(params.values())
+
+
+def _loss(model: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, config: FinetuneConfig) -> torch.Tensor:
+    if is_causal_lm(model):
+        if teacher is None:
+            return model(input_ids=ids, labels=ids, use_cache=False).loss
+        logits = model(input_ids=ids, use_cache=False).logits
+        with torch.no_grad():
+            target = teacher(input_ids=ids, use_cache=False).logits
+        t = config.temperature
+        return nn.functional.kl_div(torch.log_softmax(logits / t, -1).flatten(0, -2),
+                                    torch.log_softmax(target / t, -1).flatten(0, -2),
+                                    log_target=True, reduction="batchmean") * t * t
+    hidden = model(input_ids=ids).last_hidden_state
+    with torch.no_grad():
+        target = teacher(input_ids=ids).last_hidden_state
+    return nn.functional.mse_loss(hidden, target)
+
+
+def finetune(model: nn.Module, windows: list[torch.Tensor], config: FinetuneConfig | None = None,
+             teacher: nn.Module | None = None, progress: bool = True) -> dict:
+    """Train the compressed layers of ``model`` in place on token ``windows`` ([1, T] each).
+
+    ``teacher`` (the dense model) is needed for distillation and for encoders (which have no
+    language-model loss).  Returns losses and time."""
+    from tqdm import tqdm
+
+    config = config or FinetuneConfig()
+    config.check()
+    if not windows:
+        raise UsageError("fine-tuning needs at least one text window")
+    if (config.distill or not is_causal_lm(model)) and teacher is None:
+        raise UsageError("distillation (and any encoder fine-tune) needs the dense model as teacher")
+    params = trainable_parameters(model)
+    if not params:
+        raise UsageError("the model has no compressed layers to fine-tune; compress it first")
+    teacher = teacher if (config.distill or not is_causal_lm(model)) else None
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    model.eval()
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    losses, start = [], time.perf_counter()
+    try:
+        bar = tqdm(range(config.steps), desc="fine-tune", unit="step", file=sys.stderr, disable=not progress)
+        for step in bar:
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for j in range(config.batch):
+                ids = windows[(step * config.batch + j) % len(windows)]
+                loss = _loss(model, teacher, ids, config) / config.batch
+                loss.backward()
+                total += float(loss.detach())
+            opt.step()
+            losses.append(total)
+            bar.set_postfix(loss=f"{total:.4f}")
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(flags.get(id(p), True))
+    seconds = time.perf_counter() - start
+    head = losses[: max(1, len(losses) // 10)]
+    tail = losses[-max(1, len(losses) // 10):]
+    return {"steps": config.steps, "lr": config.lr, "batch": config.batch,
+            "loss": "distillation" if teacher is not None else "next-token",
+            "trainable_params": sum(p.numel() for p in params),
+            "loss_start": sum(head) / len(head) if losses else None,
+            "loss_end": sum(tail) / len(tail) if losses else None,
+            "seconds": seconds}

@@ -1,0 +1,154 @@
+"""Rewrite a model's linears as TT (``TTConfig``) or Saten (``SatenConfig``) layers from a plan.
+
+A plan is what ``shapesearch layers`` writes: per layer name, the format (ttm / tt), the
+searched modes, sweep direction and ε.  Each listed nn.Linear is replaced by a layer built
+with the same error-bounded TT-SVD the search scored, so its ranks and parameters are the
+plan's.  What was built is recorded per layer in ``model.config.shapesearch_compression``
+(the module specs), so ``compressors.save`` / ``load`` rebuild it exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from shapesearch.errors import UsageError
+
+from .accounting import layer_bytes, layer_params
+from .saten import SatenLinear
+from .tt_linear import TTLinear, TTMatrixLinear
+
+SPEC_CLASSES = {"ttm": TTMatrixLinear, "tt": TTLinear, "saten": SatenLinear}
+
+
+@dataclass
+class TTConfig:
+    """Every layer of ``plan`` (a dict or the path of a plan JSON) as a TT alone."""
+
+    plan: dict | str | Path
+
+
+@dataclass
+class SatenConfig:
+    """TT from ``plan`` plus a sparse residual of E = W − TT(W): ``density`` (fraction of the
+    layer's entries kept, exact top-K of |E|) or ``nm`` = (n, m): n of every m consecutive
+    inputs of each output row (e.g. (2, 4))."""
+
+    plan: dict | str | Path
+    density: float | None = None
+    nm: tuple[int, int] | None = None
+
+    def check(self) -> None:
+        if (self.density is None) == (self.nm is None):
+            raise UsageError("give exactly one of density (e.g. 0.1) or nm (e.g. 2:4) for the sparse residual")
+        if self.density is not None and not 0.0 <= self.density <= 1.0:
+            raise UsageError(f"density must be in [0, 1] (fraction of each layer's entries kept), got {self.density}")
+        if self.nm is not None and not (len(self.nm) == 2 and 0 < self.nm[0] <= self.nm[1]):
+            raise UsageError(f"nm must be n:m with 0 < n <= m (e.g. 2:4), got {self.nm}")
+
+
+def read_plan(plan: dict | str | Path) -> dict:
+    """A plan dict, checked; a path is read as JSON."""
+    if not isinstance(plan, dict):
+        path = Path(plan)
+        if not path.is_file():
+            raise UsageError(f"plan {path} not found; write one with `shapesearch layers --out {path}`")
+        try:
+            plan = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"plan {path} is not JSON ({exc}); write one with `shapesearch layers`") from exc
+    layers = plan.get("layers") if isinstance(plan, dict) else None
+    if not isinstance(layers, dict) or not layers:
+        raise UsageError("the plan lists no layers; write one with `shapesearch layers`")
+    for name, rec in layers.items():
+        missing = {"format", "out_modes", "in_modes", "eps"} - set(rec)
+        if missing:
+            raise UsageError(f"plan layer {name} lacks {sorted(missing)}; write the plan with `shapesearch layers`")
+    return plan
+
+
+def module_from_spec(spec: dict, dtype: torch.dtype) -> nn.Module:
+    """An empty layer of the recorded shapes (what ``load`` fills from safetensors)."""
+    cls = SPEC_CLASSES.get(spec.get("format"))
+    if cls is None:
+        raise UsageError(f"unknown layer format {spec.get('format')!r} in config.json")
+    return cls.from_spec(spec, dtype)
+
+
+def _build(linear: nn.Linear, rec: dict, config) -> nn.Module:
+    fmt, outs, ins = rec["format"], tuple(rec["out_modes"]), tuple(rec["in_modes"])
+    reverse, eps = bool(rec.get("reverse_sweep", False)), float(rec["eps"])
+    if isinstance(config, SatenConfig):
+        nm = None if config.nm is None else tuple(config.nm)
+        return SatenLinear.from_linear(linear, fmt, outs, ins, eps, density=config.density, nm=nm, reverse=reverse)
+    if fmt == "ttm":
+        return TTMatrixLinear.from_linear(linear, outs, ins, eps, reverse=reverse)
+    return TTLinear.from_linear(linear, ins, outs, eps, reverse=reverse)
+
+
+@torch.no_grad()
+def tensorize(model: nn.Module, config: TTConfig | SatenConfig, progress=None) -> dict:
+    """Replace every planned nn.Linear in place; returns the accounting report."""
+    if isinstance(config, SatenConfig):
+        config.check()
+    plan = read_plan(config.plan)
+    if getattr(model.config, "shapesearch_compression", None):
+        raise UsageError("this model is already compressed; start from the dense model")
+    targets = {}
+    for name, rec in plan["layers"].items():
+        try:
+            linear = model.get_submodule(name)
+        except AttributeError:
+            raise UsageError(f"the plan's layer {name} is not in this {type(model).__name__}; "
+                             "make the plan from the same model") from None
+        if not isinstance(linear, nn.Linear) or (linear.out_features, linear.in_features) != (
+                rec.get("out_features", linear.out_features), rec.get("in_features", linear.in_features)):
+            raise UsageError(f"the plan's layer {name} does not match this model's {linear}; "
+                             "make the plan from the same model")
+        targets[name] = linear
+    total_before = sum(p.numel() for p in model.parameters())
+    start = time.perf_counter()
+    layers, rows = {}, []
+    for i, (name, linear) in enumerate(targets.items()):
+        rec = plan["layers"][name]
+        try:
+            new = _build(linear, rec, config)
+        except ValueError as exc:
+            raise UsageError(f"layer {name}: {exc}") from exc
+        dense = linear.weight.numel() + (0 if linear.bias is None else linear.bias.numel())
+        dense_bytes = dense * linear.weight.element_size()
+        model.set_submodule(name, new)
+        layers[name] = new.spec()
+        rows.append({"name": name, "dense_params": dense, "params": layer_params(new),
+                     "dense_bytes": dense_bytes, "bytes": layer_bytes(new), "eps": rec["eps"]})
+        if progress:
+            progress(i)
+    method = "saten" if isinstance(config, SatenConfig) else "tt"
+    record = {"method": method, "format": plan.get("format"), "layers": layers}
+    if isinstance(config, SatenConfig):
+        record.update(density=config.density, nm=None if config.nm is None else list(config.nm))
+    model.config.shapesearch_compression = record
+    return accounting_report(model, rows, total_before, method, time.perf_counter() - start)
+
+
+def accounting_report(model: nn.Module, rows: list[dict], total_before: int, method: str, seconds: float) -> dict:
+    """Replaced-layer and whole-model ratios (parameters kept / dense), and bytes with indices."""
+    sums = {k: sum(r[k] for r in rows) for k in ("dense_params", "params", "dense_bytes", "bytes")}
+    total_after = sum(p.numel() for p in model.parameters())
+    return {
+        "method": method,
+        "replaced_layers": len(rows),
+        "replaced_params_before": sums["dense_params"], "replaced_params_after": sums["params"],
+        "replaced_ratio": sums["params"] / sums["dense_params"],
+        "replaced_bytes_before": sums["dense_bytes"], "replaced_bytes_after": sums["bytes"],
+        "replaced_bytes_ratio": sums["bytes"] / sums["dense_bytes"],
+        "params_before": total_before, "params_after": total_after,
+        "model_ratio": total_after / total_before,
+        "seconds": seconds,
+        "layers": rows,
+    }

@@ -1,0 +1,165 @@
+"""TT / Saten compression of whole models from a plan: swap, accounting, save/load, generate,
+fine-tuning in compressed space, on tiny random Llama (GQA) and BERT models."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+import compressors
+from compressors import FinetuneConfig, SatenConfig, TTConfig
+from compressors.finetune import trainable_parameters
+from compressors.saten import SatenLinear
+from compressors.targets import target_linears
+from compressors.tt_linear import TTLinear, TTMatrixLinear
+from shapesearch.errors import UsageError
+from shapesearch.layer_search import LayerSearchConfig, make_plan, search_layers
+
+FAST = LayerSearchConfig(population=6, generations=2, stall=2, polish_rounds=1)
+
+
+def tiny_llama(seed=0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=24, intermediate_size=36, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=6, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_bert(seed=0):
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=64, hidden_size=24, intermediate_size=48, num_hidden_layers=2,
+                     num_attention_heads=4, max_position_embeddings=64)
+    return BertModel(cfg).eval()
+
+
+def plan_for(model, eps, fmt="ttm"):
+    weights = {n: m.weight.detach().double().numpy() for n, m in target_linears(model).items()}
+    found = search_layers(weights, [eps], fmt, FAST, workers=0)
+    norms2 = {n: float(np.sum(w ** 2)) for n, w in weights.items()}
+    plan = {"format": fmt, **make_plan(found, norms2, None)}
+    return json.loads(json.dumps(plan))  # as read back from plan.json
+
+
+IDS = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("fmt", ["ttm", "tt"])
+def test_full_rank_tt_and_density_one_saten_leave_the_model_unchanged(fmt):
+    for build in (tiny_llama, tiny_bert):
+        dense = build()
+        out = lambda m: m(input_ids=IDS).logits if hasattr(m, "lm_head") else m(input_ids=IDS).last_hidden_state  # noqa: E731
+        ref = out(dense).detach()
+        plan = plan_for(dense, 0.999, fmt)
+        for rec in plan["layers"].values():
+            rec["eps"] = 0.0  # same shapes, full ranks
+        saten = build()
+        compressors.compress(saten, SatenConfig(plan=plan, density=1.0))
+        assert torch.allclose(out(saten), ref, atol=1e-5)
+        tt = build()
+        compressors.compress(tt, TTConfig(plan=plan))
+        assert torch.allclose(out(tt), ref, atol=1e-4)
+
+
+def test_plan_params_are_the_built_layers_params_and_accounting_adds_up():
+    model = tiny_llama()
+    plan = plan_for(model, 0.5)
+    total = sum(p.numel() for p in model.parameters())
+    report = compressors.compress(model, SatenConfig(plan=plan, density=0.1))
+    assert report["replaced_layers"] == 14
+    for row in report["layers"]:
+        layer = model.get_submodule(row["name"])
+        assert isinstance(layer, SatenLinear)
+        rec = plan["layers"][row["name"]]
+        nnz = round(0.1 * rec["dense_params"])
+        assert layer.residual.nnz == nnz
+        assert row["params"] == rec["params"] + nnz + (0 if layer.bias is None else layer.bias.numel())
+        assert row["bytes"] > 4 * row["params"]  # indices are counted
+    assert report["replaced_params_after"] == sum(r["params"] for r in report["layers"])
+    removed = report["replaced_params_before"] - report["replaced_params_after"]
+    assert report["params_after"] == total - removed == sum(p.numel() for p in model.parameters())
+    assert 0 < report["replaced_ratio"] < 1 and report["replaced_ratio"] < report["model_ratio"] < 1
+
+
+@pytest.mark.parametrize("config", [lambda p: TTConfig(plan=p), lambda p: SatenConfig(plan=p, density=0.2),
+                                    lambda p: SatenConfig(plan=p, nm=(2, 4))], ids=["tt", "saten", "saten-2:4"])
+@pytest.mark.parametrize("fmt", ["ttm", "tt"])
+def test_save_load_gives_identical_logits_and_generates(config, fmt, tmp_path):
+    model = tiny_llama()
+    plan = plan_for(model, 0.4, fmt)
+    compressors.compress(model, config(plan))
+    compressors.save(model, tmp_path / "m")
+    again = compressors.load(tmp_path / "m")
+    assert type(again.get_submodule("model.layers.1.mlp.up_proj")) is type(
+        model.get_submodule("model.layers.1.mlp.up_proj"))
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=IDS).logits, model(input_ids=IDS).logits)
+        out = again.generate(IDS[:1, :4], max_new_tokens=6, do_sample=False)
+        full = again(input_ids=out[:, :-1]).logits[0, -1].argmax()
+    assert out.shape == (1, 10) and int(full) == int(out[0, -1])  # cached decoding = full forward
+
+
+def test_encoder_save_load(tmp_path):
+    model = tiny_bert()
+    compressors.compress(model, SatenConfig(plan=plan_for(model, 0.4), density=0.05))
+    compressors.save(model, tmp_path / "bert")
+    again = compressors.load(tmp_path / "bert")
+    assert type(again).__name__ == "BertModel"
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=IDS).last_hidden_state, model(input_ids=IDS).last_hidden_state)
+
+
+def test_finetune_trains_only_compressed_layers_keeps_masks_and_lowers_the_loss():
+    model, dense = tiny_llama(), tiny_llama()
+    compressors.compress(model, SatenConfig(plan=plan_for(model, 0.6), nm=(2, 4)))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    masks = {n: b.clone() for n, b in model.named_buffers() if "indices" in n}
+    windows = [torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    for distill in (False, True):
+        rep = compressors.finetune(model, windows, FinetuneConfig(steps=25, lr=3e-3, distill=distill),
+                                   teacher=dense, progress=False)
+        assert rep["loss_end"] < rep["loss_start"]
+    trainable = {id(p) for p in trainable_parameters(model)}
+    for n, p in model.named_parameters():
+        changed = not torch.equal(p, before[n])
+        assert changed == (id(p) in trainable), n
+        assert p.requires_grad  # flags restored
+    assert all(torch.equal(b, masks[n]) for n, b in model.named_buffers() if n in masks)
+
+
+def test_encoder_finetune_distills():
+    model, dense = tiny_bert(), tiny_bert()
+    compressors.compress(model, TTConfig(plan=plan_for(model, 0.5, "tt")))
+    assert isinstance(model.get_submodule("encoder.layer.0.intermediate.dense"), TTLinear)
+    windows = [torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    rep = compressors.finetune(model, windows, FinetuneConfig(steps=20, lr=3e-3), teacher=dense, progress=False)
+    assert rep["loss"] == "distillation" and rep["loss_end"] < rep["loss_start"]
+
+
+def test_bad_inputs(tmp_path):
+    model = tiny_llama()
+    plan = plan_for(model, 0.5)
+    with pytest.raises(UsageError, match="exactly one of density"):
+        compressors.compress(model, SatenConfig(plan=plan))
+    with pytest.raises(UsageError, match="density must be in"):
+        compressors.compress(model, SatenConfig(plan=plan, density=1.5))
+    with pytest.raises(UsageError, match="not found"):
+        compressors.compress(model, TTConfig(plan=tmp_path / "none.json"))
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(UsageError, match="not JSON"):
+        compressors.compress(model, TTConfig(plan=tmp_path / "bad.json"))
+    bert_plan = plan_for(tiny_bert(), 0.5)
+    with pytest.raises(UsageError, match="make the plan from the same model"):
+        compressors.compress(model, TTConfig(plan=bert_plan))
+    with pytest.raises(UsageError, match="2:4|N_in|group|divis"):
+        odd = {**plan, "layers": {"model.layers.0.self_attn.q_proj": plan["layers"]["model.layers.0.self_attn.q_proj"]}}
+        m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=24, intermediate_size=36, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=6))
+        compressors.compress(m, SatenConfig(plan=odd, nm=(2, 5)))
+    compressors.compress(model, TTConfig(plan=plan))
+    assert isinstance(model.get_submodule("model.layers.0.mlp.down_proj"), TTMatrixLinear)
+    with pytest.raises(UsageError, match="already compressed"):
+        compressors.compress(model, TTConfig(plan=plan))
+    with pytest.raises(UsageError, match="teacher"):
+        compressors.finetune(model, [IDS[:1]], FinetuneConfig(steps=1, distill=True))
