@@ -12,10 +12,12 @@ budget plans from these rows — and the per-layer-type table to layer_shapes.md
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from _report import RESULTS, append_row, load_rows, machine, table
+from tqdm import tqdm
 
 from compressors.models import load_model
 from compressors.targets import layer_type, target_linears
@@ -46,7 +48,8 @@ def run(model_name: str, fmt: str, grid: list[float], workers: int) -> float:
     if not weights:
         return 0.0
     start = time.perf_counter()
-    found = search_layers(weights, grid, fmt, LayerSearchConfig(), workers=workers)
+    with tqdm(total=len(weights) * len(grid), desc=f"{model_name} {fmt}", unit="search", file=sys.stderr) as bar:
+        found = search_layers(weights, grid, fmt, LayerSearchConfig(), workers=workers, progress=bar.update)
     wall = time.perf_counter() - start
     for name, by_eps in found.items():
         for rec in by_eps.values():
