@@ -12,13 +12,19 @@ Every method's real parameter count is reported next to its score.
 from __future__ import annotations
 
 import copy
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
+from _report import append_row, load_rows, machine
 
 import compressors
 from compressors.low_rank import factorize, ranks_for_linears
 from compressors.targets import target_linears
+from shapesearch.errors import UsageError
 from shapesearch.layer_search import make_plan
 
 
@@ -53,3 +59,23 @@ def build(dense: torch.nn.Module, method: str, fraction: float, found: dict, fmt
                    "dense_bytes": report["replaced_bytes_before"], "budget": budget, "dense": weights + biases,
                    "eps_mean": float(np.mean(eps)), "eps_min": min(eps), "eps_max": max(eps),
                    "model_ratio": report["model_ratio"]}
+
+
+def run_grid(jsonl: Path, dense: torch.nn.Module, fractions: list[float], methods: list[str], found: dict,
+             fmt: str, density: float, score: Callable[[torch.nn.Module], dict]) -> None:
+    """Build and ``score`` every (method, fraction) not yet in ``jsonl``; one row each."""
+    done = {(r["method"], r["fraction"]) for r in load_rows(jsonl)}
+    for fraction in fractions:
+        for method in methods:
+            if (method, fraction) in done:
+                continue
+            print(f"  {method} @ {fraction} ...", file=sys.stderr, flush=True)
+            try:
+                model, acct = build(dense, method, fraction, found, fmt, density)
+            except UsageError as exc:  # a budget below a method's floor (2:4 keeps half of every layer)
+                append_row(jsonl, {"method": method, "fraction": fraction, "error": str(exc), "machine": machine()})
+                continue
+            row = {"method": method, "fraction": fraction, "format": fmt,
+                   "density": density if method == "saten" else None, **acct, **score(model)}
+            append_row(jsonl, {**row, "machine": machine()})
+            print(json.dumps(row), flush=True)

@@ -7,34 +7,33 @@ Shapes: results/layer_shapes-minilm-<format>.jsonl (benchmarks/layer_shapes.py -
 Sentences: the held-out gensim Wikipedia articles split into sentences (real prose the
 model never saw in this project); embeddings are mean-pooled over the attention mask, as the
 model's sentence-transformers config does.  Distillation: MSE to the dense model's last
-hidden states on windows of the calibration articles, compressed layers only.
+hidden states on sentences of the calibration articles, compressed layers only.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import re
 import sys
 from pathlib import Path
 
 import torch
-from _budgets import build
-from _report import RESULTS, append_row, load_rows, machine, table
+from _budgets import run_grid
+from _report import RESULTS, load_rows, table
 from layer_shapes import found_layers
 
 import compressors
 from compressors.models import load_model
-from compressors.text import calibration_windows, wikipedia
+from compressors.text import wikipedia
 
 JSONL = RESULTS / "minilm.jsonl"
 MARKDOWN = Path(__file__).parent / "minilm.md"
 METHODS = ("saten", "saten-2:4", "tt", "svd")
 
 
-def sentences(n: int) -> list[str]:
-    text = re.sub(r"\s+", " ", wikipedia("evaluation"))
+def sentences(n: int, part: str = "evaluation") -> list[str]:
+    text = re.sub(r"\s+", " ", wikipedia(part))
     out = [s.strip() for s in re.split(r"(?<=[.!?]) ", text) if 40 <= len(s.strip()) <= 300 and "|" not in s]
     return out[:: max(1, len(out) // n)][:n]
 
@@ -62,7 +61,8 @@ def main() -> None:
     p.add_argument("--format", default="ttm", choices=["ttm", "tt"])
     p.add_argument("--density", type=float, default=0.25)
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch", type=int, default=8, help="sentences per distillation step")
     p.add_argument("--sentences", type=int, default=256)
     p.add_argument("--fresh", action="store_true")
     args = p.parse_args()
@@ -75,27 +75,18 @@ def main() -> None:
     dense, tok = load_model("minilm")
     texts = sentences(args.sentences)
     reference = embed(dense, tok, texts)
-    train = calibration_windows(tok, wikipedia("calibration"), args.steps, 128, seed=1)
-    ft = compressors.FinetuneConfig(steps=args.steps, lr=args.lr, distill=True)
-    done = {(r["method"], r["fraction"]) for r in load_rows(JSONL)}
-    for fraction in args.fractions:
-        for method in args.methods:
-            if (method, fraction) in done:
-                continue
-            print(f"  {method} @ {fraction} ...", file=sys.stderr, flush=True)
-            try:
-                model, acct = build(dense, method, fraction, found, args.format, args.density)
-            except Exception as exc:  # a budget below a method's floor (2:4 keeps half of every layer)
-                append_row(JSONL, {"method": method, "fraction": fraction, "error": str(exc), "machine": machine()})
-                continue
-            before = cosine(embed(model, tok, texts), reference)
-            tuned = compressors.finetune(model, train, ft, teacher=copy.deepcopy(dense))
-            after = cosine(embed(model, tok, texts), reference)
-            row = {"method": method, "fraction": fraction, "format": args.format,
-                   "density": args.density if method == "saten" else None, **acct,
-                   "before": before, "after": after, "finetune": tuned, "sentences": len(texts)}
-            append_row(JSONL, {**row, "machine": machine()})
-            print(json.dumps(row), flush=True)
+    # distillation inputs look like the evaluation inputs: single sentences with [CLS] … [SEP]
+    train = [tok(t, truncation=True, max_length=128, return_tensors="pt")["input_ids"]
+             for t in sentences(args.steps * args.batch, "calibration")]
+    ft = compressors.FinetuneConfig(steps=args.steps, lr=args.lr, batch=args.batch, distill=True)
+
+    def score(model) -> dict:
+        before = cosine(embed(model, tok, texts), reference)
+        tuned = compressors.finetune(model, train, ft, teacher=copy.deepcopy(dense))
+        return {"before": before, "after": cosine(embed(model, tok, texts), reference), "finetune": tuned,
+                "sentences": len(texts)}
+
+    run_grid(JSONL, dense, args.fractions, args.methods, found, args.format, args.density, score)
     text = report_markdown()
     MARKDOWN.write_text(text + "\n")
     print(text)
@@ -126,8 +117,9 @@ def report_markdown() -> str:
         f"the compressed and the dense model's mean-pooled embeddings of {first['sentences']} sentences of the "
         "held-out gensim Wikipedia articles (mean and worst sentence). Budget = fraction × the dense parameters "
         "(weights + biases) of the encoder linears; embeddings stay dense. Distillation: "
-        f"{ft['steps']} AdamW steps (lr {ft['lr']}) of MSE to the dense last hidden states on 128-token windows "
-        "of the calibration articles, compressed layers only, the same for every method.", "",
+        f"{ft['steps']} AdamW steps (lr {ft['lr']}, {ft['batch']} sentences each) of MSE to the dense last hidden "
+        "states on sentences of the calibration articles (with [CLS]/[SEP], as evaluated), compressed layers only, "
+        "the same for every method.", "",
         table(["method @ budget", "parameters (replaced layers)", "cosine before", "worst before",
                "cosine after distillation", "worst after", "distillation loss"], body), ""])
 

@@ -13,12 +13,11 @@ train.  Perplexity: non-overlapping 512-token windows of the held-out articles.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
-from _budgets import build
+from _budgets import run_grid
 from _report import RESULTS, append_row, load_rows, machine, table
 from layer_shapes import found_layers
 
@@ -58,26 +57,15 @@ def main() -> None:
         row = {"method": "dense", "fraction": 1.0, **perplexity(dense, tok, text, 512, args.windows)}
         append_row(JSONL, {**row, "machine": machine()})
     ft = compressors.FinetuneConfig(steps=args.steps, lr=args.lr)
-    for fraction in args.fractions:
-        for method in args.methods:
-            if (method, fraction) in done:
-                continue
-            print(f"  {method} @ {fraction} ...", file=sys.stderr, flush=True)
-            try:
-                model, acct = build(dense, method, fraction, found, args.format, args.density)
-            except Exception as exc:  # a budget below a method's floor (2:4 keeps half of every layer)
-                append_row(JSONL, {"method": method, "fraction": fraction, "error": str(exc), "machine": machine()})
-                continue
-            before = perplexity(model, tok, text, 512, args.windows)["perplexity"]
-            tuned = compressors.finetune(model, train, ft)
-            after = perplexity(model, tok, text, 512, args.windows)
-            row = {"method": method, "fraction": fraction, "format": args.format,
-                   "density": args.density if method == "saten" else None, **acct,
-                   "perplexity_before": before, "perplexity": after["perplexity"], "finetune": tuned,
-                   "windows": after["windows"]}
-            append_row(JSONL, {**row, "machine": machine()})
-            print(json.dumps(row), flush=True)
-            del model
+
+    def score(model) -> dict:
+        before = perplexity(model, tok, text, 512, args.windows)["perplexity"]
+        tuned = compressors.finetune(model, train, ft)
+        after = perplexity(model, tok, text, 512, args.windows)
+        return {"perplexity_before": before, "perplexity": after["perplexity"], "finetune": tuned,
+                "windows": after["windows"]}
+
+    run_grid(JSONL, dense, args.fractions, args.methods, found, args.format, args.density, score)
     text = report_markdown()
     MARKDOWN.write_text(text + "\n")
     print(text)

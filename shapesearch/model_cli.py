@@ -22,7 +22,7 @@ def add_parsers(sub) -> None:
     lay.add_argument("--budget", type=float, default=None,
                      help="TT parameters for all searched layers together: a count (e.g. 20e6) or, below 1, "
                           "a fraction of their dense parameters; picks each layer's ε from --eps-grid")
-    lay.add_argument("--eps-grid", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+    lay.add_argument("--eps-grid", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
                      help="per-layer ε choices with --budget (default %(default)s)")
     lay.add_argument("--layers", default=None,
                      help="only layers whose name contains this text (e.g. 'layers.0.')")
@@ -247,13 +247,16 @@ def compress_command(args: argparse.Namespace) -> tuple[dict, str]:
 
 def eval_command(args: argparse.Namespace) -> tuple[dict, str]:
     from compressors.evaluation import perplexity, speed
-    from compressors.models import load_model
+    from compressors.models import is_causal_lm, load_model
     from compressors.text import read_text
 
     if args.window < 2:
         raise UsageError("--window must be at least 2 tokens")
     text = read_text(args.text, "evaluation")
     model, tok = load_model(args.model)
+    if not is_causal_lm(model):
+        raise UsageError(f"eval measures a causal LM's perplexity; {type(model).__name__} is an encoder "
+                         "(compare its embeddings to the dense model's, as benchmarks/minilm.py does)")
     try:
         result = {"model": args.model, **perplexity(model, tok, text, args.window, args.max_windows)}
     except ValueError as exc:
