@@ -2,7 +2,8 @@
 
 Each weight is searched by the same GA as an image (``run_search`` with the ``ttm``/``tt``
 layout, no padding, seeded with the balanced shape), in-process inside one Ray task per
-(layer, ε): layers are independent, so this scales to as many workers as the cluster has.
+layer (all its ε share the unfolding spectra): layers are independent, so this scales to as
+many workers as the cluster has.
 The balanced shape is TT-SVD'd in float64 at the same ε with the same rank rule, so
 ``balanced_params`` differs from ``params`` only by the shape.
 """

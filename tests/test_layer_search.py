@@ -184,3 +184,23 @@ def test_layers_cli_does_not_write_over_a_plan(tiny_dir, tmp_path, capsys):
     assert out.read_text() == "keep"
     assert "not a built-in name" in _error(["layers", "--model", tmp_path / "nope", "--out", tmp_path / "p.json"],
                                            capsys)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["saten"], "needs --plan"),
+    (["saten", "--plan", "PLAN"], "exactly one of density"),
+    (["saten", "--plan", "PLAN", "--density", "0.1", "--nm", "2:4"], "exactly one of density"),
+    (["saten", "--plan", "PLAN", "--nm", "2-4"], "--nm must look like 2:4"),
+    (["saten", "--plan", "PLAN", "--density", "1.5"], "density must be in [0, 1]"),
+    (["tt", "--plan", "PLAN", "--density", "0.1"], "for saten"),
+    (["tt", "--plan", "NOPLAN"], "not found"),
+    (["flat-llm", "--plan", "PLAN"], "are for tt and saten"),
+])
+def test_compress_tt_saten_cli_bad_inputs(tiny_dir, tmp_path, capsys, args, msg):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"layers": {"model.layers.0.mlp.up_proj": {
+        "format": "ttm", "out_modes": [36], "in_modes": [24], "eps": 0.5}}}))
+    args = [str(plan) if a == "PLAN" else str(tmp_path / "none.json") if a == "NOPLAN" else a for a in args]
+    out = tmp_path / "out"
+    assert msg in _error(["compress", args[0], "--model", tiny_dir, *args[1:], "--out", out], capsys)
+    assert not out.exists()

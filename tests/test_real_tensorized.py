@@ -69,3 +69,9 @@ def test_minilm_plan_tt_and_embeddings_stay_close(tmp_path, capsys):
     assert cos.min() > 0.6  # every layer within 20 % Frobenius error (36 of them compound)
     sim = torch.nn.functional.cosine_similarity(b[0], b[1], dim=0)
     assert sim > torch.nn.functional.cosine_similarity(b[0], b[2], dim=0)  # still a sentence encoder
+
+
+def test_eval_refuses_an_encoder_with_a_clear_message(capsys):
+    code = main(["eval", "--model", "minilm"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "is an encoder" in err[-1]
