@@ -23,12 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from _report import RESULTS, append_row, load_rows, machine, table
 from torch import nn
 
-from compressors.tt_linear import TTLinear, TTMatrixLinear, eps_tt_svd, matrix_to_tt_tensor
+from compressors.tt_linear import TTLinear, TTMatrixLinear, eps_tt_svd, tt_tensor
 from shapesearch.matrix_shapes import balanced_factors
 
 JSONL = RESULTS / "tt_forward.jsonl"
@@ -65,8 +64,7 @@ def fit(weight: torch.Tensor, fmt: str, out_modes, in_modes, budget: int, iters:
     The bisection counts parameters with the fast Gram-matrix TT-SVD; the layer is then built
     with the SVD one (as ``from_linear`` does), nudging ε up in the rare case its ranks differ."""
     w = weight.detach().double().numpy()
-    tensor = (matrix_to_tt_tensor(w, out_modes, in_modes) if fmt == "ttm"
-              else np.ascontiguousarray(w.T.reshape(*in_modes, *out_modes)))
+    tensor = tt_tensor(w, fmt, out_modes, in_modes)
 
     def params(eps: float) -> int:
         return eps_tt_svd(tensor, eps, method="gram").params

@@ -19,7 +19,7 @@ from torch import nn
 
 from shapesearch.errors import UsageError
 
-from .accounting import layer_bytes, layer_params
+from .accounting import dense_params, layer_bytes, layer_params
 from .saten import SatenLinear
 from .tt_linear import TTLinear, TTMatrixLinear
 
@@ -120,12 +120,10 @@ def tensorize(model: nn.Module, config: TTConfig | SatenConfig, progress=None) -
             new = _build(linear, rec, config)
         except ValueError as exc:
             raise UsageError(f"layer {name}: {exc}") from exc
-        dense = linear.weight.numel() + (0 if linear.bias is None else linear.bias.numel())
-        dense_bytes = dense * linear.weight.element_size()
+        rows.append({"name": name, "dense_params": dense_params(linear), "params": layer_params(new),
+                     "dense_bytes": layer_bytes(linear), "bytes": layer_bytes(new), "eps": rec["eps"]})
         model.set_submodule(name, new)
         layers[name] = new.spec()
-        rows.append({"name": name, "dense_params": dense, "params": layer_params(new),
-                     "dense_bytes": dense_bytes, "bytes": layer_bytes(new), "eps": rec["eps"]})
         if progress:
             progress(i)
     method = "saten" if isinstance(config, SatenConfig) else "tt"

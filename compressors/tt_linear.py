@@ -36,6 +36,14 @@ def matrix_to_tt_tensor(weight: np.ndarray, out_modes: tuple[int, ...], in_modes
     return t.transpose(order).reshape([m * n for m, n in zip(out_modes, in_modes)])
 
 
+def tt_tensor(weight: np.ndarray, fmt: str, out_modes: tuple[int, ...], in_modes: tuple[int, ...]) -> np.ndarray:
+    """The tensor a layer format decomposes: ``"ttm"`` pairs the digits of W (see
+    ``matrix_to_tt_tensor``); ``"tt"`` is Wᵀ reshaped row-major to (*in_modes, *out_modes)."""
+    if fmt == "ttm":
+        return matrix_to_tt_tensor(weight, out_modes, in_modes)
+    return np.ascontiguousarray(weight.T.reshape(*in_modes, *out_modes))
+
+
 def eps_tt_svd(tensor: np.ndarray, eps: float, reverse: bool = False, method: str = "svd") -> TTResult:
     """ε-TT-SVD on the numpy backend (carry-over on) with ‖T − T̂‖_F ≤ ε‖T‖_F.
 
@@ -269,7 +277,7 @@ class TTMatrixLinear(_CachedModule):
         out_modes = _check_modes("out_modes", out_modes, m)
         in_modes = _check_modes("in_modes", in_modes, n)
         w = weight.detach().double().cpu().numpy()
-        tt = eps_tt_svd(matrix_to_tt_tensor(w, out_modes, in_modes), eps, reverse=reverse)
+        tt = eps_tt_svd(tt_tensor(w, "ttm", out_modes, in_modes), eps, reverse=reverse)
         cores = [torch.from_numpy(np.asarray(c).reshape(c.shape[0], mo, mi, c.shape[2])).to(weight.dtype)
                  .to(weight.device) for c, mo, mi in zip(tt.cores, out_modes, in_modes)]
         return cls(cores, None if bias is None else bias.detach().clone())
@@ -463,8 +471,8 @@ class TTLinear(_CachedModule):
         n_out, n_in = weight.shape
         in_modes = _check_modes("in_modes", in_modes, n_in)
         out_modes = _check_modes("out_modes", out_modes, n_out)
-        wt = weight.detach().double().cpu().numpy().T.reshape(*in_modes, *out_modes)
-        tt = eps_tt_svd(np.ascontiguousarray(wt), eps, reverse=reverse)
+        w = weight.detach().double().cpu().numpy()
+        tt = eps_tt_svd(tt_tensor(w, "tt", out_modes, in_modes), eps, reverse=reverse)
         cores = [torch.from_numpy(np.ascontiguousarray(c)).to(weight.dtype).to(weight.device) for c in tt.cores]
         return cls(cores, len(in_modes), None if bias is None else bias.detach().clone())
 

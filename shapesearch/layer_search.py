@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .budget import allocate
 from .errors import UsageError
 from .evaluation import EvalSettings, confirm
 from .executors import LocalExecutor
@@ -135,8 +136,6 @@ def make_plan(found: dict[str, dict[float, dict]], norms2: dict[str, float], bud
     if budget is None:
         layers = {n: next(iter(found[n].values())) for n in names}
     else:
-        from .budget import allocate
-
         options = [[(rec["params"], rec["rel_error"] ** 2 * norms2[n]) for rec in found[n].values()]
                    for n in names]
         choice = allocate(options, budget, seed)
