@@ -24,8 +24,8 @@ from _report import append_row, load_rows, machine
 import compressors
 from compressors.low_rank import factorize, ranks_for_linears
 from compressors.targets import target_linears
-from shapesearch.errors import UsageError
-from shapesearch.layer_search import make_plan
+from shapesearch.errors import ShapesearchError
+from shapesearch.matrix.layer_search import make_plan
 
 
 def build(dense: torch.nn.Module, method: str, fraction: float, found: dict, fmt: str,
@@ -72,7 +72,7 @@ def run_grid(jsonl: Path, dense: torch.nn.Module, fractions: list[float], method
             print(f"  {method} @ {fraction} ...", file=sys.stderr, flush=True)
             try:
                 model, acct = build(dense, method, fraction, found, fmt, density)
-            except UsageError as exc:  # a budget below a method's floor (2:4 keeps half of every layer)
+            except ShapesearchError as exc:  # a budget below a method's floor (2:4 keeps half of every layer)
                 append_row(jsonl, {"method": method, "fraction": fraction, "error": str(exc), "machine": machine()})
                 continue
             row = {"method": method, "fraction": fraction, "format": fmt,

@@ -21,9 +21,9 @@ import torch
 from _report import RESULTS, append_row, load_rows, machine, table
 
 import compressors
-from compressors.evaluation import perplexity, speed
-from compressors.models import load_model
-from compressors.text import calibration_windows, wikipedia
+from compressors.corpus import calibration_windows, wikipedia
+from compressors.lm_metrics import perplexity, speed
+from compressors.model_loading import load_model
 
 JSONL = RESULTS / "flat_llm.jsonl"
 MARKDOWN = Path(__file__).parent / "flat_llm.md"

@@ -25,12 +25,11 @@ import skimage.data
 from _report import RESULTS, append_row, load_rows, machine, table
 from threadpoolctl import threadpool_limits
 
-from shapesearch.evaluation import EvalSettings, confirm, score
-from shapesearch.executors import LocalExecutor
-from shapesearch.images import psnr
-from shapesearch.operators import ShapeSpace
-from shapesearch.surrogate import surrogate_seeds
-from shapesearch.tensorization import (
+from shapesearch.engine.executors import LocalExecutor
+from shapesearch.engine.fitness import EvalSettings, confirm, score
+from shapesearch.engine.operators import ShapeSpace
+from shapesearch.engine.surrogate import surrogate_seeds
+from shapesearch.engine.tensorization import (
     AxisSplit,
     Tensorization,
     interleaved,
@@ -38,6 +37,7 @@ from shapesearch.tensorization import (
     original,
     prime_factors,
 )
+from shapesearch.jobs.images import psnr
 
 IMAGES = {"astronaut": "astronaut.png", "coffee": "coffee.png", "chelsea": "chelsea.png",
           "rocket": "rocket.jpg"}

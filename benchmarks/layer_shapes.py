@@ -19,9 +19,9 @@ from pathlib import Path
 from _report import RESULTS, append_row, load_rows, machine, table
 from tqdm import tqdm
 
-from compressors.models import load_model
+from compressors.model_loading import load_model
 from compressors.targets import layer_type, target_linears
-from shapesearch.layer_search import LayerSearchConfig, search_layers
+from shapesearch.matrix.layer_search import LayerSearchConfig, search_layers
 
 MARKDOWN = Path(__file__).parent / "layer_shapes.md"
 GRID = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]

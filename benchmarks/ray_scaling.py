@@ -18,8 +18,8 @@ import ray
 import skimage.data
 from _report import machine, table
 
-from shapesearch.pipeline import Job, run_job
-from shapesearch.search import SearchConfig
+from shapesearch.engine.search import SearchConfig
+from shapesearch.jobs.search_job import Job, run_job
 
 MARKDOWN = Path(__file__).parent / "ray_scaling.md"
 

@@ -28,7 +28,7 @@ from _report import RESULTS, append_row, load_rows, machine, table
 from torch import nn
 
 from compressors.tt_linear import TTLinear, TTMatrixLinear, eps_tt_svd, tt_tensor
-from shapesearch.matrix_shapes import balanced_factors
+from shapesearch.matrix.formats import balanced_factors
 
 JSONL = RESULTS / "tt_forward.jsonl"
 MARKDOWN = Path(__file__).parent / "tt_forward.md"
@@ -102,7 +102,7 @@ def timed(dense: nn.Module, tt: nn.Module, x: torch.Tensor, repeats: int, warmup
 def real_weights(layer: int) -> tuple[dict[str, nn.Linear], str]:
     """The three projections of decoder layer ``layer``, or random ones if the model fails to load."""
     try:
-        from compressors.models import load_model
+        from compressors.model_loading import load_model
 
         model, _ = load_model("smollm2")
         block = model.model.layers[layer]

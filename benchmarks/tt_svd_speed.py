@@ -22,8 +22,8 @@ import torch
 from _report import machine, table
 from threadpoolctl import threadpool_limits
 
-from shapesearch.tensorization import Tensorization, from_states, interleaved, natural_axes
-from shapesearch.tt_svd import relative_error, tt_svd
+from shapesearch.engine.tensorization import Tensorization, from_states, interleaved, natural_axes
+from shapesearch.engine.tt_svd import relative_error, tt_svd
 
 MARKDOWN = Path(__file__).parent / "tt_svd_speed.md"
 

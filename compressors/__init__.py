@@ -11,7 +11,7 @@ from .finetune import FinetuneConfig, finetune
 from .flat_llm import FlatLLMConfig
 from .low_rank import SVDConfig, SVDLLMConfig
 from .serialization import load, save
-from .tensorize import SatenConfig, TTConfig
+from .tt_compress import SatenConfig, TTConfig
 
 __all__ = ["FinetuneConfig", "FlatLLMConfig", "SVDConfig", "SVDLLMConfig", "SatenConfig", "TTConfig", "compress",
            "finetune", "load", "save"]

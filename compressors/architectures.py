@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from shapesearch.errors import UsageError
+from shapesearch.errors import ShapesearchError
 
 # SmolLM2 is a LlamaForCausalLM
 SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
@@ -25,7 +25,7 @@ class Dims:
 def check_supported(model: nn.Module) -> None:
     name = type(model).__name__
     if name not in SUPPORTED:
-        raise UsageError(f"unsupported architecture {name}; supported: {', '.join(SUPPORTED)} "
+        raise ShapesearchError(f"unsupported architecture {name}; supported: {', '.join(SUPPORTED)} "
                          "(Llama family, including SmolLM2)")
 
 

@@ -14,25 +14,24 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from shapesearch.errors import UsageError
+from shapesearch.errors import ArgumentError, ShapesearchError
 
 from . import flat_llm, low_rank
 from .architectures import check_supported, decoder_layers, decoder_linear_params, dims, total_params
 from .calibration import sequential
 from .flat_llm import FlatLLMConfig
 from .low_rank import SVDConfig
-from .tensorize import SatenConfig, TTConfig, tensorize
 
 
 def _check(model: nn.Module, config, calibration: list[torch.Tensor] | None, needs_data: bool) -> None:
     check_supported(model)
     if not 0.0 < config.ratio < 1.0:
-        raise UsageError(f"ratio must be in (0, 1) (fraction of decoder-linear parameters removed), "
+        raise ShapesearchError(f"ratio must be in (0, 1) (fraction of decoder-linear parameters removed), "
                          f"got {config.ratio}")
     if needs_data and not calibration:
-        raise UsageError("calibration data is empty; give calibration text with enough tokens")
+        raise ShapesearchError("calibration data is empty; give calibration text with enough tokens")
     if getattr(model.config, "shapesearch_compression", None):
-        raise UsageError("this model is already compressed; start from the dense model")
+        raise ShapesearchError("this model is already compressed; start from the dense model")
 
 
 def flat_llm_budget(model: nn.Module, keep: list[float]) -> int:
@@ -52,21 +51,40 @@ def flat_llm_budget(model: nn.Module, keep: list[float]) -> int:
     return before - removed
 
 
-@torch.no_grad()
-def compress(model: nn.Module, config, calibration: list[torch.Tensor] | None = None,
-             progress: Callable[[int], None] | None = None, budget: int | None = None) -> dict:
-    """Rewrite ``model`` in place with ``config`` (FlatLLMConfig, SVDConfig, TTConfig or SatenConfig).
+_HANDLERS: dict[type, Callable[..., dict]] = {}
 
-    ``calibration``: token windows [1, T].  For the SVD baselines, ``budget`` (decoder-linear
+
+def register_handler(config_type: type) -> Callable:
+    """Decorator: ``handler(model, config, **options) -> report`` compresses with configs of this type."""
+    def register(handler: Callable[..., dict]) -> Callable[..., dict]:
+        _HANDLERS[config_type] = handler
+        return handler
+
+    return register
+
+
+def compress(model: nn.Module, config, **options) -> dict:
+    """Rewrite ``model`` in place as ``config`` says; returns the report.
+
+    ``config`` is one of the registered config types (FlatLLMConfig, SVDConfig, TTConfig,
+    SatenConfig); ``options`` go to its handler (``calibration``: token windows [1, T];
+    ``progress``: called with each finished layer's index; ``budget`` for the SVD baselines)."""
+    handler = _HANDLERS.get(type(config))
+    if handler is None:
+        names = ", ".join(sorted(t.__name__ for t in _HANDLERS))
+        raise ArgumentError("config", f"{type(config).__name__} is not a compression config; use one of {names}")
+    return handler(model, config, **options)
+
+
+@register_handler(FlatLLMConfig)
+@register_handler(SVDConfig)
+@torch.no_grad()
+def _rank_reduction(model: nn.Module, config, calibration: list[torch.Tensor] | None = None,
+                    progress: Callable[[int], None] | None = None, budget: int | None = None) -> dict:
+    """FLAT-LLM or an SVD baseline.  For the SVD baselines, ``budget`` (decoder-linear
     parameters to keep) defaults to what FLAT-LLM keeps at the same ratio on this model, so
-    the methods are compared at matched parameters.
-    """
-    if isinstance(config, TTConfig | SatenConfig):
-        return tensorize(model, config, progress)
+    the methods are compared at matched parameters."""
     is_flat = isinstance(config, FlatLLMConfig)
-    if not is_flat and not isinstance(config, SVDConfig):
-        raise UsageError(f"unknown config {type(config).__name__}; use FlatLLMConfig, SVDConfig, TTConfig "
-                         "or SatenConfig")
     _check(model, config, calibration, needs_data=is_flat or config.whiten or budget is None)
     model.eval()
     linear_before, total_before = decoder_linear_params(model), total_params(model)

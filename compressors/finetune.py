@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from shapesearch.errors import UsageError
+from shapesearch.errors import ShapesearchError
 
 from .low_rank import LowRankLinear
-from .models import is_causal_lm
+from .model_loading import is_causal_lm
 from .saten import SatenLinear
 from .tt_linear import TTLinear, TTMatrixLinear
 
@@ -40,9 +40,9 @@ class FinetuneConfig:
 
     def check(self) -> None:
         if self.steps < 0 or self.batch < 1:
-            raise UsageError(f"fine-tuning needs steps >= 0 and batch >= 1, got {self.steps} and {self.batch}")
+            raise ShapesearchError(f"fine-tuning needs steps >= 0 and batch >= 1, got {self.steps} and {self.batch}")
         if not self.lr > 0:
-            raise UsageError(f"learning rate must be positive, got {self.lr}")
+            raise ShapesearchError(f"learning rate must be positive, got {self.lr}")
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -82,12 +82,12 @@ def finetune(model: nn.Module, windows: list[torch.Tensor], config: FinetuneConf
     config = config or FinetuneConfig()
     config.check()
     if not windows:
-        raise UsageError("fine-tuning needs at least one text window")
+        raise ShapesearchError("fine-tuning needs at least one text window")
     if (config.distill or not is_causal_lm(model)) and teacher is None:
-        raise UsageError("distillation (and any encoder fine-tune) needs the dense model as teacher")
+        raise ShapesearchError("distillation (and any encoder fine-tune) needs the dense model as teacher")
     params = trainable_parameters(model)
     if not params:
-        raise UsageError("the model has no compressed layers to fine-tune; compress it first")
+        raise ShapesearchError("the model has no compressed layers to fine-tune; compress it first")
     teacher = teacher if (config.distill or not is_causal_lm(model)) else None
     flags = {id(p): p.requires_grad for p in model.parameters()}
     for p in model.parameters():

@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from shapesearch.errors import UsageError
+from shapesearch.errors import ShapesearchError
 
 from . import attention, low_rank
 from .architectures import decoder_layers
-from .tensorize import module_from_spec
+from .tt_compress import module_from_spec
 
 WEIGHTS = "model.safetensors"
 
@@ -59,7 +59,7 @@ def _resize(model: nn.Module, record: dict) -> None:
                 low_rank.set_module(layer, path, low_rank.LowRankLinear(old.in_features, old.out_features, rank,
                                                                   old.bias is not None, dtype=old.weight.dtype))
         else:
-            raise UsageError(f"layer {i}: unknown compression method {method!r} in config.json")
+            raise ShapesearchError(f"layer {i}: unknown compression method {method!r} in config.json")
 
 
 def load(directory: str | Path, dtype: torch.dtype | None = None,
@@ -70,7 +70,7 @@ def load(directory: str | Path, dtype: torch.dtype | None = None,
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():
-        raise UsageError(f"{directory} has no config.json; give a directory written by `compressors.save`")
+        raise ShapesearchError(f"{directory} has no config.json; give a directory written by `compressors.save`")
     config = AutoConfig.from_pretrained(directory)
     saved = getattr(config, "dtype", None)
     dtype = dtype or (getattr(torch, saved) if isinstance(saved, str) else saved) or torch.float32
@@ -83,14 +83,14 @@ def load(directory: str | Path, dtype: torch.dtype | None = None,
     _resize(model, record)
     files = sorted(directory.glob("*.safetensors"))
     if not files:
-        raise UsageError(f"{directory} has no .safetensors weights")
+        raise ShapesearchError(f"{directory} has no .safetensors weights")
     state = {}
     for f in files:
         state.update(load_file(str(f)))
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if unexpected or set(missing) - tied:
-        raise UsageError(f"{directory}: weights do not match the recorded shapes "
+        raise ShapesearchError(f"{directory}: weights do not match the recorded shapes "
                          f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")
     model.tie_weights()
     return model.eval()

@@ -9,7 +9,7 @@ import re
 
 from torch import nn
 
-from shapesearch.errors import UsageError
+from shapesearch.errors import ShapesearchError
 
 
 def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -21,7 +21,7 @@ def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
             if best is None or len(module) > len(best[1]):
                 best = (name, module)
     if best is None:
-        raise UsageError(f"{type(model).__name__} has no list of repeated blocks to compress")
+        raise ShapesearchError(f"{type(model).__name__} has no list of repeated blocks to compress")
     return best
 
 
@@ -30,7 +30,7 @@ def target_linears(model: nn.Module) -> dict[str, nn.Linear]:
     prefix, blocks = block_list(model)
     out = {f"{prefix}.{name}": m for name, m in blocks.named_modules() if isinstance(m, nn.Linear)}
     if not out:
-        raise UsageError(f"{type(model).__name__}: its blocks hold no nn.Linear layers to compress")
+        raise ShapesearchError(f"{type(model).__name__}: its blocks hold no nn.Linear layers to compress")
     return out
 
 

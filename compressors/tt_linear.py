@@ -25,7 +25,7 @@ import tensorly as tl
 import torch
 from torch import nn
 
-from shapesearch.tt_svd import TTResult, tt_svd
+from shapesearch.engine.tt_svd import TTResult, tt_svd
 
 
 def matrix_to_tt_tensor(weight: np.ndarray, out_modes: tuple[int, ...], in_modes: tuple[int, ...]) -> np.ndarray:

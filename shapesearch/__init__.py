@@ -1,12 +1,23 @@
 """shapesearch: evolutionary search of tensor-train shapes under a hard error bound.
 
-ε is a relative Frobenius error bound; CR = original entries / TT parameters.
+ε is a relative Frobenius error bound; CR = original entries / TT parameters.  The engine
+(``shapesearch.engine``) is re-exported here; weight-matrix shapes and layer plans live in
+``shapesearch.matrix``, search jobs with files on disk in ``shapesearch.jobs``.
 """
 
-from .executors import LocalExecutor, RayExecutor, make_executor
-from .search import SearchConfig, SearchResult, run_search
-from .tensorization import AxisSplit, Tensorization
-from .tt_svd import TTResult, tt_svd
+from .engine import (
+    AxisSplit,
+    LocalExecutor,
+    RayExecutor,
+    SearchConfig,
+    SearchResult,
+    Tensorization,
+    TTResult,
+    make_executor,
+    run_search,
+    tt_svd,
+)
+from .errors import ArgumentError, ShapesearchError
 
-__all__ = ["AxisSplit", "LocalExecutor", "RayExecutor", "SearchConfig", "SearchResult", "TTResult",
-           "Tensorization", "make_executor", "run_search", "tt_svd"]
+__all__ = ["ArgumentError", "AxisSplit", "LocalExecutor", "RayExecutor", "SearchConfig", "SearchResult",
+           "ShapesearchError", "TTResult", "Tensorization", "make_executor", "run_search", "tt_svd"]

@@ -8,7 +8,7 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from shapesearch.cli import main
-from shapesearch.images import load_image
+from shapesearch.jobs.images import load_image
 
 from .conftest import smooth_image
 

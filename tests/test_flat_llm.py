@@ -9,7 +9,7 @@ from compressors import FlatLLMConfig, SVDConfig, SVDLLMConfig
 from compressors.architectures import decoder_layers
 from compressors.calibration import Accumulator, first_layer_inputs, run_layer
 from compressors.flat_llm import absorb_values, nystrom_select, prune_mlp, value_bases
-from shapesearch.errors import UsageError
+from shapesearch.errors import ShapesearchError
 
 
 def tiny(kv_heads=4, attn="eager", family="llama", layers=2, seed=0):
@@ -188,14 +188,14 @@ def test_svd_llm_beats_plain_svd_on_the_calibration_loss():
 
 def test_bad_inputs():
     model = tiny()
-    with pytest.raises(UsageError, match=r"ratio must be in \(0, 1\)"):
+    with pytest.raises(ShapesearchError, match=r"ratio must be in \(0, 1\)"):
         compressors.compress(model, FlatLLMConfig(ratio=1.2), calibration=windows())
-    with pytest.raises(UsageError, match="calibration data is empty"):
+    with pytest.raises(ShapesearchError, match="calibration data is empty"):
         compressors.compress(model, FlatLLMConfig(ratio=0.2), calibration=[])
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(UsageError, match="unsupported architecture GPT2LMHeadModel; supported"):
+    with pytest.raises(ShapesearchError, match="unsupported architecture GPT2LMHeadModel; supported"):
         compressors.compress(gpt2, FlatLLMConfig(0.2), calibration=windows())
 
 

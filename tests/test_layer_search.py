@@ -9,11 +9,11 @@ import ray
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from shapesearch.budget import allocate
-from shapesearch.errors import UsageError
-from shapesearch.layer_search import LayerSearchConfig, search_layers, search_matrix
-from shapesearch.matrix_shapes import all_pairings, balanced_factors, balanced_shape, modes_of, shape_from_modes
-from shapesearch.operators import ShapeSpace, mutate
+from shapesearch.engine.operators import ShapeSpace, mutate
+from shapesearch.errors import ShapesearchError
+from shapesearch.matrix.budget import allocate
+from shapesearch.matrix.formats import all_pairings, balanced_factors, balanced_shape, modes_of, shape_from_modes
+from shapesearch.matrix.layer_search import LayerSearchConfig, search_layers, search_matrix
 
 from .test_cli import _error, _run
 
@@ -82,7 +82,7 @@ def test_search_never_loses_to_balanced_and_meets_eps(fmt):
 
 
 def test_search_finds_the_exhaustive_optimum_over_three_mode_pairings_on_a_small_layer():
-    from shapesearch.evaluation import EvalSettings, confirm
+    from shapesearch.engine.fitness import EvalSettings, confirm
 
     rng = np.random.default_rng(2)
     w = np.kron(rng.standard_normal((2, 3)), rng.standard_normal((6, 4))) + 0.05 * rng.standard_normal((12, 12))
@@ -121,7 +121,7 @@ def test_budget_allocation_is_optimal_on_small_instances():
         best = min(sum(o[c][1] for o, c in zip(options, cs)) for cs in itertools.product(range(4), repeat=5)
                    if sum(o[c][0] for o, c in zip(options, cs)) <= budget)
         assert sum(o[c][1] for o, c in zip(options, choice)) == pytest.approx(best)
-    with pytest.raises(UsageError, match="below the smallest plan"):
+    with pytest.raises(ShapesearchError, match="below the smallest plan"):
         allocate([[(10, 1.0), (20, 0.5)]], 5)
 
 

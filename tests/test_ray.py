@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import ray
 
-from shapesearch.executors import LocalExecutor, RayExecutor
-from shapesearch.search import SearchConfig, run_search
+from shapesearch.engine.executors import LocalExecutor, RayExecutor
+from shapesearch.engine.search import SearchConfig, run_search
 
 from .conftest import smooth_image
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import compressors
-from compressors.models import load_model
+from compressors.model_loading import load_model
 from shapesearch.cli import main
 
 
@@ -27,7 +27,7 @@ def test_smollm2_plan_saten_fine_tune_save_reload_generate(fmt, residual, tmp_pa
     for rec in found["layers"].values():
         assert rec["params"] <= rec["balanced_params"] and rec["rel_error"] <= 0.5
     text = tmp_path / "train.txt"
-    from compressors.text import wikipedia
+    from compressors.corpus import wikipedia
 
     text.write_text(wikipedia("calibration")[:40_000])
     report = _run(["compress", "saten", "--model", "smollm2", "--plan", plan, *residual, "--finetune-steps", "3",

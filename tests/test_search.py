@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from shapesearch.errors import UsageError
-from shapesearch.executors import LocalExecutor
-from shapesearch.search import SearchConfig, run_search
+from shapesearch.engine.executors import LocalExecutor
+from shapesearch.engine.search import SearchConfig, run_search
+from shapesearch.errors import ShapesearchError
 
 
 def _search(image, tmp_path=None, resume=False, **kw):
@@ -54,11 +54,11 @@ def test_resume_after_a_crash_between_cache_append_and_state_write(image, tmp_pa
 
 def test_resume_refuses_other_data_or_settings(image, tmp_path):
     _search(image, tmp_path / "run", generations=1)
-    with pytest.raises(UsageError, match="different data"):
+    with pytest.raises(ShapesearchError, match="different data"):
         _search(image * 0.5, tmp_path / "run", resume=True)
-    with pytest.raises(UsageError, match="same --eps"):
+    with pytest.raises(ShapesearchError, match="same eps"):
         _search(image, tmp_path / "run", resume=True, eps=0.2)
-    with pytest.raises(UsageError, match="not found"):
+    with pytest.raises(ShapesearchError, match="not found"):
         _search(image, tmp_path / "nothing", resume=True)
 
 
@@ -81,5 +81,5 @@ def test_stall_stops_early(image):
                                     ({"population": 1}, "population"), ({"generations": -1}, "generations"),
                                     ({"time_limit": 0}, "time-limit")])
 def test_bad_settings(image, kw, msg):
-    with pytest.raises(UsageError, match=msg):
+    with pytest.raises(ShapesearchError, match=msg):
         _search(image, **kw)

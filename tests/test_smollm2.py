@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import compressors
-from compressors.models import load_model
-from compressors.text import calibration_windows, wikipedia
+from compressors.corpus import calibration_windows, wikipedia
+from compressors.model_loading import load_model
 from shapesearch.cli import main
 
 
@@ -76,7 +76,7 @@ def test_cli_model_errors(tmp_path, capsys):
 
 
 def test_gguf_file_and_cached_copy_are_the_same_model(smollm2):
-    from compressors.models import builtin_path
+    from compressors.model_loading import builtin_path
 
     cached, tok = smollm2
     direct, _ = load_model(str(builtin_path("smollm2")))  # the .gguf itself, dequantized

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from shapesearch.evaluation import EvalSettings, confirm
-from shapesearch.executors import LocalExecutor
-from shapesearch.surrogate import compute_spectra, shortest_paths, surrogate_seeds
-from shapesearch.tensorization import natural_axes
+from shapesearch.engine.executors import LocalExecutor
+from shapesearch.engine.fitness import EvalSettings, confirm
+from shapesearch.engine.surrogate import compute_spectra, shortest_paths, surrogate_seeds
+from shapesearch.engine.tensorization import natural_axes
 
 from .conftest import smooth_image
 
@@ -57,7 +57,7 @@ def test_shortest_path_is_optimal_over_enumerated_paths():
 
 
 def test_bound_holds_when_costly_unfoldings_are_skipped(monkeypatch):
-    import shapesearch.surrogate as sg
+    import shapesearch.engine.surrogate as sg
 
     monkeypatch.setattr(sg, "MAX_GRAM_FLOPS", 48 * 64 * 3 * 12)  # only unfoldings with a side ≤ 12
     x = smooth_image(48, 64, 3, seed=9)

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shapesearch.operators import ShapeSpace, crossover, mutate, neighbours, random_shape
-from shapesearch.tensorization import (
+from shapesearch.engine.operators import ShapeSpace, crossover, mutate, neighbours, random_shape
+from shapesearch.engine.tensorization import (
     AxisSplit,
     Tensorization,
     interleaved,

@@ -14,8 +14,8 @@ from compressors.finetune import trainable_parameters
 from compressors.saten import SatenLinear
 from compressors.targets import target_linears
 from compressors.tt_linear import TTLinear, TTMatrixLinear
-from shapesearch.errors import UsageError
-from shapesearch.layer_search import LayerSearchConfig, make_plan, search_layers
+from shapesearch.errors import ShapesearchError
+from shapesearch.matrix.layer_search import LayerSearchConfig, make_plan, search_layers
 
 FAST = LayerSearchConfig(population=6, generations=2, stall=2, polish_rounds=1)
 
@@ -140,26 +140,26 @@ def test_encoder_finetune_distills():
 def test_bad_inputs(tmp_path):
     model = tiny_llama()
     plan = plan_for(model, 0.5)
-    with pytest.raises(UsageError, match="exactly one of density"):
+    with pytest.raises(ShapesearchError, match="exactly one of density"):
         compressors.compress(model, SatenConfig(plan=plan))
-    with pytest.raises(UsageError, match="density must be in"):
+    with pytest.raises(ShapesearchError, match="density must be in"):
         compressors.compress(model, SatenConfig(plan=plan, density=1.5))
-    with pytest.raises(UsageError, match="not found"):
+    with pytest.raises(ShapesearchError, match="not found"):
         compressors.compress(model, TTConfig(plan=tmp_path / "none.json"))
     (tmp_path / "bad.json").write_text("{oops")
-    with pytest.raises(UsageError, match="not JSON"):
+    with pytest.raises(ShapesearchError, match="not JSON"):
         compressors.compress(model, TTConfig(plan=tmp_path / "bad.json"))
     bert_plan = plan_for(tiny_bert(), 0.5)
-    with pytest.raises(UsageError, match="make the plan from the same model"):
+    with pytest.raises(ShapesearchError, match="make the plan from the same model"):
         compressors.compress(model, TTConfig(plan=bert_plan))
-    with pytest.raises(UsageError, match="2:4|N_in|group|divis"):
+    with pytest.raises(ShapesearchError, match="2:4|N_in|group|divis"):
         odd = {**plan, "layers": {"model.layers.0.self_attn.q_proj": plan["layers"]["model.layers.0.self_attn.q_proj"]}}
         m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=24, intermediate_size=36, num_hidden_layers=1,
                                          num_attention_heads=4, num_key_value_heads=2, head_dim=6))
         compressors.compress(m, SatenConfig(plan=odd, nm=(2, 5)))
     compressors.compress(model, TTConfig(plan=plan))
     assert isinstance(model.get_submodule("model.layers.0.mlp.down_proj"), TTMatrixLinear)
-    with pytest.raises(UsageError, match="already compressed"):
+    with pytest.raises(ShapesearchError, match="already compressed"):
         compressors.compress(model, TTConfig(plan=plan))
-    with pytest.raises(UsageError, match="teacher"):
+    with pytest.raises(ShapesearchError, match="teacher"):
         compressors.finetune(model, [IDS[:1]], FinetuneConfig(steps=1, distill=True))

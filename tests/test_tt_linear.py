@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from compressors.tt_linear import ContractionPlan, TTLinear, TTMatrixLinear, matrix_to_tt_tensor
-from shapesearch.tt_svd import tt_svd
+from shapesearch.engine.tt_svd import tt_svd
 
 
 @pytest.mark.parametrize("out_modes,in_modes", [((4, 6), (3, 8)), ((2, 3, 4), (4, 2, 3)), ((24,), (24,))])

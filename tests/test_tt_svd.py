@@ -7,9 +7,9 @@ import tensorly as tl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shapesearch.evaluation import EvalSettings, confirm, score
-from shapesearch.operators import ShapeSpace, random_shape
-from shapesearch.tt_svd import relative_error, tt_params, tt_svd
+from shapesearch.engine.fitness import EvalSettings, confirm, score
+from shapesearch.engine.operators import ShapeSpace, random_shape
+from shapesearch.engine.tt_svd import relative_error, tt_params, tt_svd
 
 shapes = st.lists(st.integers(1, 9), min_size=2, max_size=4).filter(lambda s: 8 <= math.prod(s) <= 3000)
 
@@ -86,7 +86,7 @@ def test_bad_eps_is_refused():
 
 
 def test_fast_score_agrees_with_float64_confirmation(image):
-    from shapesearch.tensorization import interleaved, natural_axes
+    from shapesearch.engine.tensorization import interleaved, natural_axes
 
     t = interleaved(natural_axes(image.shape), 2)
     settings_ = EvalSettings(0.1).to_dict()

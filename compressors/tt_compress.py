@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from shapesearch.errors import UsageError
+from shapesearch.errors import ShapesearchError
 
 from .accounting import dense_params, layer_bytes, layer_params
+from .compress import register_handler
 from .saten import SatenLinear
 from .tt_linear import TTLinear, TTMatrixLinear
 
@@ -45,11 +46,11 @@ class SatenConfig:
 
     def check(self) -> None:
         if (self.density is None) == (self.nm is None):
-            raise UsageError("give exactly one of density (e.g. 0.1) or nm (e.g. 2:4) for the sparse residual")
+            raise ShapesearchError("give exactly one of density (e.g. 0.1) or nm (e.g. 2:4) for the sparse residual")
         if self.density is not None and not 0.0 <= self.density <= 1.0:
-            raise UsageError(f"density must be in [0, 1] (fraction of each layer's entries kept), got {self.density}")
+            raise ShapesearchError(f"density must be in [0, 1] (fraction of each layer's entries kept), got {self.density}")
         if self.nm is not None and not (len(self.nm) == 2 and 0 < self.nm[0] <= self.nm[1]):
-            raise UsageError(f"nm must be n:m with 0 < n <= m (e.g. 2:4), got {self.nm}")
+            raise ShapesearchError(f"nm must be n:m with 0 < n <= m (e.g. 2:4), got {self.nm}")
 
 
 def read_plan(plan: dict | str | Path) -> dict:
@@ -57,18 +58,18 @@ def read_plan(plan: dict | str | Path) -> dict:
     if not isinstance(plan, dict):
         path = Path(plan)
         if not path.is_file():
-            raise UsageError(f"plan {path} not found; write one with `shapesearch layers --out {path}`")
+            raise ShapesearchError(f"plan {path} not found; write one with `shapesearch layers --out {path}`")
         try:
             plan = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(f"plan {path} is not JSON ({exc}); write one with `shapesearch layers`") from exc
+            raise ShapesearchError(f"plan {path} is not JSON ({exc}); write one with `shapesearch layers`") from exc
     layers = plan.get("layers") if isinstance(plan, dict) else None
     if not isinstance(layers, dict) or not layers:
-        raise UsageError("the plan lists no layers; write one with `shapesearch layers`")
+        raise ShapesearchError("the plan lists no layers; write one with `shapesearch layers`")
     for name, rec in layers.items():
         missing = {"format", "out_modes", "in_modes", "eps"} - set(rec)
         if missing:
-            raise UsageError(f"plan layer {name} lacks {sorted(missing)}; write the plan with `shapesearch layers`")
+            raise ShapesearchError(f"plan layer {name} lacks {sorted(missing)}; write the plan with `shapesearch layers`")
     return plan
 
 
@@ -76,7 +77,7 @@ def module_from_spec(spec: dict, dtype: torch.dtype) -> nn.Module:
     """An empty layer of the recorded shapes (what ``load`` fills from safetensors)."""
     cls = SPEC_CLASSES.get(spec.get("format"))
     if cls is None:
-        raise UsageError(f"unknown layer format {spec.get('format')!r} in config.json")
+        raise ShapesearchError(f"unknown layer format {spec.get('format')!r} in config.json")
     return cls.from_spec(spec, dtype)
 
 
@@ -91,6 +92,8 @@ def _build(linear: nn.Linear, rec: dict, config) -> nn.Module:
     return TTLinear.from_linear(linear, ins, outs, eps, reverse=reverse)
 
 
+@register_handler(TTConfig)
+@register_handler(SatenConfig)
 @torch.no_grad()
 def tensorize(model: nn.Module, config: TTConfig | SatenConfig, progress=None) -> dict:
     """Replace every planned nn.Linear in place; returns the accounting report."""
@@ -98,17 +101,17 @@ def tensorize(model: nn.Module, config: TTConfig | SatenConfig, progress=None) -
         config.check()
     plan = read_plan(config.plan)
     if getattr(model.config, "shapesearch_compression", None):
-        raise UsageError("this model is already compressed; start from the dense model")
+        raise ShapesearchError("this model is already compressed; start from the dense model")
     targets = {}
     for name, rec in plan["layers"].items():
         try:
             linear = model.get_submodule(name)
         except AttributeError:
-            raise UsageError(f"the plan's layer {name} is not in this {type(model).__name__}; "
+            raise ShapesearchError(f"the plan's layer {name} is not in this {type(model).__name__}; "
                              "make the plan from the same model") from None
         if not isinstance(linear, nn.Linear) or (linear.out_features, linear.in_features) != (
                 rec.get("out_features", linear.out_features), rec.get("in_features", linear.in_features)):
-            raise UsageError(f"the plan's layer {name} does not match this model's {linear}; "
+            raise ShapesearchError(f"the plan's layer {name} does not match this model's {linear}; "
                              "make the plan from the same model")
         targets[name] = linear
     total_before = sum(p.numel() for p in model.parameters())
@@ -119,7 +122,7 @@ def tensorize(model: nn.Module, config: TTConfig | SatenConfig, progress=None) -
         try:
             new = _build(linear, rec, config)
         except ValueError as exc:
-            raise UsageError(f"layer {name}: {exc}") from exc
+            raise ShapesearchError(f"layer {name}: {exc}") from exc
         rows.append({"name": name, "dense_params": dense_params(linear), "params": layer_params(new),
                      "dense_bytes": layer_bytes(linear), "bytes": layer_bytes(new), "eps": rec["eps"]})
         model.set_submodule(name, new)

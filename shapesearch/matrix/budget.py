@@ -13,7 +13,7 @@ import random
 
 from deap import algorithms, base, creator, tools
 
-from .errors import UsageError
+from ..errors import ArgumentError
 
 creator.create("BudgetFitness", base.Fitness, weights=(-1.0,))
 creator.create("BudgetIndividual", list, fitness=creator.BudgetFitness)
@@ -66,8 +66,8 @@ def allocate(options: list[list[tuple[int, float]]], budget: int, seed: int = 0,
     """Option index per layer: Σ params ≤ ``budget`` with the least Σ energy."""
     floor = sum(min(p for p, _ in o) for o in options)
     if floor > budget:
-        raise UsageError(f"--budget {budget:,} is below the smallest plan ({floor:,} parameters at the largest "
-                         "ε of the grid); raise the budget or add a larger ε to --eps-grid")
+        raise ArgumentError("budget", f"{budget:,} is below the smallest plan ({floor:,} parameters at the largest "
+                            "ε of the grid); raise the budget or add a larger ε to the grid")
     rng = random.Random(seed)
     scale = sum(max(e for _, e in o) for o in options) or 1.0
 

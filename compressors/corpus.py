@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from shapesearch.errors import UsageError
+from shapesearch.errors import ShapesearchError
 
 WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -35,13 +35,13 @@ def read_text(path: str | Path | None, part: str) -> str:
         return wikipedia(part)
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"text file {path} not found")
+        raise ShapesearchError(f"text file {path} not found")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{path} is not UTF-8 text") from exc
+        raise ShapesearchError(f"{path} is not UTF-8 text") from exc
     if not text.strip():
-        raise UsageError(f"{path} is empty; give a text file with content")
+        raise ShapesearchError(f"{path} is empty; give a text file with content")
     return text
 
 
@@ -53,7 +53,7 @@ def calibration_windows(tokenizer, text: str, samples: int, seqlen: int, seed: i
     """``samples`` windows of ``seqlen`` tokens at seeded random offsets, each [1, seqlen]."""
     ids = token_ids(tokenizer, text)
     if ids.numel() < seqlen + 1:
-        raise UsageError(f"calibration text has {ids.numel()} tokens; need more than --seqlen {seqlen}")
+        raise ShapesearchError(f"calibration text has {ids.numel()} tokens; need more than seqlen = {seqlen}")
     rng = random.Random(seed)
     starts = [rng.randrange(0, ids.numel() - seqlen) for _ in range(samples)]
     return [ids[s:s + seqlen].unsqueeze(0) for s in starts]

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from deap import algorithms, base, creator, tools
 
+from ..errors import ArgumentError, ShapesearchError
 from . import checkpoint
-from .errors import UsageError
-from .evaluation import EvalSettings, confirm, cost_estimate, score
+from .fitness import EvalSettings, confirm, cost_estimate, score
 from .operators import ShapeSpace, crossover, mutate, neighbours
 from .surrogate import surrogate_seeds
 from .tensorization import Tensorization, interleaved, natural_axes, original
@@ -53,13 +53,13 @@ class SearchConfig:
 
     def check(self) -> None:
         if not 0.0 < self.eps < 1.0:
-            raise UsageError(f"--eps must be in (0, 1), got {self.eps}")
+            raise ArgumentError("eps", f"must be in (0, 1) (relative Frobenius error), got {self.eps}")
         if self.population < 2:
-            raise UsageError(f"--population must be at least 2, got {self.population}")
+            raise ArgumentError("population", f"must be at least 2, got {self.population}")
         if self.generations < 0:
-            raise UsageError(f"--generations must be >= 0, got {self.generations}")
+            raise ArgumentError("generations", f"must be >= 0, got {self.generations}")
         if self.time_limit is not None and self.time_limit <= 0:
-            raise UsageError(f"--time-limit must be positive seconds, got {self.time_limit}")
+            raise ArgumentError("time_limit", f"must be positive seconds, got {self.time_limit}")
 
 
 @dataclass
@@ -229,9 +229,9 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor, *,
     if resume:
         state = checkpoint.load(checkpoint_dir)
         if state["fingerprint"] != fp:
-            raise UsageError("the checkpoint belongs to different data; resume with the same input")
+            raise ShapesearchError("the checkpoint belongs to different data; resume with the same input")
         if state["config"]["eps"] != config.eps or state["config"]["seed"] != config.seed:
-            raise UsageError("resume with the same --eps and --seed as the checkpointed run")
+            raise ShapesearchError("resume with the same eps and seed as the checkpointed run")
         engine.cache = {checkpoint.key_from_json(k): v for k, v in state["cache"]}
         engine.evaluations, engine.cache_hits = state["evaluations"], state["cache_hits"]
         pop = [_individual(Tensorization.from_key(checkpoint.key_from_json(k))) for k in state["population"]]

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifacts, checkpoint
-from .errors import UsageError
-from .executors import make_executor
+from ..engine import checkpoint
+from ..engine.executors import make_executor
+from ..engine.search import SearchConfig, run_search
+from ..errors import ArgumentError, ShapesearchError
+from . import artifacts
 from .images import psnr, save_image
-from .search import SearchConfig, run_search
 
 TINY = 20_000  # below this many entries, evaluate in process (Ray start-up would dominate)
 
@@ -36,14 +37,14 @@ class Job:
 
 def check_data(data: np.ndarray, name: str) -> np.ndarray:
     if data.dtype.kind not in "biuf":
-        raise UsageError(f"{name}: dtype {data.dtype} is not a real number type; give int or float data")
+        raise ShapesearchError(f"{name}: dtype {data.dtype} is not a real number type; give int or float data")
     if data.size < 4:
-        raise UsageError(f"{name} has only {data.size} entries; nothing to compress")
+        raise ShapesearchError(f"{name} has only {data.size} entries; nothing to compress")
     data = np.asarray(data, dtype=np.float64)
     if not np.all(np.isfinite(data)):
-        raise UsageError(f"{name} contains NaN or infinite values; clean them before compressing")
+        raise ShapesearchError(f"{name} contains NaN or infinite values; clean them before compressing")
     if not np.any(data):
-        raise UsageError(f"{name} is all zeros; a relative error bound is meaningless for it")
+        raise ShapesearchError(f"{name} is all zeros; a relative error bound is meaningless for it")
     return data
 
 
@@ -53,12 +54,12 @@ def check_out(job: Job) -> None:
         checkpoint.load(job.out)  # fails clearly when there is nothing to resume
         return
     if job.out.exists() and not job.out.is_dir():
-        raise UsageError(f"--out {job.out} is a file; give a directory")
+        raise ArgumentError("out", f"{job.out} is a file; give a directory")
     taken = [f for f in (artifacts.RESULT_FILE, artifacts.TT_FILE, checkpoint.CHECKPOINT)
              if (job.out / f).exists()]
     if taken and not job.overwrite:
-        raise UsageError(f"--out {job.out} already holds a run ({taken[0]}); pick another --out, "
-                         "pass --overwrite, or --resume it")
+        raise ArgumentError("out", f"{job.out} already holds a run ({taken[0]}); pick another out directory, "
+                            "overwrite it, or resume it")
 
 
 def run_job(job: Job, config: SearchConfig,
@@ -67,7 +68,7 @@ def run_job(job: Job, config: SearchConfig,
     start = time.perf_counter()
     config.check()
     if job.workers is not None and job.workers < 0:
-        raise UsageError(f"--workers must be >= 0 (0 = in process), got {job.workers}")
+        raise ArgumentError("workers", f"must be >= 0 (0 = in process), got {job.workers}")
     data = check_data(job.data, job.name)
     check_out(job)
     job.out.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from tensorly.tt_tensor import TTTensor
 
-from .errors import UsageError
-from .tensorization import Tensorization
+from ..engine.tensorization import Tensorization
+from ..errors import ShapesearchError
 
 TT_FILE = "tt.safetensors"
 RESULT_FILE = "result.json"
@@ -35,7 +35,7 @@ def load_tt(path: Path) -> tuple[list[np.ndarray], Tensorization, dict]:
     if path.is_dir():
         path = path / TT_FILE
     if not path.is_file():
-        raise UsageError(f"{path} not found; point to a run's --out directory or its {TT_FILE}")
+        raise ShapesearchError(f"{path} not found; point to a run's output directory or its {TT_FILE}")
     try:
         from safetensors import safe_open
 
@@ -43,14 +43,14 @@ def load_tt(path: Path) -> tuple[list[np.ndarray], Tensorization, dict]:
             header = f.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UsageError(f"{path} is not a readable safetensors file ({exc})") from exc
+        raise ShapesearchError(f"{path} is not a readable safetensors file ({exc})") from exc
     if header.get("format") != FORMAT:
-        raise UsageError(f"{path} was not written by shapesearch (format {header.get('format')!r})")
+        raise ShapesearchError(f"{path} was not written by shapesearch (format {header.get('format')!r})")
     shape = Tensorization.from_dict(json.loads(header["tensorization"]))
     cores = [tensors[f"core_{k}"] for k in range(len(tensors))]
     sizes = tuple(c.shape[1] for c in cores)
     if sizes != shape.mode_sizes:
-        raise UsageError(f"{path}: core mode sizes {sizes} do not match the stored tensorization")
+        raise ShapesearchError(f"{path}: core mode sizes {sizes} do not match the stored tensorization")
     return cores, shape, json.loads(header["meta"])
 
 

@@ -7,34 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import ShapesearchError
 
 METHODS = ("flat-llm", "svd", "svd-llm")
 
 
 def add_parsers(sub) -> None:
-    lay = sub.add_parser("layers", help="search a TT shape for every attention/MLP linear of a model")
-    lay.add_argument("--model", required=True, help="smollm2, minilm, a model directory, or a .gguf file")
-    lay.add_argument("--eps", type=float, default=0.3,
-                     help="relative Frobenius error bound per layer (default %(default)s)")
-    lay.add_argument("--format", choices=["ttm", "tt"], default="ttm",
-                     help="ttm: TT-matrix cores [r, m, n, r']; tt: the Saten code's TT of Wᵀ (default %(default)s)")
-    lay.add_argument("--budget", type=float, default=None,
-                     help="TT parameters for all searched layers together: a count (e.g. 20e6) or, below 1, "
-                          "a fraction of their dense parameters; picks each layer's ε from --eps-grid")
-    lay.add_argument("--eps-grid", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-                     help="per-layer ε choices with --budget (default %(default)s)")
-    lay.add_argument("--layers", default=None,
-                     help="only layers whose name contains this text (e.g. 'layers.0.')")
-    lay.add_argument("--generations", type=int, default=20, help="GA generations per layer (default %(default)s)")
-    lay.add_argument("--population", type=int, default=16, help="GA population per layer (default %(default)s)")
-    lay.add_argument("--seed", type=int, default=0)
-    lay.add_argument("--workers", type=int, default=None,
-                     help="Ray workers (default: one per CPU; 0 = in this process)")
-    lay.add_argument("--address", default=None, help="join this Ray cluster (or set RAY_ADDRESS)")
-    lay.add_argument("--out", type=Path, required=True, help="plan file to write (JSON)")
-    lay.add_argument("--overwrite", action="store_true")
-    lay.add_argument("--json", action="store_true")
     comp = sub.add_parser("compress", help="compress a model: FLAT-LLM (or a low-rank baseline at matched size), "
                                            "or TT / Saten layers from a `shapesearch layers` plan")
     comp.add_argument("compressor", choices=["flat-llm", "tt", "saten"], help="the compressor family")
@@ -62,6 +40,7 @@ def add_parsers(sub) -> None:
     comp.add_argument("--out", type=Path, required=True, help="directory for the compressed model")
     comp.add_argument("--overwrite", action="store_true")
     comp.add_argument("--json", action="store_true")
+    comp.set_defaults(run=compress_command)
     ev = sub.add_parser("eval", help="perplexity and CPU speed of a model")
     ev.add_argument("--model", required=True, help="smollm2, a model directory, or a .gguf file")
     ev.add_argument("--text", type=Path, default=None,
@@ -70,66 +49,7 @@ def add_parsers(sub) -> None:
     ev.add_argument("--max-windows", type=int, default=None)
     ev.add_argument("--no-speed", action="store_true", help="skip the speed measurement")
     ev.add_argument("--json", action="store_true")
-
-
-def layers_command(args: argparse.Namespace) -> tuple[dict, str]:
-    import numpy as np
-    from tqdm import tqdm
-
-    from compressors.models import load_model
-    from compressors.targets import layer_type, target_linears
-
-    from .layer_search import LayerSearchConfig, make_plan, search_layers
-
-    grid = sorted(set(args.eps_grid)) if args.budget is not None else [args.eps]
-    if not all(0.0 < e < 1.0 for e in grid):
-        raise UsageError(f"every ε must be in (0, 1) (relative Frobenius error), got {grid}")
-    if args.budget is not None and args.budget <= 0:
-        raise UsageError(f"--budget must be a positive parameter count or fraction, got {args.budget:g}")
-    if args.generations < 0 or args.population < 2:
-        raise UsageError("--generations must be >= 0 and --population >= 2")
-    if args.out.exists() and not args.overwrite:
-        raise UsageError(f"{args.out} exists; choose another --out or pass --overwrite")
-    if args.out.suffix != ".json":
-        raise UsageError(f"--out {args.out}: the plan is JSON; name it FILE.json")
-    model, _ = load_model(args.model, tokenizer=False)
-    linears = {n: m for n, m in target_linears(model).items() if args.layers is None or args.layers in n}
-    if not linears:
-        raise UsageError(f"no layer name contains {args.layers!r}; drop --layers or check the names")
-    weights = {n: m.weight.detach().float().numpy() for n, m in linears.items()}
-    dense = sum(w.size for w in weights.values())
-    budget = None if args.budget is None else int(args.budget * dense if args.budget < 1 else args.budget)
-    config = LayerSearchConfig(population=args.population, generations=args.generations, seed=args.seed,
-                               stall=min(LayerSearchConfig.stall, max(args.generations, 1)))
-    with tqdm(total=len(weights) * len(grid), desc=f"layers {args.format}", unit="search", file=sys.stderr) as bar:
-        found = search_layers(weights, grid, args.format, config, args.workers, args.address, bar.update)
-    norms2 = {n: float(np.sum(w.astype(np.float64) ** 2)) for n, w in weights.items()}
-    plan = make_plan(found, norms2, budget, args.seed)
-    plan = {"model": args.model, "format": args.format, "eps": None if budget else args.eps,
-            "eps_grid": grid if budget else None, **plan}
-    for name, rec in plan["layers"].items():
-        rec["type"] = layer_type(name)
-        rec["bias"] = linears[name].bias is not None
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(plan, indent=1) + "\n")
-    return plan, _plan_table(plan, args.out)
-
-
-def _plan_table(plan: dict, out: Path) -> str:
-    by_type: dict[str, list[dict]] = {}
-    for rec in plan["layers"].values():
-        by_type.setdefault(rec["type"], []).append(rec)
-    lines = ["| layer type | layers | dense | searched | balanced | searched/balanced | max error |",
-             "|---|---|---|---|---|---|---|"]
-    for t, recs in by_type.items():
-        d, p, b = (sum(r[k] for r in recs) for k in ("dense_params", "params", "balanced_params"))
-        lines.append(f"| {t} | {len(recs)} | {d:,} | {p:,} | {b:,} | {p / b:.3f} | "
-                     f"{max(r['rel_error'] for r in recs):.4f} |")
-    s = plan["summary"]
-    budget = "" if s["budget"] is None else f" (budget {s['budget']:,}: {'fits' if s['fits_budget'] else 'MISSED'})"
-    lines.append(f"\nTT parameters {s['params']:,} of {s['dense_params']:,} dense ({s['compression']:.2f}×), "
-                 f"balanced shapes {s['balanced_params']:,}{budget}; plan written to {out}")
-    return "\n".join(lines)
+    ev.set_defaults(run=eval_command)
 
 
 def _parse_nm(text: str | None) -> tuple[int, int] | None:
@@ -138,7 +58,7 @@ def _parse_nm(text: str | None) -> tuple[int, int] | None:
     try:
         n, m = (int(x) for x in text.split(":"))
     except ValueError:
-        raise UsageError(f"--nm must look like 2:4 (keep n of every m inputs), got {text!r}") from None
+        raise ShapesearchError(f"--nm must look like 2:4 (keep n of every m inputs), got {text!r}") from None
     return n, m
 
 
@@ -146,18 +66,18 @@ def tensorize_command(args: argparse.Namespace) -> tuple[dict, str]:
     import copy
 
     import compressors
-    from compressors.models import load_model
-    from compressors.tensorize import read_plan
-    from compressors.text import calibration_windows, read_text
+    from compressors.corpus import calibration_windows, read_text
+    from compressors.model_loading import load_model
+    from compressors.tt_compress import read_plan
 
     if args.plan is None:
-        raise UsageError(f"compress {args.compressor} needs --plan FILE.json (write one with `shapesearch layers`)")
+        raise ShapesearchError(f"compress {args.compressor} needs --plan FILE.json (write one with `shapesearch layers`)")
     if args.compressor == "tt" and (args.density is not None or args.nm is not None):
-        raise UsageError("--density / --nm are for saten; tt has no sparse residual")
+        raise ShapesearchError("--density / --nm are for saten; tt has no sparse residual")
     if args.finetune_steps < 0:
-        raise UsageError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
+        raise ShapesearchError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise UsageError(f"--out {args.out} is not empty; pick another directory or pass --overwrite")
+        raise ShapesearchError(f"--out {args.out} is not empty; pick another directory or pass --overwrite")
     plan = read_plan(args.plan)
     if args.compressor == "saten":
         config = compressors.SatenConfig(plan=plan, density=args.density, nm=_parse_nm(args.nm))
@@ -200,20 +120,20 @@ def compress_command(args: argparse.Namespace) -> tuple[dict, str]:
     if args.compressor in ("tt", "saten"):
         return tensorize_command(args)
     if args.plan is not None or args.density is not None or args.nm is not None or args.finetune_steps:
-        raise UsageError("--plan / --density / --nm / --finetune-steps are for tt and saten, not flat-llm")
+        raise ShapesearchError("--plan / --density / --nm / --finetune-steps are for tt and saten, not flat-llm")
 
     import compressors
     from compressors.architectures import check_supported
-    from compressors.models import load_model
-    from compressors.text import calibration_windows, read_text
+    from compressors.corpus import calibration_windows, read_text
+    from compressors.model_loading import load_model
 
     if not 0.0 < args.ratio < 1.0:
-        raise UsageError(f"--ratio must be in (0, 1) (fraction of decoder-linear parameters removed), "
+        raise ShapesearchError(f"--ratio must be in (0, 1) (fraction of decoder-linear parameters removed), "
                          f"got {args.ratio}")
     if args.samples < 1 or args.seqlen < 2:
-        raise UsageError("--samples must be >= 1 and --seqlen >= 2")
+        raise ShapesearchError("--samples must be >= 1 and --seqlen >= 2")
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise UsageError(f"--out {args.out} is not empty; pick another directory or pass --overwrite")
+        raise ShapesearchError(f"--out {args.out} is not empty; pick another directory or pass --overwrite")
     text = read_text(args.calib, "calibration")
     model, tok = load_model(args.model)
     check_supported(model)
@@ -246,21 +166,21 @@ def compress_command(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def eval_command(args: argparse.Namespace) -> tuple[dict, str]:
-    from compressors.evaluation import perplexity, speed
-    from compressors.models import is_causal_lm, load_model
-    from compressors.text import read_text
+    from compressors.corpus import read_text
+    from compressors.lm_metrics import perplexity, speed
+    from compressors.model_loading import is_causal_lm, load_model
 
     if args.window < 2:
-        raise UsageError("--window must be at least 2 tokens")
+        raise ShapesearchError("--window must be at least 2 tokens")
     text = read_text(args.text, "evaluation")
     model, tok = load_model(args.model)
     if not is_causal_lm(model):
-        raise UsageError(f"eval measures a causal LM's perplexity; {type(model).__name__} is an encoder "
+        raise ShapesearchError(f"eval measures a causal LM's perplexity; {type(model).__name__} is an encoder "
                          "(compare its embeddings to the dense model's, as benchmarks/minilm.py does)")
     try:
         result = {"model": args.model, **perplexity(model, tok, text, args.window, args.max_windows)}
     except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+        raise ShapesearchError(str(exc)) from exc
     if not args.no_speed:
         result.update(speed(model, tok, text))
     rows = [("perplexity", f"{result['perplexity']:.3f} ({result['windows']} windows × {result['window']} "

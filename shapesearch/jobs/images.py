@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import UsageError
+from ..errors import ShapesearchError
 
 DEFAULT_IMAGE = "astronaut.png"  # NASA photograph (public domain), as bundled in scikit-image
 
@@ -44,17 +44,17 @@ def load_image(path: str | Path | None) -> ImageData:
     """Load PNG/JPEG/... (gray, RGB, alpha, palette, 16-bit gray); clear errors otherwise."""
     path = default_image_path() if path is None else Path(path)
     if not path.is_file():
-        raise UsageError(f"image {path} not found; give an existing PNG/JPEG file")
+        raise ShapesearchError(f"image {path} not found; give an existing PNG/JPEG file")
     try:
         with Image.open(path) as im:
             if getattr(im, "n_frames", 1) > 1:
-                raise UsageError(f"{path} has {im.n_frames} frames; save one frame as its own image")
+                raise ShapesearchError(f"{path} has {im.n_frames} frames; save one frame as its own image")
             mode = im.mode
             if mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
                 mode = im.mode
             if mode not in _MODES:
-                raise UsageError(f"{path}: image mode {mode!r} is not supported; convert it to 8-bit "
+                raise ShapesearchError(f"{path}: image mode {mode!r} is not supported; convert it to 8-bit "
                                  "RGB/RGBA/gray or 16-bit gray, or save it as .npy and use "
                                  "`shapesearch tensor`")
             target, bits = _MODES[mode]
@@ -62,14 +62,14 @@ def load_image(path: str | Path | None) -> ImageData:
                 im = im.convert(target)
             arr = np.array(im)
     except UnidentifiedImageError as exc:
-        raise UsageError(f"{path} is not an image Pillow can read; give a PNG or JPEG file") from exc
+        raise ShapesearchError(f"{path} is not an image Pillow can read; give a PNG or JPEG file") from exc
     except OSError as exc:
-        raise UsageError(f"{path} could not be decoded ({exc}); is the file truncated?") from exc
+        raise ShapesearchError(f"{path} could not be decoded ({exc}); is the file truncated?") from exc
     if bits == 16 and arr.max(initial=0) > 65535:
-        raise UsageError(f"{path}: pixel values exceed 16 bits; save it as .npy and use `shapesearch tensor`")
+        raise ShapesearchError(f"{path}: pixel values exceed 16 bits; save it as .npy and use `shapesearch tensor`")
     pixels = arr.astype(np.float64) / (2**bits - 1)
     if pixels.size < 4:
-        raise UsageError(f"{path} has only {pixels.size} values; nothing to compress")
+        raise ShapesearchError(f"{path} has only {pixels.size} values; nothing to compress")
     return ImageData(pixels, bits, path.stem)
 
 
@@ -79,12 +79,12 @@ def save_image(pixels: np.ndarray, bits: int, path: str | Path) -> None:
     values = np.rint(np.clip(pixels, 0.0, 1.0) * peak)
     if bits == 16:
         if pixels.ndim != 2:
-            raise UsageError("16-bit output is only supported for gray images")
+            raise ShapesearchError("16-bit output is only supported for gray images")
         img = Image.fromarray(values.astype(np.uint16))
     else:
         channels = 1 if pixels.ndim == 2 else pixels.shape[2]
         if channels > 4:
-            raise UsageError(f"cannot write an image with {channels} channels; write .npy instead")
+            raise ShapesearchError(f"cannot write an image with {channels} channels; write .npy instead")
         data = values.astype(np.uint8)
         img = Image.fromarray(data[..., 0] if channels == 1 and data.ndim == 3 else data)
     img.save(path)

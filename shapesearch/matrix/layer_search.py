@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..engine.executors import LocalExecutor
+from ..engine.fitness import EvalSettings, confirm
+from ..engine.search import SearchConfig, run_search
+from ..errors import ArgumentError
 from .budget import allocate
-from .errors import UsageError
-from .evaluation import EvalSettings, confirm
-from .executors import LocalExecutor
-from .matrix_shapes import FORMATS, balanced_shape, matrix_tensor, modes_of
-from .search import SearchConfig, run_search
+from .formats import FORMATS, balanced_shape, matrix_tensor, modes_of
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def search_matrix(weight: np.ndarray, eps: float | list[float], fmt: str = "ttm"
     balanced shape's parameters and error at the same ε (never fewer: it seeds the search).
     With a list of ε, returns {ε: record}; the unfolding spectra are computed once for all."""
     if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise ArgumentError("format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
     tensor = np.ascontiguousarray(matrix_tensor(np.asarray(weight, dtype=np.float64), fmt))
     fast = LocalExecutor(tensor.astype(np.float32), float(np.linalg.norm(tensor)))
     out = {e: _search_one(tensor, fast, e, fmt, config) for e in (eps if isinstance(eps, list) else [eps])}
@@ -89,7 +89,7 @@ def _search_one(tensor: np.ndarray, fast: LocalExecutor, eps: float, fmt: str, c
 
 
 def _search_task(weight: np.ndarray, eps_values: list[float], fmt: str, config: dict) -> dict:
-    from .executors import limit_threads
+    from ..engine.executors import limit_threads
 
     limit_threads()
     return search_matrix(weight, list(eps_values), fmt, LayerSearchConfig(**config))
@@ -113,7 +113,7 @@ def search_layers(weights: dict[str, np.ndarray], eps_values: list[float], fmt: 
         return {n: out[n] for n in weights}
     import ray
 
-    from .executors import start_ray
+    from ..engine.executors import start_ray
 
     start_ray(address, workers)
     task = ray.remote(num_cpus=1, max_retries=3)(_search_task)

@@ -65,7 +65,7 @@ def _worker_class():
     @ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)
     class FitnessWorker:
         def __init__(self, refs: list, norm: float) -> None:
-            from . import evaluation  # noqa: F401  (import the scoring code before the first task)
+            from . import fitness  # noqa: F401  (import the scoring code before the first task)
 
             limit_threads()
             # a nested ref is fetched here, so a restarted actor fetches it again

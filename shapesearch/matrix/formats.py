@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from .tensorization import AxisSplit, Tensorization, prime_factors
+from ..engine.tensorization import AxisSplit, Tensorization, prime_factors
 
 FORMATS = ("ttm", "tt")
 
