@@ -46,7 +46,7 @@ def build(dense: torch.nn.Module, method: str, fraction: float, found: dict, fmt
         params = sum(p.numel() for m in (model.get_submodule(n) for n in linears) for p in m.parameters())
         return model, {"params": params, "budget": budget, "dense": weights + biases}
     residual = {"tt": 0.0, "saten": density, "saten-2:4": 0.5}[method]
-    plan = {"format": fmt, **make_plan(found, norms2, int(budget - biases - residual * weights))}
+    plan = make_plan(found, norms2, int(budget - biases - residual * weights))
     if method == "tt":
         config = compressors.TTConfig(plan=plan)
     elif method == "saten":
@@ -54,7 +54,7 @@ def build(dense: torch.nn.Module, method: str, fraction: float, found: dict, fmt
     else:
         config = compressors.SatenConfig(plan=plan, nm=(2, 4))
     report = compressors.compress(model, config)
-    eps = [r["eps"] for r in plan["layers"].values()]
+    eps = [r.eps for r in plan.layers.values()]
     return model, {"params": report["replaced_params_after"], "bytes": report["replaced_bytes_after"],
                    "dense_bytes": report["replaced_bytes_before"], "budget": budget, "dense": weights + biases,
                    "eps_mean": float(np.mean(eps)), "eps_min": min(eps), "eps_max": max(eps),

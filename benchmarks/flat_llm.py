@@ -23,7 +23,6 @@ from _report import RESULTS, append_row, load_rows, machine, table
 import compressors
 from compressors.corpus import calibration_windows, wikipedia
 from compressors.lm_metrics import perplexity, speed
-from compressors.model_loading import load_model
 
 JSONL = RESULTS / "flat_llm.jsonl"
 MARKDOWN = Path(__file__).parent / "flat_llm.md"
@@ -51,7 +50,7 @@ def main() -> None:
     if args.fresh and JSONL.exists():
         JSONL.unlink()
     done = {(r["method"], r["ratio"]) for r in load_rows(JSONL)}
-    dense, tok = load_model("smollm2")
+    dense, tok = compressors.load_model("smollm2")
     calib = calibration_windows(tok, wikipedia("calibration"), args.samples, args.seqlen)
     text = wikipedia("evaluation")
     if ("dense", 0.0) not in done:

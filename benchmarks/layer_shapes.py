@@ -19,8 +19,9 @@ from pathlib import Path
 from _report import RESULTS, append_row, load_rows, machine, table
 from tqdm import tqdm
 
-from compressors.model_loading import load_model
+from compressors import load_model
 from compressors.targets import layer_type, target_linears
+from shapesearch.matrix import LayerPlan
 from shapesearch.matrix.layer_search import LayerSearchConfig, search_layers
 
 MARKDOWN = Path(__file__).parent / "layer_shapes.md"
@@ -31,11 +32,11 @@ def jsonl(model: str, fmt: str) -> Path:
     return RESULTS / f"layer_shapes-{model}-{fmt}.jsonl"
 
 
-def found_layers(model: str, fmt: str) -> dict[str, dict[float, dict]]:
-    """{layer: {ε: record}} from the committed rows."""
-    out: dict[str, dict[float, dict]] = {}
+def found_layers(model: str, fmt: str) -> dict[str, dict[float, LayerPlan]]:
+    """{layer: {ε: layer plan}} from the committed rows."""
+    out: dict[str, dict[float, LayerPlan]] = {}
     for r in load_rows(jsonl(model, fmt)):
-        out.setdefault(r["layer"], {})[r["eps"]] = r
+        out.setdefault(r["layer"], {})[r["eps"]] = LayerPlan.from_dict(r, r["layer"])
     return out
 
 
@@ -53,7 +54,7 @@ def run(model_name: str, fmt: str, grid: list[float], workers: int) -> float:
     wall = time.perf_counter() - start
     for name, by_eps in found.items():
         for rec in by_eps.values():
-            append_row(path, {"model": model_name, "layer": name, "type": layer_type(name), **rec,
+            append_row(path, {"model": model_name, "layer": name, "type": layer_type(name), **rec.to_dict(),
                               "machine": machine()})
     return wall
 

@@ -24,8 +24,8 @@ from _report import RESULTS, load_rows, table
 from layer_shapes import found_layers
 
 import compressors
+from compressors import load_model
 from compressors.corpus import wikipedia
-from compressors.model_loading import load_model
 
 JSONL = RESULTS / "minilm.jsonl"
 MARKDOWN = Path(__file__).parent / "minilm.md"

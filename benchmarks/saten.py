@@ -22,9 +22,9 @@ from _report import RESULTS, append_row, load_rows, machine, table
 from layer_shapes import found_layers
 
 import compressors
+from compressors import load_model
 from compressors.corpus import calibration_windows, wikipedia
 from compressors.lm_metrics import perplexity
-from compressors.model_loading import load_model
 
 JSONL = RESULTS / "saten.jsonl"
 MARKDOWN = Path(__file__).parent / "saten.md"

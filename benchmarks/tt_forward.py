@@ -27,8 +27,8 @@ import torch
 from _report import RESULTS, append_row, load_rows, machine, table
 from torch import nn
 
-from compressors.tt_linear import TTLinear, TTMatrixLinear, eps_tt_svd, tt_tensor
-from shapesearch.matrix.formats import balanced_factors
+from compressors.tt_linear import TTLinear, TTMatrixLinear, eps_tt_svd
+from shapesearch.matrix.formats import balanced_factors, layer_tensor
 
 JSONL = RESULTS / "tt_forward.jsonl"
 MARKDOWN = Path(__file__).parent / "tt_forward.md"
@@ -64,7 +64,7 @@ def fit(weight: torch.Tensor, fmt: str, out_modes, in_modes, budget: int, iters:
     The bisection counts parameters with the fast Gram-matrix TT-SVD; the layer is then built
     with the SVD one (as ``from_linear`` does), nudging ε up in the rare case its ranks differ."""
     w = weight.detach().double().numpy()
-    tensor = tt_tensor(w, fmt, out_modes, in_modes)
+    tensor = layer_tensor(w, fmt, out_modes, in_modes)
 
     def params(eps: float) -> int:
         return eps_tt_svd(tensor, eps, method="gram").params
@@ -102,7 +102,7 @@ def timed(dense: nn.Module, tt: nn.Module, x: torch.Tensor, repeats: int, warmup
 def real_weights(layer: int) -> tuple[dict[str, nn.Linear], str]:
     """The three projections of decoder layer ``layer``, or random ones if the model fails to load."""
     try:
-        from compressors.model_loading import load_model
+        from compressors import load_model
 
         model, _ = load_model("smollm2")
         block = model.model.layers[layer]

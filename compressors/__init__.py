@@ -2,16 +2,22 @@
 Saten layers from a per-layer shape plan.
 
 ``compress(model, config, calibration=...)`` rewrites in place and returns a report;
-``save(model, dir)`` / ``load(dir)`` round-trip through safetensors.  "ratio" always means the
+``save(model, dir)`` / ``load(dir)`` round-trip through safetensors; ``compress_model`` /
+``evaluate_model`` run a whole job from a model name (load, compress, fine-tune, save,
+``report.json``; perplexity and speed).  "ratio" always means the
 fraction of decoder-linear parameters removed; reports give the whole-model fraction too.
 """
 
+# importing the modules that hold the configs also registers their compress() handlers
 from .compress import compress
 from .finetune import FinetuneConfig, finetune
 from .flat_llm import FlatLLMConfig
+from .layer_plans import plan_layers
 from .low_rank import SVDConfig, SVDLLMConfig
+from .model_jobs import compress_model, evaluate_model
+from .model_loading import load_model
 from .serialization import load, save
-from .tt_compress import SatenConfig, TTConfig
+from .tt_compress import SatenConfig, TTConfig, read_plan
 
 __all__ = ["FinetuneConfig", "FlatLLMConfig", "SVDConfig", "SVDLLMConfig", "SatenConfig", "TTConfig", "compress",
-           "finetune", "load", "save"]
+           "compress_model", "evaluate_model", "finetune", "load", "load_model", "plan_layers", "read_plan", "save"]

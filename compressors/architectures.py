@@ -14,6 +14,8 @@ SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
 @dataclass(frozen=True)
 class Dims:
+    """Sizes of a decoder: hidden width, attention and KV heads, head size, MLP width, layers."""
+
     hidden: int
     heads: int
     kv_heads: int
@@ -23,6 +25,7 @@ class Dims:
 
 
 def check_supported(model: nn.Module) -> None:
+    """Refuse a model family whose decoder layers the rank-reduction compressors do not know."""
     name = type(model).__name__
     if name not in SUPPORTED:
         raise ShapesearchError(f"unsupported architecture {name}; supported: {', '.join(SUPPORTED)} "
@@ -30,6 +33,7 @@ def check_supported(model: nn.Module) -> None:
 
 
 def dims(model: nn.Module) -> Dims:
+    """The model's sizes, from its config."""
     c = model.config
     heads = c.num_attention_heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
@@ -38,6 +42,7 @@ def dims(model: nn.Module) -> Dims:
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of decoder layers (Llama-family layout)."""
     return model.model.layers
 
 

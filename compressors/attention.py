@@ -4,7 +4,7 @@ The stock forward views V as ``(..., -1, head_dim)``, which breaks (or silently
 mis-shapes) once ``v_proj`` is compressed.  Here V is viewed per KV head with the width
 ``v_proj`` actually has; Q/K keep ``head_dim`` and the 1/√head_dim scale.  Eager and SDPA
 kernels and the dynamic KV cache accept a V width that differs from K's.  The swap only
-changes the module's class, so :func:`unpatch` restores the original exactly.
+changes the module's class (weights and buffers stay where they are).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager
 
 
 def _forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-             attention_mask: torch.Tensor | None = None, past_key_values=None, **kwargs):
+             attention_mask: torch.Tensor | None = None, past_key_values: object | None = None,
+             **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
     input_shape = hidden_states.shape[:-1]
     qk_shape = (*input_shape, -1, self.head_dim)
     query = self.q_proj(hidden_states).view(qk_shape).transpose(1, 2)
@@ -37,8 +38,9 @@ def _forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch
     return self.o_proj(out), weights
 
 
-@cache
+@cache  # one subclass per base, so patched modules of the same base share a class
 def _patched_class(base: type) -> type:
+    # ``_unpatched`` marks the class as patched, which keeps patch() idempotent
     return type(f"VarHead{base.__name__}", (base,), {"forward": _forward, "_unpatched": base})
 
 
@@ -47,12 +49,3 @@ def patch(attn: nn.Module) -> None:
     if not hasattr(type(attn), "_unpatched"):
         attn.__class__ = _patched_class(type(attn))
 
-
-def unpatch(attn: nn.Module) -> None:
-    base = getattr(type(attn), "_unpatched", None)
-    if base is not None:
-        attn.__class__ = base
-
-
-def value_head_dim(attn: nn.Module) -> int:
-    return attn.v_proj.out_features // attn.config.num_key_value_heads

@@ -70,7 +70,6 @@ class Accumulator:
 
     def __init__(self, module: nn.Module, output: bool = False, groups: int = 1) -> None:
         self.sum: torch.Tensor | None = None
-        self.tokens = 0
         self.groups = groups
         if output:
             self.handle = module.register_forward_hook(lambda m, a, out: self._add(out))
@@ -85,7 +84,6 @@ class Accumulator:
         else:
             gram = x.T @ x
         self.sum = gram if self.sum is None else self.sum + gram
-        self.tokens += x.shape[-2]
 
     def close(self) -> torch.Tensor:
         self.handle.remove()

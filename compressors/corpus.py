@@ -7,10 +7,14 @@ from __future__ import annotations
 import bz2
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from shapesearch.errors import ShapesearchError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -31,6 +35,7 @@ def wikipedia(part: str, seed: int = 0, eval_fraction: float = 0.2) -> str:
 
 
 def read_text(path: str | Path | None, part: str) -> str:
+    """The UTF-8 text of file ``path``, or with no path the Wikipedia ``part``."""
     if path is None:
         return wikipedia(part)
     path = Path(path)
@@ -45,11 +50,13 @@ def read_text(path: str | Path | None, part: str) -> str:
     return text
 
 
-def token_ids(tokenizer, text: str) -> torch.Tensor:
+def token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
+    """``text`` as one 1-D tensor of token ids (no special tokens)."""
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
-def calibration_windows(tokenizer, text: str, samples: int, seqlen: int, seed: int = 0) -> list[torch.Tensor]:
+def calibration_windows(tokenizer: PreTrainedTokenizerBase, text: str, samples: int, seqlen: int,
+                        seed: int = 0) -> list[torch.Tensor]:
     """``samples`` windows of ``seqlen`` tokens at seeded random offsets, each [1, seqlen]."""
     ids = token_ids(tokenizer, text)
     if ids.numel() < seqlen + 1:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from shapesearch.errors import ShapesearchError
+from shapesearch.errors import ArgumentError, ShapesearchError
 
 from .low_rank import LowRankLinear
 from .model_loading import is_causal_lm
@@ -28,8 +28,9 @@ COMPRESSED = (TTMatrixLinear, TTLinear, SatenLinear, LowRankLinear)
 
 @dataclass
 class FinetuneConfig:
-    """``steps`` optimizer steps of ``batch`` windows each; AdamW at ``lr`` (no weight decay by
-    default: decay would pull the kept residual values and TT cores toward zero)."""
+    """``steps`` optimizer steps of ``batch`` windows each; AdamW at learning rate ``lr`` (no
+    weight decay by default: decay would pull the kept residual values and TT cores toward zero).
+    ``distill``: KL to the dense teacher's next-token distribution at ``temperature``."""
 
     steps: int = 100
     lr: float = 1e-4
@@ -38,11 +39,17 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     temperature: float = 1.0
 
-    def check(self) -> None:
-        if self.steps < 0 or self.batch < 1:
-            raise ShapesearchError(f"fine-tuning needs steps >= 0 and batch >= 1, got {self.steps} and {self.batch}")
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ArgumentError("steps", f"must be >= 0 (optimizer steps of fine-tuning), got {self.steps}")
+        if self.batch < 1:
+            raise ArgumentError("batch", f"must be >= 1 (windows per optimizer step), got {self.batch}")
         if not self.lr > 0:
-            raise ShapesearchError(f"learning rate must be positive, got {self.lr}")
+            raise ArgumentError("lr", f"must be positive (learning rate), got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise ArgumentError("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if not self.temperature > 0:
+            raise ArgumentError("temperature", f"must be positive (distillation temperature), got {self.temperature}")
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -76,11 +83,11 @@ def finetune(model: nn.Module, windows: list[torch.Tensor], config: FinetuneConf
     """Train the compressed layers of ``model`` in place on token ``windows`` ([1, T] each).
 
     ``teacher`` (the dense model) is needed for distillation and for encoders (which have no
-    language-model loss).  Returns losses and time."""
+    language-model loss).  ``progress``: a tqdm bar on stderr.  Returns the mean loss of the
+    first and last tenth of the steps, the trainable parameter count and the time in seconds."""
     from tqdm import tqdm
 
     config = config or FinetuneConfig()
-    config.check()
     if not windows:
         raise ShapesearchError("fine-tuning needs at least one text window")
     if (config.distill or not is_causal_lm(model)) and teacher is None:

@@ -6,19 +6,26 @@ Per layer l with keep ratio w_l (from IPRS or uniform):
 * MLP: C = Σ z zᵀ of the ``down_proj`` input; ridge leverage s = diag(C (C + λI)⁻¹), keep the
   k_l = ⌊w_l·d_int⌋ top neurons S; W_down ← W_down C[:, S] C[S, S]⁻¹ (least squares).
 Layers with w_l = 1 are left bitwise untouched.
+
+``compress(model, FlatLLMConfig(...), calibration=windows)`` runs :func:`compress_flat_llm`.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from shapesearch.errors import ArgumentError
+
 from . import attention
-from .architectures import Dims, decoder_layers, dims
-from .calibration import Accumulator, LayerInputs, run_layer
+from .architectures import Dims, decoder_layers, decoder_linear_params, dims
+from .calibration import Accumulator, LayerInputs, run_layer, sequential
+from .compress import check_model, check_ratio, decoder_counts, decoder_report, register_handler
 from .iprs import allocate, layer_importance, mean_keep_ratio
 
 
@@ -30,6 +37,13 @@ class FlatLLMConfig:
     ratio: float = 0.2
     uniform: bool = False
     ridge: float = 1.0  # λ of the ridge leverage scores, absolute (C is a sum over tokens)
+
+    method = "flat-llm"  # the name in reports and config.json
+
+    def __post_init__(self) -> None:
+        check_ratio(self.ratio)
+        if not self.ridge > 0:
+            raise ArgumentError("ridge", f"must be positive (λ of the ridge leverage scores), got {self.ridge}")
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
@@ -112,6 +126,7 @@ def importance_scores(model: nn.Module, windows: list[torch.Tensor]) -> list[flo
 
 
 def keep_ratios(model: nn.Module, config: FlatLLMConfig, windows: list[torch.Tensor]) -> list[float]:
+    """Keep ratio w_l of every decoder layer: IPRS from importance on ``windows``, or uniform."""
     d = dims(model)
     rbar = mean_keep_ratio(config.ratio, d.hidden, d.heads, d.kv_heads, d.head_dim, d.intermediate)
     if config.uniform:
@@ -139,3 +154,39 @@ def rewrite_layer(layer: nn.Module, inputs: LayerInputs, d: Dims, w: float, ridg
     absorb_values(layer.self_attn, value_bases(cov_v, rank))
     prune_mlp(layer.mlp, nystrom_select(cov, width, ridge), cov)
     return {"v_head_dim": rank, "mlp_width": width, "keep": w}
+
+
+def kept_decoder_params(model: nn.Module, keep: list[float]) -> int:
+    """Decoder-linear parameters FLAT-LLM leaves with keep ratios ``keep`` (computed, not built)."""
+    d = dims(model)
+    removed = 0
+    for layer, w in zip(decoder_layers(model), keep):
+        if w >= 1.0:
+            continue
+        rank, width = layer_widths(d, w)
+        attn, mlp = layer.self_attn, layer.mlp
+        removed += (d.head_dim - rank) * d.kv_heads * (d.hidden + (attn.v_proj.bias is not None))
+        removed += d.hidden * d.heads * (d.head_dim - rank)
+        removed += (d.intermediate - width) * (2 * d.hidden + (mlp.gate_proj.bias is not None)
+                                               + (mlp.up_proj.bias is not None) + d.hidden)
+    return decoder_linear_params(model) - removed
+
+
+@register_handler(FlatLLMConfig)
+@torch.no_grad()
+def compress_flat_llm(model: nn.Module, config: FlatLLMConfig, calibration: list[torch.Tensor] | None = None,
+                      progress: Callable[[int], None] | None = None) -> dict:
+    """FLAT-LLM in place, layer by layer on ``calibration`` windows ([1, T] token ids each);
+    ``progress`` is called with each finished layer's index.  Returns the report."""
+    check_model(model, calibration, needs_data=True)
+    model.eval()
+    before = decoder_counts(model)
+    start = time.perf_counter()
+    keep = keep_ratios(model, config, calibration)
+    d = dims(model)
+    layers: list[dict] = []
+    sequential(model, calibration,
+               lambda i, layer, inputs: layers.append(rewrite_layer(layer, inputs, d, keep[i], config.ridge)),
+               progress)
+    record = {"method": config.method, "uniform": config.uniform, "layers": layers, "ratio": config.ratio}
+    return decoder_report(model, record, before, time.perf_counter() - start, calibration)

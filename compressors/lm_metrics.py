@@ -5,23 +5,31 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from shapesearch.errors import ShapesearchError
+
 from .corpus import token_ids
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, tokenizer, text: str, window: int = 512, max_windows: int | None = None) -> dict:
-    """exp(mean NLL) over non-overlapping ``window``-token windows; each window predicts its
-    last window − 1 tokens (no context carried across windows)."""
+def perplexity(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, window: int = 512,
+               max_windows: int | None = None) -> dict:
+    """exp(mean NLL) over the first ``max_windows`` (default all) non-overlapping windows of
+    ``window`` tokens; each window predicts its last window − 1 tokens (no context carried
+    across windows)."""
     ids = token_ids(tokenizer, text)
     n = ids.numel() // window
     if max_windows is not None:
         n = min(n, max_windows)
     if n == 0:
-        raise ValueError(f"evaluation text has {ids.numel()} tokens, fewer than one window of {window}")
+        raise ShapesearchError(f"evaluation text has {ids.numel()} tokens, fewer than one window of {window}")
     nll, count = 0.0, 0
     for i in range(n):
         chunk = ids[i * window:(i + 1) * window].unsqueeze(0)
@@ -32,9 +40,10 @@ def perplexity(model: nn.Module, tokenizer, text: str, window: int = 512, max_wi
 
 
 @torch.no_grad()
-def speed(model: nn.Module, tokenizer, text: str, batch: int = 4, prompt: int = 256, new_tokens: int = 32,
-          repeats: int = 3) -> dict:
-    """Prefill and greedy-decode throughput on CPU for the same prompts (median of ``repeats``)."""
+def speed(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, batch: int = 4, prompt: int = 256,
+          new_tokens: int = 32, repeats: int = 3) -> dict:
+    """Prefill and greedy-decode throughput on CPU in tokens/s, for ``batch`` prompts of
+    ``prompt`` tokens from the start of ``text`` and ``new_tokens`` generated (median of ``repeats``)."""
     ids = token_ids(tokenizer, text)
     prompts = torch.stack([ids[i * prompt:(i + 1) * prompt] for i in range(batch)])
     mask = torch.ones_like(prompts)

@@ -5,18 +5,25 @@ and hidden sizes unchanged.  SVD-LLM whitens with S, S Sᵀ = Σ_tokens x xᵀ (
 Cholesky, jitter added until it succeeds), takes the SVD of W S and sets
 W ≈ U_k Σ_k V_kᵀ S⁻¹.  Ranks come from one global ratio ρ, k = ⌊m n (1 − ρ)/(m + n)⌋
 (SVD-LLM's rule), with ρ chosen so the decoder linears match a parameter budget.
+
+``compress(model, SVDConfig(...) / SVDLLMConfig(...), calibration=windows)`` runs
+:func:`compress_low_rank`.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .architectures import decoder_layers
-from .calibration import Accumulator, LayerInputs, run_layer
+from .calibration import Accumulator, LayerInputs, run_layer, sequential
+from .compress import check_model, check_ratio, decoder_counts, decoder_report, register_handler
+from .flat_llm import FlatLLMConfig, keep_ratios, kept_decoder_params
 
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -29,6 +36,14 @@ class SVDConfig:
     ratio: float = 0.2
     whiten: bool = False  # True: SVD-LLM
 
+    def __post_init__(self) -> None:
+        check_ratio(self.ratio)
+
+    @property
+    def method(self) -> str:
+        """The name in reports and config.json."""
+        return "svd-llm" if self.whiten else "svd"
+
 
 def SVDLLMConfig(ratio: float = 0.2) -> SVDConfig:  # noqa: N802 - reads like a config class
     """SVD-LLM: truncation-aware whitening with a float64 Cholesky factor of the inputs."""
@@ -39,7 +54,7 @@ class LowRankLinear(nn.Module):
     """y = second(first(x)); ``first`` [k, in] without bias, ``second`` [out, k]."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool,
-                 dtype: torch.dtype | None = None, device=None) -> None:
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.first = nn.Linear(in_features, rank, bias=False, dtype=dtype, device=device)
@@ -49,24 +64,14 @@ class LowRankLinear(nn.Module):
         return self.second(self.first(x))
 
 
-def get_module(layer: nn.Module, path: str) -> nn.Module:
-    for part in path.split("."):
-        layer = getattr(layer, part)
-    return layer
-
-
-def set_module(layer: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(get_module(layer, parent) if parent else layer, name, module)
-
-
 def rank_for(out_features: int, in_features: int, rho: float) -> int:
+    """SVD-LLM's rank for an [out, in] weight at global ratio ``rho``: ⌊m n (1 − ρ)/(m + n)⌋, at least 1."""
     return max(1, math.floor(out_features * in_features * (1 - rho) / (out_features + in_features)))
 
 
 def ranks_for_budget(model: nn.Module, budget: int) -> dict[str, int]:
     """Per-linear ranks from the single ρ that fits the decoder linears into ``budget`` params."""
-    linears = {f"model.layers.{i}.{p}": get_module(layer, p)
+    linears = {f"model.layers.{i}.{p}": layer.get_submodule(p)
                for i, layer in enumerate(decoder_layers(model)) for p in PROJECTIONS}
     return ranks_for_linears(linears, budget)
 
@@ -125,8 +130,8 @@ def rewrite_layer(layer: nn.Module, inputs: LayerInputs | None, index: int, rank
     """Factorize the seven projections of one decoder layer; SVD-LLM gathers input Grams first."""
     grams: dict[str, torch.Tensor] = {}
     if whiten:
-        stats = {p: Accumulator(get_module(layer, p)) for p in ("self_attn.q_proj", "self_attn.o_proj",
-                                                         "mlp.gate_proj", "mlp.down_proj")}
+        stats = {p: Accumulator(layer.get_submodule(p)) for p in ("self_attn.q_proj", "self_attn.o_proj",
+                                                                  "mlp.gate_proj", "mlp.down_proj")}
         try:
             run_layer(layer, inputs)
         finally:
@@ -136,6 +141,35 @@ def rewrite_layer(layer: nn.Module, inputs: LayerInputs | None, index: int, rank
     out = {}
     for p in PROJECTIONS:
         name = f"model.layers.{index}.{p}"
-        set_module(layer, p, factorize(get_module(layer, p), ranks[name], grams.get(p)))
+        layer.set_submodule(p, factorize(layer.get_submodule(p), ranks[name], grams.get(p)))
         out[p] = ranks[name]
     return out
+
+
+@register_handler(SVDConfig)
+@torch.no_grad()
+def compress_low_rank(model: nn.Module, config: SVDConfig, calibration: list[torch.Tensor] | None = None,
+                      progress: Callable[[int], None] | None = None, budget: int | None = None) -> dict:
+    """Plain SVD or SVD-LLM in place; returns the report.
+
+    ``budget`` (decoder-linear parameters to keep) defaults to what FLAT-LLM keeps at the same
+    ratio on this model, so the methods are compared at matched parameters; that default (and
+    SVD-LLM's whitening) needs ``calibration`` windows ([1, T] token ids each)."""
+    check_model(model, calibration, needs_data=config.whiten or budget is None)
+    model.eval()
+    before = decoder_counts(model)
+    start = time.perf_counter()
+    if budget is None:
+        budget = kept_decoder_params(model, keep_ratios(model, FlatLLMConfig(config.ratio), calibration))
+    ranks = ranks_for_budget(model, budget)
+    layers = []
+    if config.whiten:
+        sequential(model, calibration,
+                   lambda i, layer, inputs: layers.append(rewrite_layer(layer, inputs, i, ranks, True)), progress)
+    else:
+        for i, layer in enumerate(decoder_layers(model)):
+            layers.append(rewrite_layer(layer, None, i, ranks, False))
+            if progress:
+                progress(i)
+    record = {"method": config.method, "layers": [{"ranks": r} for r in layers], "ratio": config.ratio}
+    return decoder_report(model, record, before, time.perf_counter() - start, calibration)

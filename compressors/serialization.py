@@ -4,6 +4,7 @@ per-layer shape (``shapesearch_compression``).  No pickles."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file
@@ -11,14 +12,16 @@ from torch import nn
 
 from shapesearch.errors import ShapesearchError
 
-from . import attention, low_rank
+from . import attention
 from .architectures import decoder_layers
+from .low_rank import LowRankLinear
 from .tt_compress import module_from_spec
 
-WEIGHTS = "model.safetensors"
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
-def save(model: nn.Module, directory: str | Path, tokenizer=None) -> Path:
+def save(model: nn.Module, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
     """Write ``model`` (and ``tokenizer``) to ``directory`` with safetensors weights."""
     directory = Path(directory)
     model.save_pretrained(directory, safe_serialization=True, max_shard_size="100GB")
@@ -55,9 +58,9 @@ def _resize(model: nn.Module, record: dict) -> None:
             mlp.down_proj = nn.Linear(width, c.hidden_size, bias=old.bias is not None, dtype=old.weight.dtype)
         elif method in ("svd", "svd-llm"):
             for path, rank in spec["ranks"].items():
-                old = low_rank.get_module(layer, path)
-                low_rank.set_module(layer, path, low_rank.LowRankLinear(old.in_features, old.out_features, rank,
-                                                                  old.bias is not None, dtype=old.weight.dtype))
+                old = layer.get_submodule(path)
+                layer.set_submodule(path, LowRankLinear(old.in_features, old.out_features, rank,
+                                                        old.bias is not None, dtype=old.weight.dtype))
         else:
             raise ShapesearchError(f"layer {i}: unknown compression method {method!r} in config.json")
 

@@ -9,29 +9,50 @@ plan's.  What was built is recorded per layer in ``model.config.shapesearch_comp
 
 from __future__ import annotations
 
-import json
+import numbers
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from shapesearch.errors import ShapesearchError
+from shapesearch.errors import ArgumentError, ShapesearchError
+from shapesearch.matrix.plan import LayerPlan, Plan
 
 from .accounting import dense_params, layer_bytes, layer_params
 from .compress import register_handler
 from .saten import SatenLinear
-from .tt_linear import TTLinear, TTMatrixLinear
+from .tt_linear import TT_LAYERS, tt_layer
 
-SPEC_CLASSES = {"ttm": TTMatrixLinear, "tt": TTLinear, "saten": SatenLinear}
+SPEC_CLASSES: dict[str, type[nn.Module]] = {**TT_LAYERS, "saten": SatenLinear}
+
+
+def read_plan(plan: Plan | dict | str | Path) -> Plan:
+    """The plan as a checked :class:`Plan`: one already, its JSON dict, or the path of its file."""
+    if isinstance(plan, Plan):
+        return plan
+    if isinstance(plan, dict):
+        return Plan.from_dict(plan)
+    return Plan.load(plan)
+
+
+def _plan_argument(plan: Plan | dict | str | Path) -> Plan:
+    try:
+        return read_plan(plan)
+    except ShapesearchError as exc:
+        raise ArgumentError("plan", f"is unusable: {exc}") from exc
 
 
 @dataclass
 class TTConfig:
-    """Every layer of ``plan`` (a dict or the path of a plan JSON) as a TT alone."""
+    """Every layer of ``plan`` (a :class:`Plan`, its dict or the path of a plan JSON) as a TT alone."""
 
-    plan: dict | str | Path
+    plan: Plan | dict | str | Path
+
+    def __post_init__(self) -> None:
+        self.plan = _plan_argument(self.plan)
 
 
 @dataclass
@@ -40,37 +61,23 @@ class SatenConfig:
     layer's entries kept, exact top-K of |E|) or ``nm`` = (n, m): n of every m consecutive
     inputs of each output row (e.g. (2, 4))."""
 
-    plan: dict | str | Path
+    plan: Plan | dict | str | Path
     density: float | None = None
     nm: tuple[int, int] | None = None
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         if (self.density is None) == (self.nm is None):
-            raise ShapesearchError("give exactly one of density (e.g. 0.1) or nm (e.g. 2:4) for the sparse residual")
+            raise ArgumentError("density", "and nm: give exactly one of density (e.g. 0.1) or nm (e.g. (2, 4)) "
+                                           "for the sparse residual")
         if self.density is not None and not 0.0 <= self.density <= 1.0:
-            raise ShapesearchError(f"density must be in [0, 1] (fraction of each layer's entries kept), got {self.density}")
-        if self.nm is not None and not (len(self.nm) == 2 and 0 < self.nm[0] <= self.nm[1]):
-            raise ShapesearchError(f"nm must be n:m with 0 < n <= m (e.g. 2:4), got {self.nm}")
-
-
-def read_plan(plan: dict | str | Path) -> dict:
-    """A plan dict, checked; a path is read as JSON."""
-    if not isinstance(plan, dict):
-        path = Path(plan)
-        if not path.is_file():
-            raise ShapesearchError(f"plan {path} not found; write one with `shapesearch layers --out {path}`")
-        try:
-            plan = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ShapesearchError(f"plan {path} is not JSON ({exc}); write one with `shapesearch layers`") from exc
-    layers = plan.get("layers") if isinstance(plan, dict) else None
-    if not isinstance(layers, dict) or not layers:
-        raise ShapesearchError("the plan lists no layers; write one with `shapesearch layers`")
-    for name, rec in layers.items():
-        missing = {"format", "out_modes", "in_modes", "eps"} - set(rec)
-        if missing:
-            raise ShapesearchError(f"plan layer {name} lacks {sorted(missing)}; write the plan with `shapesearch layers`")
-    return plan
+            raise ArgumentError("density", f"must be in [0, 1] (fraction of each layer's entries kept), "
+                                           f"got {self.density}")
+        if self.nm is not None:
+            if not (len(self.nm) == 2 and all(isinstance(v, numbers.Integral) for v in self.nm)
+                    and 0 < self.nm[0] <= self.nm[1]):
+                raise ArgumentError("nm", f"must be (n, m) with integers 0 < n <= m (e.g. (2, 4)), got {self.nm}")
+            self.nm = (int(self.nm[0]), int(self.nm[1]))
+        self.plan = _plan_argument(self.plan)
 
 
 def module_from_spec(spec: dict, dtype: torch.dtype) -> nn.Module:
@@ -81,56 +88,53 @@ def module_from_spec(spec: dict, dtype: torch.dtype) -> nn.Module:
     return cls.from_spec(spec, dtype)
 
 
-def _build(linear: nn.Linear, rec: dict, config) -> nn.Module:
-    fmt, outs, ins = rec["format"], tuple(rec["out_modes"]), tuple(rec["in_modes"])
-    reverse, eps = bool(rec.get("reverse_sweep", False)), float(rec["eps"])
+def _build(linear: nn.Linear, rec: LayerPlan, config: TTConfig | SatenConfig) -> nn.Module:
     if isinstance(config, SatenConfig):
-        nm = None if config.nm is None else tuple(config.nm)
-        return SatenLinear.from_linear(linear, fmt, outs, ins, eps, density=config.density, nm=nm, reverse=reverse)
-    if fmt == "ttm":
-        return TTMatrixLinear.from_linear(linear, outs, ins, eps, reverse=reverse)
-    return TTLinear.from_linear(linear, ins, outs, eps, reverse=reverse)
+        return SatenLinear.from_linear(linear, rec.format, rec.out_modes, rec.in_modes, rec.eps,
+                                       density=config.density, nm=config.nm, reverse=rec.reverse_sweep)
+    return tt_layer(linear.weight, rec.format, rec.out_modes, rec.in_modes, rec.eps, rec.reverse_sweep, linear.bias)
 
 
 @register_handler(TTConfig)
 @register_handler(SatenConfig)
 @torch.no_grad()
-def tensorize(model: nn.Module, config: TTConfig | SatenConfig, progress=None) -> dict:
-    """Replace every planned nn.Linear in place; returns the accounting report."""
-    if isinstance(config, SatenConfig):
-        config.check()
-    plan = read_plan(config.plan)
+def tensorize(model: nn.Module, config: TTConfig | SatenConfig,
+              progress: Callable[[int], None] | None = None) -> dict:
+    """Replace every planned nn.Linear in place; returns the accounting report
+    (``progress(i)`` after the i-th layer)."""
+    plan = config.plan
     if getattr(model.config, "shapesearch_compression", None):
         raise ShapesearchError("this model is already compressed; start from the dense model")
     targets = {}
-    for name, rec in plan["layers"].items():
+    for name, rec in plan.layers.items():
         try:
             linear = model.get_submodule(name)
         except AttributeError:
             raise ShapesearchError(f"the plan's layer {name} is not in this {type(model).__name__}; "
-                             "make the plan from the same model") from None
+                                   "make the plan from the same model") from None
         if not isinstance(linear, nn.Linear) or (linear.out_features, linear.in_features) != (
-                rec.get("out_features", linear.out_features), rec.get("in_features", linear.in_features)):
+                rec.out_features, rec.in_features):
             raise ShapesearchError(f"the plan's layer {name} does not match this model's {linear}; "
-                             "make the plan from the same model")
+                                   "make the plan from the same model")
         targets[name] = linear
     total_before = sum(p.numel() for p in model.parameters())
     start = time.perf_counter()
     layers, rows = {}, []
     for i, (name, linear) in enumerate(targets.items()):
-        rec = plan["layers"][name]
+        rec = plan.layers[name]
         try:
             new = _build(linear, rec, config)
         except ValueError as exc:
             raise ShapesearchError(f"layer {name}: {exc}") from exc
+        new.train(linear.training)  # a fresh module is in training mode; an eval model must stay eval
         rows.append({"name": name, "dense_params": dense_params(linear), "params": layer_params(new),
-                     "dense_bytes": layer_bytes(linear), "bytes": layer_bytes(new), "eps": rec["eps"]})
+                     "dense_bytes": layer_bytes(linear), "bytes": layer_bytes(new), "eps": rec.eps})
         model.set_submodule(name, new)
         layers[name] = new.spec()
         if progress:
             progress(i)
     method = "saten" if isinstance(config, SatenConfig) else "tt"
-    record = {"method": method, "format": plan.get("format"), "layers": layers}
+    record = {"method": method, "format": None if plan.format is None else plan.format.value, "layers": layers}
     if isinstance(config, SatenConfig):
         record.update(density=config.density, nm=None if config.nm is None else list(config.nm))
     model.config.shapesearch_compression = record

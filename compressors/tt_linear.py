@@ -1,15 +1,16 @@
 """Linear layers stored and run as tensor trains, in the two layouts of the Saten notes (§2).
 
-* :class:`TTMatrixLinear` (format B, TT-matrix / MPO): W [M, N] with M = Π m_k, N = Π n_k,
-  cores [r_{k-1}, m_k, n_k, r_k]; W is reshaped to (m_1 n_1, …, m_d n_d) (digit k of the
-  output paired with digit k of the input, coarse→fine) and decomposed by the error-bounded
-  TT-SVD.  The forward never rebuilds W: it contracts the input with the cores along a
+* :class:`TTMatrixLinear` (format B, ``Format.TTM``, TT-matrix / MPO): W [M, N] with
+  M = Π m_k, N = Π n_k, cores [r_{k-1}, m_k, n_k, r_k]; W is reshaped to (m_1 n_1, …, m_d n_d)
+  (digit k of the output paired with digit k of the input, coarse→fine) and decomposed by the
+  error-bounded TT-SVD.  The forward never rebuilds W: it contracts the input with the cores along a
   contraction plan chosen once per core shape by counting multiply-adds (see ``candidate_plans``).
-* :class:`TTLinear` (format A, the Saten authors' code): plain TT of Wᵀ [N_in, N_out] reshaped
+* :class:`TTLinear` (format A, ``Format.TT``, the Saten authors' code): plain TT of Wᵀ [N_in, N_out] reshaped
   row-major to (a_1…a_p, b_1…b_q), cores [r_{k-1}, d_k, r_k].  The boundary rank r_p is a
   matrix rank, Wᵀ = A·B with A [N_in, r_p], B [r_p, N_out], and the forward is (x·A)·B + b.
 
-Both cache the tensors they derive from the cores (merged blocks, A and B) while in eval mode
+Both decompose the tensor ``shapesearch.matrix.formats.layer_tensor`` builds, the one the
+shape search scored.  Both cache the tensors they derive from the cores (merged blocks, A and B) while in eval mode
 with no gradient wanted, keyed on the cores' storage and version counters; in-place edits made
 through ``.data`` bypass the version counter, so call ``clear_cache()`` after those.
 """
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import tensorly as tl
@@ -26,22 +29,7 @@ import torch
 from torch import nn
 
 from shapesearch.engine.tt_svd import TTResult, tt_svd
-
-
-def matrix_to_tt_tensor(weight: np.ndarray, out_modes: tuple[int, ...], in_modes: tuple[int, ...]) -> np.ndarray:
-    """W [M, N] → the d-way tensor with modes m_k·n_k (mode k pairs output digit k with input digit k)."""
-    d = len(out_modes)
-    t = weight.reshape(*out_modes, *in_modes)
-    order = [i for k in range(d) for i in (k, d + k)]
-    return t.transpose(order).reshape([m * n for m, n in zip(out_modes, in_modes)])
-
-
-def tt_tensor(weight: np.ndarray, fmt: str, out_modes: tuple[int, ...], in_modes: tuple[int, ...]) -> np.ndarray:
-    """The tensor a layer format decomposes: ``"ttm"`` pairs the digits of W (see
-    ``matrix_to_tt_tensor``); ``"tt"`` is Wᵀ reshaped row-major to (*in_modes, *out_modes)."""
-    if fmt == "ttm":
-        return matrix_to_tt_tensor(weight, out_modes, in_modes)
-    return np.ascontiguousarray(weight.T.reshape(*in_modes, *out_modes))
+from shapesearch.matrix.formats import Format, layer_tensor
 
 
 def eps_tt_svd(tensor: np.ndarray, eps: float, reverse: bool = False, method: str = "svd") -> TTResult:
@@ -63,7 +51,7 @@ def eps_tt_svd(tensor: np.ndarray, eps: float, reverse: bool = False, method: st
         return tt_svd(tensor, 0.5, norm=ref, method=method, reverse=reverse)
 
 
-def _check_modes(name: str, modes, size: int) -> tuple[int, ...]:
+def _check_modes(name: str, modes: Sequence[int], size: int) -> tuple[int, ...]:
     modes = tuple(int(m) for m in modes)
     if not modes or any(m < 1 for m in modes):
         raise ValueError(f"{name} must be a non-empty list of positive integers, got {modes}")
@@ -122,6 +110,90 @@ class _CachedModule(nn.Module):
         # deepcopy/pickle: derived tensors are not state (and may be inference tensors)
         state = super().__getstate__()
         return {**state, "_derived": _DerivedCache()}
+
+
+class _TTLayer(_CachedModule):
+    """What both layouts share: construction by ε-TT-SVD of the format's layer tensor, the
+    spec round trip, and the ranks.  A subclass says how its cores are shaped."""
+
+    format: ClassVar[Format]
+    cores: nn.ParameterList
+    out_modes: tuple[int, ...]
+    in_modes: tuple[int, ...]
+    bias: nn.Parameter | None
+
+    @staticmethod
+    def _check_chain(cores: list[torch.Tensor], layout: str) -> None:
+        """Cores shaped ``layout`` whose ranks chain from 1 to 1."""
+        ndim = len(layout.split(","))
+        for k, c in enumerate(cores):
+            if c.dim() != ndim:
+                raise ValueError(f"core {k} must be {ndim}-D {layout}, got shape {tuple(c.shape)}")
+            if k and c.shape[0] != cores[k - 1].shape[-1]:
+                raise ValueError(f"core {k} has left rank {c.shape[0]} but core {k - 1} has right rank "
+                                 f"{cores[k - 1].shape[-1]}")
+        if cores[0].shape[0] != 1 or cores[-1].shape[-1] != 1:
+            raise ValueError("the boundary ranks r_0 and r_d must be 1")
+
+    def _hold(self, cores: list[torch.Tensor], bias: torch.Tensor | None) -> None:
+        """Cores and bias (checked against ``out_features``) as parameters."""
+        if bias is not None and bias.shape != (self.out_features,):
+            raise ValueError(f"bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
+        self.cores = nn.ParameterList(nn.Parameter(c) for c in cores)
+        self.bias = None if bias is None else nn.Parameter(bias)
+
+    @classmethod
+    def _core_modes(cls, out_modes: tuple[int, ...], in_modes: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """The non-rank sizes of each core."""
+        raise NotImplementedError
+
+    @classmethod
+    def _assemble(cls, cores: list[torch.Tensor], in_order: int, bias: torch.Tensor | None) -> _TTLayer:
+        raise NotImplementedError
+
+    @classmethod
+    def _core_shapes(cls, out_modes: tuple[int, ...], in_modes: tuple[int, ...],
+                     ranks: Sequence[int]) -> list[tuple[int, ...]]:
+        modes = cls._core_modes(out_modes, in_modes)
+        if len(ranks) != len(modes) + 1:
+            raise ValueError(f"{len(modes)} cores need {len(modes) + 1} ranks, got {list(ranks)}")
+        return [(int(ranks[k]), *modes[k], int(ranks[k + 1])) for k in range(len(modes))]
+
+    @classmethod
+    def _decompose(cls, weight: torch.Tensor, out_modes: Sequence[int], in_modes: Sequence[int], eps: float,
+                   reverse: bool, bias: torch.Tensor | None) -> _TTLayer:
+        """ε-TT-SVD (float64) with ‖W − W_TT‖_F ≤ ε‖W‖_F; cores in W's dtype and device."""
+        n_out, n_in = weight.shape
+        out_modes = _check_modes("out_modes", out_modes, n_out)
+        in_modes = _check_modes("in_modes", in_modes, n_in)
+        w = weight.detach().double().cpu().numpy()
+        tt = eps_tt_svd(layer_tensor(w, cls.format, out_modes, in_modes), eps, reverse=reverse)
+        shapes = cls._core_shapes(out_modes, in_modes, tt.ranks)
+        cores = [torch.from_numpy(np.ascontiguousarray(c).reshape(shape)).to(weight.dtype).to(weight.device)
+                 for c, shape in zip(tt.cores, shapes)]
+        return cls._assemble(cores, len(in_modes), None if bias is None else bias.detach().clone())
+
+    def spec(self) -> dict:
+        """JSON-ready shapes; ``from_spec`` rebuilds a zero module a state dict loads into."""
+        return {"format": self.format.value, "out_modes": list(self.out_modes), "in_modes": list(self.in_modes),
+                "ranks": list(self.ranks), "bias": self.bias is not None}
+
+    @classmethod
+    def from_spec(cls, spec: dict, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str | None = None) -> _TTLayer:
+        """A zero layer of the shapes ``spec`` records."""
+        if spec.get("format") != cls.format:
+            raise ValueError(f"not a {cls.__name__} spec (format {spec.get('format')!r}, "
+                             f"expected {cls.format.value!r})")
+        outs, ins = tuple(spec["out_modes"]), tuple(spec["in_modes"])
+        cores = [torch.zeros(shape, dtype=dtype, device=device) for shape in cls._core_shapes(outs, ins, spec["ranks"])]
+        bias = torch.zeros(math.prod(outs), dtype=dtype, device=device) if spec["bias"] else None
+        return cls._assemble(cores, len(ins), bias)
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """TT ranks (r_0 = 1, …, r_d = 1)."""
+        return (1,) + tuple(int(c.shape[-1]) for c in self.cores)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,7 +302,7 @@ def _contract(mat: torch.Tensor, state: torch.Tensor, p: int, k: int, r: int) ->
     return torch.bmm(mat.expand(p, ko, k), s)
 
 
-class TTMatrixLinear(_CachedModule):
+class TTMatrixLinear(_TTLayer):
     """y = x Wᵀ + b with W [M, N] held as TT-matrix cores [r_{k-1}, m_k, n_k, r_k].
 
     Parameters: Σ r_{k-1} m_k n_k r_k (+ bias).  Modes may be 1 (out (M, 1), in (1, N) is a
@@ -238,27 +310,18 @@ class TTMatrixLinear(_CachedModule):
     choosing the contraction plan (the merge runs once per forward in training; in eval mode
     it is cached, so the choice is then conservative)."""
 
+    format = Format.TTM
     plan_tokens: int = 512
 
     def __init__(self, cores: list[torch.Tensor], bias: torch.Tensor | None = None) -> None:
         super().__init__()
         if not cores:
             raise ValueError("a TT-matrix needs at least one core")
-        for k, c in enumerate(cores):
-            if c.dim() != 4:
-                raise ValueError(f"core {k} must be 4-D [r, m, n, r'], got shape {tuple(c.shape)}")
-            if k and c.shape[0] != cores[k - 1].shape[3]:
-                raise ValueError(f"core {k} has left rank {c.shape[0]} but core {k - 1} has right rank "
-                                 f"{cores[k - 1].shape[3]}")
-        if cores[0].shape[0] != 1 or cores[-1].shape[3] != 1:
-            raise ValueError("the boundary ranks r_0 and r_d must be 1")
-        self.cores = nn.ParameterList(nn.Parameter(c) for c in cores)
+        self._check_chain(cores, "[r, m, n, r']")
         self.out_modes = tuple(int(c.shape[1]) for c in cores)
         self.in_modes = tuple(int(c.shape[2]) for c in cores)
         self.out_features, self.in_features = math.prod(self.out_modes), math.prod(self.in_modes)
-        if bias is not None and bias.shape != (self.out_features,):
-            raise ValueError(f"bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
-        self.bias = None if bias is None else nn.Parameter(bias)
+        self._hold(cores, bias)
         self._forced_plan: ContractionPlan | None = None
         self._plan_key: tuple | None = None
         self._plan: ContractionPlan | None = None
@@ -266,54 +329,36 @@ class TTMatrixLinear(_CachedModule):
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def from_weight(cls, weight: torch.Tensor, out_modes: tuple[int, ...], in_modes: tuple[int, ...], eps: float,
+    def _core_modes(cls, out_modes: tuple[int, ...], in_modes: tuple[int, ...]) -> list[tuple[int, ...]]:
+        if len(out_modes) != len(in_modes):
+            raise ValueError(f"need as many output as input modes, got {tuple(out_modes)} and {tuple(in_modes)}")
+        return list(zip(out_modes, in_modes))
+
+    @classmethod
+    def _assemble(cls, cores: list[torch.Tensor], in_order: int, bias: torch.Tensor | None) -> TTMatrixLinear:
+        return cls(cores, bias)
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, out_modes: Sequence[int], in_modes: Sequence[int], eps: float,
                     reverse: bool = False, bias: torch.Tensor | None = None) -> TTMatrixLinear:
-        """ε-TT-SVD (float64) of W [M, N]: ‖W − W_TT‖_F ≤ ε‖W‖_F; cores in W's dtype/device."""
+        """ε-TT-SVD (float64) of W [M, N]: ‖W − W_TT‖_F ≤ ε‖W‖_F (ε relative Frobenius error);
+        cores in W's dtype/device."""
         if len(out_modes) != len(in_modes):
             raise ValueError(f"need as many output as input modes, got {tuple(out_modes)} and {tuple(in_modes)}")
         m, n = weight.shape
         if math.prod(out_modes) != m or math.prod(in_modes) != n:
             raise ValueError(f"modes {tuple(out_modes)}×{tuple(in_modes)} do not factor a {m}×{n} weight")
-        out_modes = _check_modes("out_modes", out_modes, m)
-        in_modes = _check_modes("in_modes", in_modes, n)
-        w = weight.detach().double().cpu().numpy()
-        tt = eps_tt_svd(tt_tensor(w, "ttm", out_modes, in_modes), eps, reverse=reverse)
-        cores = [torch.from_numpy(np.asarray(c).reshape(c.shape[0], mo, mi, c.shape[2])).to(weight.dtype)
-                 .to(weight.device) for c, mo, mi in zip(tt.cores, out_modes, in_modes)]
-        return cls(cores, None if bias is None else bias.detach().clone())
+        return cls._decompose(weight, out_modes, in_modes, eps, reverse, bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, out_modes: tuple[int, ...], in_modes: tuple[int, ...],
+    def from_linear(cls, linear: nn.Linear, out_modes: Sequence[int], in_modes: Sequence[int],
                     eps: float, reverse: bool = False) -> TTMatrixLinear:
         """TT-SVD of ``linear.weight`` with relative Frobenius error ≤ ``eps``; the bias is copied.
 
         ``reverse`` sweeps the TT-SVD right to left (same bound, often other ranks)."""
         return cls.from_weight(linear.weight, out_modes, in_modes, eps, reverse, linear.bias)
 
-    def spec(self) -> dict:
-        """JSON-ready shapes; ``from_spec`` rebuilds a zero module a state dict loads into."""
-        return {"format": "ttm", "out_modes": list(self.out_modes), "in_modes": list(self.in_modes),
-                "ranks": list(self.ranks), "bias": self.bias is not None}
-
-    @classmethod
-    def from_spec(cls, spec: dict, dtype: torch.dtype = torch.float32,
-                  device: torch.device | str | None = None) -> TTMatrixLinear:
-        if spec.get("format") != "ttm":
-            raise ValueError(f"not a TT-matrix spec (format {spec.get('format')!r}, expected 'ttm')")
-        outs, ins, ranks = spec["out_modes"], spec["in_modes"], spec["ranks"]
-        if not (len(outs) == len(ins) == len(ranks) - 1):
-            raise ValueError(f"spec needs d out_modes, d in_modes and d+1 ranks, got {spec}")
-        cores = [torch.zeros(ranks[k], outs[k], ins[k], ranks[k + 1], dtype=dtype, device=device)
-                 for k in range(len(outs))]
-        bias = torch.zeros(math.prod(outs), dtype=dtype, device=device) if spec["bias"] else None
-        return cls(cores, bias)
-
     # -- shapes and costs -----------------------------------------------------------------------
-
-    @property
-    def ranks(self) -> tuple[int, ...]:
-        """TT ranks (r_0 = 1, …, r_d = 1)."""
-        return (1,) + tuple(int(c.shape[3]) for c in self.cores)
 
     def _shapes(self) -> list[tuple[int, ...]]:
         return [tuple(int(s) for s in c.shape) for c in self.cores]
@@ -435,77 +480,51 @@ def _chain(cores, first_rows: int) -> torch.Tensor:
     return full.reshape(first_rows, -1, full.shape[1])
 
 
-class TTLinear(_CachedModule):
+class TTLinear(_TTLayer):
     """y = (x·A)·B + b with Wᵀ [N_in, N_out] held as plain TT cores G_k [r_{k-1}, d_k, r_k].
 
     The first ``in_order`` = p cores carry the input digits (a_1…a_p, row-major), the rest the
     output digits (b_1…b_q).  A = G_1⋯G_p [N_in, r_p], B = G_{p+1}⋯G_d [r_p, N_out].
     Parameters Σ r_{k-1} d_k r_k (+ bias); multiply-adds per token r_p·(N_in + N_out)."""
 
+    format = Format.TT
+
     def __init__(self, cores: list[torch.Tensor], in_order: int, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         if not 1 <= in_order < len(cores):
             raise ValueError(f"in_order must leave at least one input and one output core: got {in_order} "
                              f"of {len(cores)} cores")
-        for k, c in enumerate(cores):
-            if c.dim() != 3:
-                raise ValueError(f"core {k} must be 3-D [r, d, r'], got shape {tuple(c.shape)}")
-            if k and c.shape[0] != cores[k - 1].shape[2]:
-                raise ValueError(f"core {k} has left rank {c.shape[0]} but core {k - 1} has right rank "
-                                 f"{cores[k - 1].shape[2]}")
-        if cores[0].shape[0] != 1 or cores[-1].shape[2] != 1:
-            raise ValueError("the boundary ranks r_0 and r_d must be 1")
-        self.cores = nn.ParameterList(nn.Parameter(c) for c in cores)
+        self._check_chain(cores, "[r, d, r']")
         self.in_order = in_order
         self.in_modes = tuple(int(c.shape[1]) for c in cores[:in_order])
         self.out_modes = tuple(int(c.shape[1]) for c in cores[in_order:])
         self.in_features, self.out_features = math.prod(self.in_modes), math.prod(self.out_modes)
-        if bias is not None and bias.shape != (self.out_features,):
-            raise ValueError(f"bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
-        self.bias = None if bias is None else nn.Parameter(bias)
+        self._hold(cores, bias)
 
     @classmethod
-    def from_weight(cls, weight: torch.Tensor, in_modes: tuple[int, ...], out_modes: tuple[int, ...], eps: float,
+    def _core_modes(cls, out_modes: tuple[int, ...], in_modes: tuple[int, ...]) -> list[tuple[int, ...]]:
+        return [(d,) for d in in_modes + out_modes]
+
+    @classmethod
+    def _assemble(cls, cores: list[torch.Tensor], in_order: int, bias: torch.Tensor | None) -> TTLinear:
+        return cls(cores, in_order, bias)
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, in_modes: Sequence[int], out_modes: Sequence[int], eps: float,
                     reverse: bool = False, bias: torch.Tensor | None = None) -> TTLinear:
-        """ε-TT-SVD (float64) of Wᵀ reshaped to (*in_modes, *out_modes); cores in W's dtype."""
-        n_out, n_in = weight.shape
-        in_modes = _check_modes("in_modes", in_modes, n_in)
-        out_modes = _check_modes("out_modes", out_modes, n_out)
-        w = weight.detach().double().cpu().numpy()
-        tt = eps_tt_svd(tt_tensor(w, "tt", out_modes, in_modes), eps, reverse=reverse)
-        cores = [torch.from_numpy(np.ascontiguousarray(c)).to(weight.dtype).to(weight.device) for c in tt.cores]
-        return cls(cores, len(in_modes), None if bias is None else bias.detach().clone())
+        """ε-TT-SVD (float64) of Wᵀ reshaped to (*in_modes, *out_modes), ε the relative Frobenius
+        error; cores in W's dtype."""
+        return cls._decompose(weight, out_modes, in_modes, eps, reverse, bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, in_modes: tuple[int, ...], out_modes: tuple[int, ...], eps: float,
+    def from_linear(cls, linear: nn.Linear, in_modes: Sequence[int], out_modes: Sequence[int], eps: float,
                     reverse: bool = False) -> TTLinear:
         """TT-SVD of ``linear.weight``ᵀ with relative Frobenius error ≤ ``eps``; the bias is copied."""
         return cls.from_weight(linear.weight, in_modes, out_modes, eps, reverse, linear.bias)
 
-    def spec(self) -> dict:
-        """JSON-ready shapes; ``from_spec`` rebuilds a zero module a state dict loads into."""
-        return {"format": "tt", "in_modes": list(self.in_modes), "out_modes": list(self.out_modes),
-                "ranks": list(self.ranks), "bias": self.bias is not None}
-
-    @classmethod
-    def from_spec(cls, spec: dict, dtype: torch.dtype = torch.float32,
-                  device: torch.device | str | None = None) -> TTLinear:
-        if spec.get("format") != "tt":
-            raise ValueError(f"not a plain-TT spec (format {spec.get('format')!r}, expected 'tt')")
-        modes, ranks = list(spec["in_modes"]) + list(spec["out_modes"]), spec["ranks"]
-        if len(ranks) != len(modes) + 1:
-            raise ValueError(f"spec needs len(in_modes) + len(out_modes) + 1 ranks, got {spec}")
-        cores = [torch.zeros(ranks[k], modes[k], ranks[k + 1], dtype=dtype, device=device) for k in range(len(modes))]
-        bias = torch.zeros(math.prod(spec["out_modes"]), dtype=dtype, device=device) if spec["bias"] else None
-        return cls(cores, len(spec["in_modes"]), bias)
-
-    @property
-    def ranks(self) -> tuple[int, ...]:
-        """TT ranks (r_0 = 1, …, r_d = 1); ``ranks[in_order]`` is the boundary (matrix) rank."""
-        return (1,) + tuple(int(c.shape[2]) for c in self.cores)
-
     @property
     def boundary_rank(self) -> int:
+        """``ranks[in_order]``: the rank of Wᵀ = A·B."""
         return self.ranks[self.in_order]
 
     @property
@@ -540,3 +559,15 @@ class TTLinear(_CachedModule):
 
     def extra_repr(self) -> str:
         return f"in_modes={self.in_modes}, out_modes={self.out_modes}, ranks={self.ranks}, bias={self.bias is not None}"
+
+
+TT_LAYERS: dict[Format, type[TTMatrixLinear] | type[TTLinear]] = {Format.TTM: TTMatrixLinear, Format.TT: TTLinear}
+
+
+def tt_layer(weight: torch.Tensor, fmt: Format | str, out_modes: Sequence[int], in_modes: Sequence[int],
+             eps: float, reverse: bool = False, bias: torch.Tensor | None = None) -> TTMatrixLinear | TTLinear:
+    """The TT layer of format ``fmt`` for W [out, in] at relative Frobenius error ≤ ``eps``
+    (modes always given output first, whatever the layer's own argument order)."""
+    if Format.parse(fmt) is Format.TTM:
+        return TTMatrixLinear.from_weight(weight, out_modes, in_modes, eps, reverse, bias)
+    return TTLinear.from_weight(weight, in_modes, out_modes, eps, reverse, bias)

@@ -8,8 +8,8 @@ import compressors
 from compressors import FlatLLMConfig, SVDConfig, SVDLLMConfig
 from compressors.architectures import decoder_layers
 from compressors.calibration import Accumulator, first_layer_inputs, run_layer
-from compressors.flat_llm import absorb_values, nystrom_select, prune_mlp, value_bases
-from shapesearch.errors import ShapesearchError
+from compressors.flat_llm import absorb_values, kept_decoder_params, nystrom_select, prune_mlp, value_bases
+from shapesearch.errors import ArgumentError, ShapesearchError
 
 
 def tiny(kv_heads=4, attn="eager", family="llama", layers=2, seed=0):
@@ -147,13 +147,11 @@ def test_compress_save_load_and_generate(kv, tmp_path):
 
 
 def test_uniform_option_and_layer_accounting():
-    from compressors.compress import flat_llm_budget
-
     model = tiny(2, layers=3)
     report = compressors.compress(model, FlatLLMConfig(ratio=0.3, uniform=True), calibration=windows())
     # the count the baselines are matched to is what FLAT-LLM really leaves
     keeps = [layer["keep"] for layer in report["layers"]]
-    assert flat_llm_budget(tiny(2, layers=3), keeps) == report["decoder_linear_params_after"]
+    assert kept_decoder_params(tiny(2, layers=3), keeps) == report["decoder_linear_params_after"]
     keeps = {layer["keep"] for layer in report["layers"]}
     assert len(keeps) == 1
     for layer, spec in zip(decoder_layers(model), report["layers"]):
@@ -197,6 +195,38 @@ def test_bad_inputs():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     with pytest.raises(ShapesearchError, match="unsupported architecture GPT2LMHeadModel; supported"):
         compressors.compress(gpt2, FlatLLMConfig(0.2), calibration=windows())
+
+
+@pytest.mark.parametrize("make,argument", [
+    (lambda: FlatLLMConfig(ratio=0.0), "ratio"),
+    (lambda: FlatLLMConfig(ridge=-1.0), "ridge"),
+    (lambda: SVDConfig(ratio=1.0), "ratio"),
+    (lambda: SVDLLMConfig(ratio=-0.1), "ratio"),
+    (lambda: compressors.FinetuneConfig(steps=-1), "steps"),
+    (lambda: compressors.FinetuneConfig(lr=0.0), "lr"),
+    (lambda: compressors.FinetuneConfig(batch=0), "batch"),
+])
+def test_configs_name_the_bad_argument(make, argument):
+    with pytest.raises(ArgumentError) as caught:
+        make()
+    assert caught.value.argument == argument and str(caught.value).startswith(f"{argument} must be")
+
+
+def test_model_jobs_check_arguments_before_loading(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    bad = [(lambda: compressors.compress_model("nowhere", FlatLLMConfig(), tmp_path / "o", samples=0), "samples"),
+           (lambda: compressors.compress_model("nowhere", FlatLLMConfig(), tmp_path / "o", seqlen=1), "seqlen"),
+           (lambda: compressors.compress_model("nowhere", FlatLLMConfig(), tmp_path / "full"), "out"),
+           (lambda: compressors.compress_model("nowhere", object(), tmp_path / "o"), "config"),
+           (lambda: compressors.evaluate_model("nowhere", window=1), "window"),
+           (lambda: compressors.evaluate_model("nowhere", max_windows=0), "max_windows"),
+           (lambda: compressors.evaluate_model(str(tmp_path / "nothing")), "model")]
+    for job, argument in bad:
+        with pytest.raises(ArgumentError) as caught:
+            job()
+        assert caught.value.argument == argument
+    assert not (tmp_path / "o").exists() and (tmp_path / "full" / "keep.txt").read_text() == "mine"
 
 
 def test_mistral_family_works():

@@ -12,8 +12,17 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from shapesearch.engine.operators import ShapeSpace, mutate
 from shapesearch.errors import ShapesearchError
 from shapesearch.matrix.budget import allocate
-from shapesearch.matrix.formats import all_pairings, balanced_factors, balanced_shape, modes_of, shape_from_modes
-from shapesearch.matrix.layer_search import LayerSearchConfig, search_layers, search_matrix
+from shapesearch.matrix.formats import (
+    Format,
+    all_pairings,
+    balanced_factors,
+    balanced_shape,
+    layer_tensor,
+    modes_of,
+    shape_from_modes,
+)
+from shapesearch.matrix.layer_search import LayerSearchConfig, make_plan, search_layers, search_matrix
+from shapesearch.matrix.plan import PLAN_VERSION, Plan
 
 from .test_cli import _error, _run
 
@@ -59,15 +68,29 @@ def test_modes_round_trip_and_layouts_stay_valid_under_mutation(fmt):
     assert not ShapeSpace((18, 24), max_pad=0.0, layout="tt").valid(shape_from_modes((6, 4), (3, 6), "ttm"))
 
 
+@pytest.mark.parametrize("outs,ins", [((2, 3, 4), (4, 2, 3)), ((12, 1), (1, 16)), ((4, 1, 3), (1, 8, 2))])
+def test_layer_tensor_pairs_output_digit_k_with_input_digit_k(outs, ins):
+    """The tensor the ttm layers decompose is the one the search scores: digit k of the output
+    paired with digit k of the input; tt is Wᵀ reshaped row-major."""
+    w = np.random.default_rng(5).standard_normal((int(np.prod(outs)), int(np.prod(ins))))
+    d = len(outs)
+    paired = w.reshape(*outs, *ins).transpose([i for k in range(d) for i in (k, d + k)])
+    assert np.array_equal(layer_tensor(w, Format.TTM, outs, ins), paired.reshape([m * n for m, n in zip(outs, ins)]))
+    if 1 not in outs + ins:
+        assert np.array_equal(layer_tensor(w, "tt", outs, ins), w.T.reshape(*ins, *outs))
+    with pytest.raises(ShapesearchError, match="format must be one of ttm, tt"):
+        layer_tensor(w, "cp", outs, ins)
+
+
 def test_a_kronecker_product_is_found_at_rank_one():
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((4, 6)), rng.standard_normal((6, 4))
     w = np.kron(a, b) + 1e-4 * rng.standard_normal((24, 24))
     rec = search_matrix(w, 0.05, "ttm")  # default effort: it has to reorder digits to see it
-    assert rec["ranks"] == [1, 1, 1] and rec["params"] == 48
-    assert rec["rel_error"] <= 0.05
+    assert rec.ranks == (1, 1, 1) and rec.params == 48
+    assert rec.rel_error <= 0.05
     # the balanced shape (6·4 × 4·6 pairs) cannot see the structure
-    assert rec["balanced_params"] > 4 * rec["params"]
+    assert rec.balanced_params > 4 * rec.params
 
 
 @pytest.mark.parametrize("fmt", ["ttm", "tt"])
@@ -76,9 +99,9 @@ def test_search_never_loses_to_balanced_and_meets_eps(fmt):
     w = rng.standard_normal((48, 36)) @ np.diag(np.linspace(1, 0.01, 36)) @ rng.standard_normal((36, 36))
     for eps in (0.1, 0.4):
         rec = search_matrix(w, eps, fmt, FAST)
-        assert rec["params"] <= rec["balanced_params"]
-        assert rec["rel_error"] <= eps and rec["balanced"]["rel_error"] <= eps
-        assert np.prod(rec["out_modes"]) == 48 and np.prod(rec["in_modes"]) == 36
+        assert rec.params <= rec.balanced_params
+        assert rec.rel_error <= eps and rec.balanced.rel_error <= eps
+        assert np.prod(rec.out_modes) == 48 and np.prod(rec.in_modes) == 36
 
 
 def test_search_finds_the_exhaustive_optimum_over_three_mode_pairings_on_a_small_layer():
@@ -89,7 +112,7 @@ def test_search_finds_the_exhaustive_optimum_over_three_mode_pairings_on_a_small
     best = min(confirm(w, float(np.linalg.norm(w)), (s.key, EvalSettings(0.2).to_dict()))["params"]
                for s in all_pairings(12, 12, 2) + all_pairings(12, 12, 3))
     rec = search_matrix(w, 0.2, "ttm")
-    assert rec["params"] <= best
+    assert rec.params <= best
 
 
 def test_ray_layer_search_equals_in_process():
@@ -104,7 +127,7 @@ def test_ray_layer_search_equals_in_process():
     for name in weights:
         for eps in (0.3, 0.6):
             keep = ("out_modes", "in_modes", "ranks", "params", "reverse_sweep")
-            assert {k: local[name][eps][k] for k in keep} == {k: remote[name][eps][k] for k in keep}
+            assert {k: getattr(local[name][eps], k) for k in keep} == {k: getattr(remote[name][eps], k) for k in keep}
 
 
 def test_budget_allocation_is_optimal_on_small_instances():
@@ -204,3 +227,42 @@ def test_compress_tt_saten_cli_bad_inputs(tiny_dir, tmp_path, capsys, args, msg)
     out = tmp_path / "out"
     assert msg in _error(["compress", args[0], "--model", tiny_dir, *args[1:], "--out", out], capsys)
     assert not out.exists()
+
+
+def _tiny_plan() -> Plan:
+    rng = np.random.default_rng(6)
+    weights = {"a": rng.standard_normal((12, 8)), "b": rng.standard_normal((8, 8))}
+    found = search_layers(weights, [0.5], "ttm", FAST, workers=0)
+    norms2 = {n: float(np.sum(w ** 2)) for n, w in weights.items()}
+    return make_plan(found, norms2, None, model="tiny", layer_types={"a": "a", "b": "b"},
+                     biases={"a": True, "b": False})
+
+
+def test_plan_round_trips_through_versioned_json_and_reads_unversioned_files(tmp_path):
+    plan = _tiny_plan()
+    assert plan.version == PLAN_VERSION and plan.format is Format.TTM and plan.eps == 0.5
+    assert plan.summary.params == sum(r.params for r in plan.layers.values())
+    back = Plan.load(plan.save(tmp_path / "plan.json"))
+    assert back == plan
+    data = json.loads((tmp_path / "plan.json").read_text())
+    assert data["version"] == PLAN_VERSION and data["layers"]["a"]["format"] == "ttm"
+    del data["version"]  # a plan written before the field: version 1
+    assert Plan.from_dict(data) == plan
+    hand = Plan.from_dict({"layers": {"x": {"format": "tt", "out_modes": [4, 2], "in_modes": [3], "eps": 0.2}}})
+    assert hand.layers["x"].out_features == 8 and hand.layers["x"].params is None and hand.summary is None
+
+
+@pytest.mark.parametrize("change,msg", [
+    (lambda d: d.update(version=99), "plan version 99"),
+    (lambda d: d.update(layers={}), "lists no layers"),
+    (lambda d: d["layers"]["a"].pop("in_modes"), "lacks \\['in_modes'\\]"),
+    (lambda d: d["layers"]["a"].update(format="cp"), "format must be one of ttm, tt"),
+    (lambda d: d["layers"]["a"].update(out_modes=[5, 0]), "positive integers"),
+    (lambda d: d["layers"]["a"].update(out_features=13), "not the product"),
+])
+def test_bad_plans_say_what_to_do(change, msg):
+    data = _tiny_plan().to_dict()
+    change(data)
+    with pytest.raises(ShapesearchError, match=msg) as info:
+        Plan.from_dict(data)
+    assert "shapesearch layers" in str(info.value)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import compressors
-from compressors.model_loading import load_model
+from compressors import load_model
 from shapesearch.cli import main
 
 

@@ -79,7 +79,7 @@ def test_stall_stops_early(image):
 
 @pytest.mark.parametrize("kw,msg", [({"eps": 0.0}, "eps"), ({"eps": 1.0}, "eps"),
                                     ({"population": 1}, "population"), ({"generations": -1}, "generations"),
-                                    ({"time_limit": 0}, "time-limit")])
+                                    ({"time_limit": 0}, "^time_limit ")])
 def test_bad_settings(image, kw, msg):
     with pytest.raises(ShapesearchError, match=msg):
         _search(image, **kw)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import compressors
+from compressors import load_model
 from compressors.corpus import calibration_windows, wikipedia
-from compressors.model_loading import load_model
 from shapesearch.cli import main
 
 

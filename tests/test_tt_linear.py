@@ -7,8 +7,9 @@ import tensorly as tl
 import torch
 from torch import nn
 
-from compressors.tt_linear import ContractionPlan, TTLinear, TTMatrixLinear, matrix_to_tt_tensor
+from compressors.tt_linear import ContractionPlan, TTLinear, TTMatrixLinear
 from shapesearch.engine.tt_svd import tt_svd
+from shapesearch.matrix.formats import Format, layer_tensor
 
 
 @pytest.mark.parametrize("out_modes,in_modes", [((4, 6), (3, 8)), ((2, 3, 4), (4, 2, 3)), ((24,), (24,))])
@@ -124,7 +125,7 @@ def test_reverse_sweep_gives_the_ranks_of_tt_svd_reverse():
     lin = _decaying_linear(24, 32, seed=4)
     for reverse in (False, True):
         tt = TTMatrixLinear.from_linear(lin, (2, 3, 4), (4, 2, 4), 0.2, reverse=reverse)
-        tensor = matrix_to_tt_tensor(lin.weight.detach().numpy(), (2, 3, 4), (4, 2, 4))
+        tensor = layer_tensor(lin.weight.detach().numpy(), Format.TTM, (2, 3, 4), (4, 2, 4))
         with tl.backend_context("numpy"):
             assert tt.ranks == tt_svd(tensor, 0.2, method="svd", reverse=reverse).ranks
         a = TTLinear.from_linear(lin, (4, 8), (6, 4), 0.2, reverse=reverse)

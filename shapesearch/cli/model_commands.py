@@ -1,13 +1,22 @@
-"""``shapesearch compress`` and ``shapesearch eval``: model compression from the command line."""
+"""``shapesearch compress`` and ``shapesearch eval``: model compression from the command line.
+
+Parsing, the checks that are about the flags themselves, and the printed table; the work is
+:func:`compressors.compress_model` / :func:`compressors.evaluate_model`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..errors import ShapesearchError
+from ..errors import ArgumentError, ShapesearchError
+
+if TYPE_CHECKING:
+    from compressors import FinetuneConfig
+
+# compressors is imported inside the commands: torch and transformers take seconds to load,
+# which the other commands should not pay
 
 METHODS = ("flat-llm", "svd", "svd-llm")
 
@@ -58,46 +67,40 @@ def _parse_nm(text: str | None) -> tuple[int, int] | None:
     try:
         n, m = (int(x) for x in text.split(":"))
     except ValueError:
-        raise ShapesearchError(f"--nm must look like 2:4 (keep n of every m inputs), got {text!r}") from None
+        raise ArgumentError("nm", f"must look like 2:4 (keep n of every m inputs), got {text!r}") from None
     return n, m
 
 
-def tensorize_command(args: argparse.Namespace) -> tuple[dict, str]:
-    import copy
+def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
+    from compressors import FinetuneConfig
 
-    import compressors
-    from compressors.corpus import calibration_windows, read_text
-    from compressors.model_loading import load_model
+    try:
+        return FinetuneConfig(steps=args.finetune_steps, lr=args.lr, distill=args.distill)
+    except ArgumentError as exc:
+        if exc.argument == "steps":  # the library's steps come in as --finetune-steps
+            raise ArgumentError("finetune_steps", exc.problem) from None
+        raise
+
+
+def tensorize_command(args: argparse.Namespace) -> tuple[dict, str]:
+    from compressors import SatenConfig, TTConfig, compress_model
     from compressors.tt_compress import read_plan
 
     if args.plan is None:
-        raise ShapesearchError(f"compress {args.compressor} needs --plan FILE.json (write one with `shapesearch layers`)")
+        raise ShapesearchError(f"compress {args.compressor} needs --plan FILE.json "
+                               "(write one with `shapesearch layers`)")
     if args.compressor == "tt" and (args.density is not None or args.nm is not None):
         raise ShapesearchError("--density / --nm are for saten; tt has no sparse residual")
-    if args.finetune_steps < 0:
-        raise ShapesearchError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise ShapesearchError(f"--out {args.out} is not empty; pick another directory or pass --overwrite")
     plan = read_plan(args.plan)
     if args.compressor == "saten":
-        config = compressors.SatenConfig(plan=plan, density=args.density, nm=_parse_nm(args.nm))
-        config.check()
+        config = SatenConfig(plan=plan, density=args.density, nm=_parse_nm(args.nm))
     else:
-        config = compressors.TTConfig(plan=plan)
-    ft = compressors.FinetuneConfig(steps=args.finetune_steps, lr=args.lr, distill=args.distill)
-    ft.check()
-    text = read_text(args.calib, "calibration") if args.finetune_steps else None
-    model, tok = load_model(args.model)
-    teacher = copy.deepcopy(model) if args.finetune_steps else None
-    report = compressors.compress(model, config)
-    if args.finetune_steps:
-        windows = calibration_windows(tok, text, args.samples, args.seqlen, args.seed)
-        report["finetune"] = compressors.finetune(model, windows, ft, teacher=teacher)
-    compressors.save(model, args.out, tok)
-    report.update(model=args.model, out=str(args.out))
-    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        config = TTConfig(plan=plan)
+    report = compress_model(args.model, config, args.out, calib=args.calib, samples=args.samples,
+                            seqlen=args.seqlen, seed=args.seed, finetune_config=_finetune_config(args),
+                            overwrite=args.overwrite)
     rows = [
-        ("method", f"{report['method']} ({plan.get('format')} shapes from {args.plan}"
+        ("method", f"{report['method']} ({plan.format} shapes from {args.plan}"
                    + (f", residual {'density ' + str(args.density) if args.density is not None else args.nm})"
                       if args.compressor == "saten" else ")")),
         ("replaced layers", f"{report['replaced_layers']}: {report['replaced_params_before']:,} → "
@@ -115,42 +118,18 @@ def tensorize_command(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def compress_command(args: argparse.Namespace) -> tuple[dict, str]:
-    from tqdm import tqdm
-
     if args.compressor in ("tt", "saten"):
         return tensorize_command(args)
     if args.plan is not None or args.density is not None or args.nm is not None or args.finetune_steps:
         raise ShapesearchError("--plan / --density / --nm / --finetune-steps are for tt and saten, not flat-llm")
+    from compressors import FlatLLMConfig, SVDConfig, compress_model
 
-    import compressors
-    from compressors.architectures import check_supported
-    from compressors.corpus import calibration_windows, read_text
-    from compressors.model_loading import load_model
-
-    if not 0.0 < args.ratio < 1.0:
-        raise ShapesearchError(f"--ratio must be in (0, 1) (fraction of decoder-linear parameters removed), "
-                         f"got {args.ratio}")
-    if args.samples < 1 or args.seqlen < 2:
-        raise ShapesearchError("--samples must be >= 1 and --seqlen >= 2")
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise ShapesearchError(f"--out {args.out} is not empty; pick another directory or pass --overwrite")
-    text = read_text(args.calib, "calibration")
-    model, tok = load_model(args.model)
-    check_supported(model)
-    windows = calibration_windows(tok, text, args.samples, args.seqlen, args.seed)
     if args.method == "flat-llm":
-        config = compressors.FlatLLMConfig(ratio=args.ratio, uniform=args.uniform)
+        config = FlatLLMConfig(ratio=args.ratio, uniform=args.uniform)
     else:
-        config = compressors.SVDConfig(ratio=args.ratio, whiten=args.method == "svd-llm")
-    bar = tqdm(total=model.config.num_hidden_layers, desc=f"{args.method} {args.ratio:g}", unit="layer",
-               file=sys.stderr)
-    try:
-        report = compressors.compress(model, config, calibration=windows, progress=lambda i: bar.update(1))
-    finally:
-        bar.close()
-    compressors.save(model, args.out, tok)
-    report.update(model=args.model, out=str(args.out), seqlen=args.seqlen)
-    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        config = SVDConfig(ratio=args.ratio, whiten=args.method == "svd-llm")
+    report = compress_model(args.model, config, args.out, calib=args.calib, samples=args.samples,
+                            seqlen=args.seqlen, seed=args.seed, overwrite=args.overwrite)
     rows = [
         ("method", f"{report['method']} (ratio {args.ratio:g} of decoder-linear parameters)"),
         ("decoder linears", f"{report['decoder_linear_params_before']:,} → "
@@ -166,23 +145,9 @@ def compress_command(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def eval_command(args: argparse.Namespace) -> tuple[dict, str]:
-    from compressors.corpus import read_text
-    from compressors.lm_metrics import perplexity, speed
-    from compressors.model_loading import is_causal_lm, load_model
+    from compressors import evaluate_model
 
-    if args.window < 2:
-        raise ShapesearchError("--window must be at least 2 tokens")
-    text = read_text(args.text, "evaluation")
-    model, tok = load_model(args.model)
-    if not is_causal_lm(model):
-        raise ShapesearchError(f"eval measures a causal LM's perplexity; {type(model).__name__} is an encoder "
-                         "(compare its embeddings to the dense model's, as benchmarks/minilm.py does)")
-    try:
-        result = {"model": args.model, **perplexity(model, tok, text, args.window, args.max_windows)}
-    except ValueError as exc:
-        raise ShapesearchError(str(exc)) from exc
-    if not args.no_speed:
-        result.update(speed(model, tok, text))
+    result = evaluate_model(args.model, args.text, args.window, args.max_windows, speed=not args.no_speed)
     rows = [("perplexity", f"{result['perplexity']:.3f} ({result['windows']} windows × {result['window']} "
                            f"tokens, {result['tokens']} predicted)")]
     if not args.no_speed:

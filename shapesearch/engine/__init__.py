@@ -2,10 +2,10 @@
 checkpoints.  numpy / TensorLy / DEAP / Ray only: it never imports torch, ``compressors`` or
 the command line."""
 
-from .executors import LocalExecutor, RayExecutor, make_executor, start_ray
+from .executors import Executor, LocalExecutor, RayExecutor, make_executor, start_ray
 from .search import SearchConfig, SearchResult, run_search
 from .tensorization import AxisSplit, Tensorization
 from .tt_svd import TTResult, relative_error, tt_svd
 
-__all__ = ["AxisSplit", "LocalExecutor", "RayExecutor", "SearchConfig", "SearchResult", "TTResult",
+__all__ = ["AxisSplit", "Executor", "LocalExecutor", "RayExecutor", "SearchConfig", "SearchResult", "TTResult",
            "Tensorization", "make_executor", "relative_error", "run_search", "start_ray", "tt_svd"]

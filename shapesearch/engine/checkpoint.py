@@ -22,11 +22,13 @@ CACHE_LOG = "checkpoint-cache.jsonl"
 
 
 def key_to_json(key: tuple) -> dict:
+    """A tensorization key (:attr:`Tensorization.key`) as JSON-ready dicts and lists."""
     axes, modes, reverse = key
     return {"axes": [[n, list(d)] for n, d in axes], "modes": [list(m) for m in modes], "reverse": reverse}
 
 
 def key_from_json(d: dict) -> tuple:
+    """Inverse of :func:`key_to_json`."""
     return (tuple((int(n), tuple(int(x) for x in digits)) for n, digits in d["axes"]),
             tuple(tuple(int(c) for c in m) for m in d["modes"]), bool(d["reverse"]))
 
@@ -38,13 +40,23 @@ def fingerprint(tensor: np.ndarray) -> str:
     return h.hexdigest()[:32]
 
 
-def rng_state() -> list:
-    version, internal, gauss = random.getstate()
+def rng_state(rng: random.Random) -> list:
+    """``rng``'s state as JSON-ready lists."""
+    version, internal, gauss = rng.getstate()
     return [version, list(internal), gauss]
 
 
-def set_rng_state(state: list) -> None:
-    random.setstate((state[0], tuple(state[1]), state[2]))
+def set_rng_state(rng: random.Random, state: list) -> None:
+    """Restore ``rng`` to a state from :func:`rng_state`."""
+    rng.setstate((state[0], tuple(state[1]), state[2]))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: a crash leaves the old file or the new one,
+    never half of one."""
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def save(directory: Path, state: dict, new_cache: list[tuple[tuple, dict]], fresh: bool = False) -> None:
@@ -55,12 +67,12 @@ def save(directory: Path, state: dict, new_cache: list[tuple[tuple, dict]], fres
         f.writelines(json.dumps([key_to_json(k), v]) + "\n" for k, v in new_cache)
         f.flush()
         os.fsync(f.fileno())
-    tmp = directory / (CHECKPOINT + ".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, directory / CHECKPOINT)
+    write_atomically(directory / CHECKPOINT, json.dumps(state))
 
 
 def load(directory: Path) -> dict:
+    """The state saved in ``directory``, with its cache entries under ``"cache"``; drops log
+    lines written after the last state (a crash between the two writes)."""
     path = Path(directory) / CHECKPOINT
     if not path.is_file():
         raise ShapesearchError(f"{path} not found: resuming needs the output directory of an earlier run")

@@ -1,7 +1,9 @@
 """Where evaluations run: in this process, or on persistent Ray actors.
 
 Both expose ``map(func, items) -> list`` in input order, where ``func(tensor, norm, item)``
-is a module-level function.  The Ray executor puts the tensor in the object store once,
+is a module-level function (see ``fitness``) and ``tensor`` the executor's
+:class:`~.fitness.HeldTensor`, which keeps its cast copies; and a ``spectra`` dict, the
+surrogate's per-tensor cache.  The Ray executor puts the tensor in the object store once,
 keeps one actor per CPU alive for the whole search (one BLAS thread each), hands the next
 task to whichever actor frees up first (evaluation times vary ~30×), and restarts a dead
 actor and retries its task.
@@ -12,8 +14,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
+
+from .fitness import HeldTensor
 
 THREAD_VARS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -28,16 +33,31 @@ def limit_threads() -> None:
         torch.set_num_threads(1)
 
 
+class Executor(Protocol):
+    """What the search needs from an executor."""
+
+    workers: int
+    spectra: dict  # the surrogate's unfolding spectra of this executor's tensor, by axes
+
+    def map(self, func: Callable, items: Sequence) -> list: ...
+
+    def close(self) -> None: ...
+
+
 class LocalExecutor:
-    """Runs every evaluation in this process (for tiny tensors and tests)."""
+    """Runs every evaluation in this process (for tiny tensors and tests).  ``norm``: the
+    tensor's Frobenius norm, the reference of ε."""
 
     workers = 1
 
     def __init__(self, tensor: np.ndarray, norm: float) -> None:
         self.tensor, self.norm = tensor, norm
+        self.held = HeldTensor(tensor)
+        self.spectra: dict = {}
 
     def map(self, func: Callable, items: Sequence) -> list:
-        return [func(self.tensor, self.norm, item) for item in items]
+        """``func(tensor, norm, item)`` of every item, in order."""
+        return [func(self.held, self.norm, item) for item in items]
 
     def close(self) -> None:
         pass
@@ -65,14 +85,14 @@ def _worker_class():
     @ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)
     class FitnessWorker:
         def __init__(self, refs: list, norm: float) -> None:
-            from . import fitness  # noqa: F401  (import the scoring code before the first task)
+            from .fitness import HeldTensor  # also imports the scoring code before the first task
 
             limit_threads()
             # a nested ref is fetched here, so a restarted actor fetches it again
-            self.tensor, self.norm = ray.get(refs[0]), norm  # zero-copy, read-only
+            self.held, self.norm = HeldTensor(ray.get(refs[0])), norm  # zero-copy, read-only
 
         def run(self, func: Callable, indexed: list[tuple[int, object]]) -> list[tuple[int, object]]:
-            return [(i, func(self.tensor, self.norm, item)) for i, item in indexed]
+            return [(i, func(self.held, self.norm, item)) for i, item in indexed]
 
         def pid(self) -> int:
             return os.getpid()
@@ -91,6 +111,7 @@ class RayExecutor:
         start_ray(address, workers)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = max(1, min(workers or cpus, cpus))
+        self.spectra: dict = {}
         ref = ray.put(np.ascontiguousarray(tensor))
         worker = _worker_class()
         self.actors = [worker.remote([ref], norm) for _ in range(self.workers)]
@@ -124,8 +145,9 @@ class RayExecutor:
 
 
 def make_executor(tensor: np.ndarray, norm: float, workers: int | None = None,
-                  address: str | None = None):
-    """``workers=0`` runs in process; otherwise Ray (local unless an address is given)."""
+                  address: str | None = None) -> Executor:
+    """``workers=0`` runs in process; otherwise Ray (local unless an address is given).
+    ``norm``: the tensor's Frobenius norm."""
     if workers == 0:
         return LocalExecutor(tensor, norm)
     return RayExecutor(tensor, norm, workers, address)

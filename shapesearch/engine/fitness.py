@@ -1,7 +1,9 @@
 """How one candidate is scored: plain functions of (tensor, norm, item) that run in a worker.
 
 They take plain tuples (a tensorization's canonical key) and return plain dicts, so any
-executor (in-process or Ray) can ship them without pickling project classes.
+executor (in-process or Ray) can ship them without pickling project classes.  ``tensor`` is
+the array itself or, from an executor, the :class:`HeldTensor` it keeps, whose cast copies
+then last as long as the executor (a worker casts its tensor to float32 once, not per task).
 """
 
 from __future__ import annotations
@@ -29,15 +31,28 @@ class EvalSettings:
         return asdict(self)
 
 
-_CAST: dict = {}  # (id, dtype) -> (tensor, cast copy): a worker casts its tensor once
+class HeldTensor:
+    """The tensor an executor (or one of its workers) holds, with the copies of it cast to
+    other dtypes, each made on first use and kept."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self._cast: dict[str, np.ndarray] = {}
+
+    def as_dtype(self, dtype: str) -> np.ndarray:
+        """The tensor in ``dtype`` (itself when it already has it)."""
+        if dtype not in self._cast:
+            self._cast[dtype] = self.array.astype(dtype, copy=False)
+        return self._cast[dtype]
 
 
-def _as_dtype(tensor: np.ndarray, dtype: str) -> np.ndarray:
-    key = (id(tensor), dtype)
-    if key not in _CAST or _CAST[key][0] is not tensor:
-        _CAST.clear()
-        _CAST[key] = (tensor, tensor.astype(dtype, copy=False))
-    return _CAST[key][1]
+Source = np.ndarray | HeldTensor  # what a scoring function receives as ``tensor``
+
+
+def _as_dtype(tensor: Source, dtype: str) -> np.ndarray:
+    if isinstance(tensor, HeldTensor):
+        return tensor.as_dtype(dtype)
+    return tensor.astype(dtype, copy=False)
 
 
 def cost_estimate(shape: Tensorization) -> float:
@@ -47,7 +62,7 @@ def cost_estimate(shape: Tensorization) -> float:
     return float(total) * min(sizes[0], total // sizes[0])
 
 
-def _decompose(tensor: np.ndarray, norm: float, item: tuple, dtype: str, method: str):
+def _decompose(tensor: Source, norm: float, item: tuple, dtype: str, method: str):
     """(shape, TT of the tensorized data) for a (key, settings) work item."""
     key, settings = item
     settings = EvalSettings(**settings)
@@ -57,8 +72,11 @@ def _decompose(tensor: np.ndarray, norm: float, item: tuple, dtype: str, method:
                          reverse=shape.reverse_sweep)
 
 
-def score(tensor: np.ndarray, norm: float, item: tuple) -> dict:
-    """Fast fitness: TT-SVD on the tensorized data; error predicted from the discarded tails."""
+def score(tensor: Source, norm: float, item: tuple) -> dict:
+    """Fast fitness: TT-SVD on the tensorized data; error predicted from the discarded tails.
+
+    ``norm``: ‖tensor‖_F, the reference of ε; ``item``: (tensorization key, settings dict).
+    Returns TT parameters, ranks, the predicted relative error and the seconds it took."""
     start = time.perf_counter()
     settings = EvalSettings(**item[1])
     _, tt = _decompose(tensor, norm, item, settings.dtype, settings.method)
@@ -66,24 +84,26 @@ def score(tensor: np.ndarray, norm: float, item: tuple) -> dict:
             "seconds": time.perf_counter() - start}
 
 
-def confirm(tensor: np.ndarray, norm: float, item: tuple) -> dict:
-    """Float64 SVD sweep; the error is *measured* by reconstruction on the unpadded data."""
+def confirm(tensor: Source, norm: float, item: tuple) -> dict:
+    """Float64 SVD sweep; the error is *measured* by reconstruction on the unpadded data.
+
+    As :func:`score`, plus the predicted error and the cores (float64 arrays)."""
     start = time.perf_counter()
     shape, tt = _decompose(tensor, norm, item, "float64", "svd")
     approx = shape.invert(np.asarray(tt.to_tensor()))
     return {"params": tt.params, "ranks": list(tt.ranks), "predicted_error": tt.rel_error,
-            "rel_error": relative_error(tensor.astype(np.float64, copy=False), approx),
+            "rel_error": relative_error(_as_dtype(tensor, "float64"), approx),
             "cores": [np.asarray(c) for c in tt.cores], "seconds": time.perf_counter() - start}
 
 
-def unfolding_spectrum(tensor: np.ndarray, norm: float, item: tuple) -> np.ndarray:
+def unfolding_spectrum(tensor: Source, norm: float, item: tuple) -> np.ndarray:
     """Squared singular values (descending, float64) of the unfolding whose rows are the
     first ``state[a]`` digits of every axis ``a``."""
     axes, state = item
     axes = tuple(AxisSplit(n, tuple(d)) for n, d in axes)
     rest = tuple(len(a.digits) - s for a, s in zip(axes, state))
     shape = Tensorization(axes, (tuple(state), rest))
-    mat = shape.apply(tensor.astype(np.float64, copy=False))
+    mat = shape.apply(_as_dtype(tensor, "float64"))
     rows, cols = shape.mode_sizes
     mat = mat.reshape(rows, cols)
     gram = mat @ mat.T if rows <= cols else mat.T @ mat

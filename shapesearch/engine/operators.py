@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
+from ..errors import ArgumentError
 from .tensorization import AxisSplit, Tensorization, padding_candidates, prime_factors, retarget
 
 LAYOUTS = (None, "ttm", "tt")
@@ -23,9 +24,9 @@ class ShapeSpace:
     def __init__(self, shape: tuple[int, ...], max_pad: float = 0.25, max_prime: int = 7,
                  min_order: int = 2, layout: str | None = None) -> None:
         if layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {layout!r}; use one of {LAYOUTS}")
+            raise ArgumentError("layout", f"{layout!r} is unknown; use one of {LAYOUTS}")
         if layout is not None and len(shape) != 2:
-            raise ValueError(f"layout {layout!r} needs a matrix, got shape {tuple(shape)}")
+            raise ArgumentError("layout", f"{layout!r} needs a matrix, got shape {tuple(shape)}")
         self.shape = tuple(shape)
         self.min_order = min_order
         self.layout = layout

@@ -1,10 +1,13 @@
 """The DEAP genetic algorithm over tensorizations.
 
-(μ+λ) evolution with DEAP's ``varOr`` and truncation selection (so the best shapes always
+(μ+λ) evolution with DEAP-style ``var_or`` and truncation selection (so the best shapes always
 survive), a fitness cache keyed by the canonical shape, surrogate-seeded start, stopping
 by generations / stall / wall time, and a JSON checkpoint every generation.  Fitness is
 (parameters, predicted error), lexicographic and minimised; every candidate meets ε by
 construction.  The best few are re-scored in float64 and their error measured.
+
+All randomness comes from one ``random.Random(seed)`` the search owns (and checkpoints); the
+global ``random`` module is neither used nor seeded.
 """
 
 from __future__ import annotations
@@ -15,20 +18,36 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from deap import algorithms, base, creator, tools
+from deap import base, tools
 
 from ..errors import ArgumentError, ShapesearchError
 from . import checkpoint
+from .evolution import var_or
 from .fitness import EvalSettings, confirm, cost_estimate, score
 from .operators import ShapeSpace, crossover, mutate, neighbours
 from .surrogate import surrogate_seeds
 from .tensorization import Tensorization, interleaved, natural_axes, original
 
-# at module level so that DEAP's classes exist wherever this module is imported
-creator.create("ShapeFitness", base.Fitness, weights=(-1.0, -1.0))
-creator.create("ShapeIndividual", list, fitness=creator.ShapeFitness)
+if TYPE_CHECKING:
+    from .executors import Executor
+
+
+class ShapeFitness(base.Fitness):
+    """(parameters, predicted relative error), both minimised, compared lexicographically."""
+
+    weights = (-1.0, -1.0)
+
+
+class ShapeIndividual(list):
+    """A DEAP individual: a one-element list holding a :class:`Tensorization`, with its own
+    fitness (what ``deap.creator`` would build; ``copy.deepcopy`` clones both)."""
+
+    def __init__(self, iterable=()) -> None:
+        self.fitness = ShapeFitness()
+        super().__init__(iterable)
 
 
 @dataclass
@@ -60,6 +79,11 @@ class SearchConfig:
             raise ArgumentError("generations", f"must be >= 0, got {self.generations}")
         if self.time_limit is not None and self.time_limit <= 0:
             raise ArgumentError("time_limit", f"must be positive seconds, got {self.time_limit}")
+        for name in ("cxpb", "mutpb"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ArgumentError(name, f"must be a probability in [0, 1], got {getattr(self, name)}")
+        if self.cxpb + self.mutpb > 1.0:
+            raise ArgumentError("cxpb", f"+ mutpb must be <= 1, got {self.cxpb} + {self.mutpb}")
 
 
 @dataclass
@@ -80,12 +104,12 @@ class SearchResult:
     reference: dict = field(default_factory=dict)
 
 
-def _individual(shape: Tensorization):
-    return creator.ShapeIndividual([shape])
+def _individual(shape: Tensorization) -> ShapeIndividual:
+    return ShapeIndividual([shape])
 
 
 class _Engine:
-    def __init__(self, tensor: np.ndarray, config: SearchConfig, executor,
+    def __init__(self, tensor: np.ndarray, config: SearchConfig, executor: Executor,
                  references: dict[str, Tensorization] | None = None) -> None:
         self.tensor, self.config, self.executor = tensor, config, executor
         self.norm = float(np.linalg.norm(tensor))
@@ -94,21 +118,19 @@ class _Engine:
         self.settings = EvalSettings(config.eps, config.carry_over).to_dict()
         self.cache: dict[tuple, dict] = {}
         self.evaluations = self.cache_hits = 0
-        self.toolbox = base.Toolbox()
-        self.toolbox.register("mate", self._mate)
-        self.toolbox.register("mutate", self._mutate)
+        self.rng = random.Random(config.seed)
 
     # -- DEAP operator wrappers (individuals hold one tensorization) ---------------------------
     def _mate(self, a, b):
-        a[0], b[0] = crossover(a[0], b[0], random, self.space), crossover(b[0], a[0], random, self.space)
+        a[0], b[0] = crossover(a[0], b[0], self.rng, self.space), crossover(b[0], a[0], self.rng, self.space)
         return a, b
 
     def _mutate(self, ind):
-        shape = mutate(ind[0], random, self.space)
+        shape = mutate(ind[0], self.rng, self.space)
         for _ in range(3):  # spend evaluations on shapes not seen yet
             if shape.key not in self.cache:
                 break
-            shape = mutate(shape, random, self.space)
+            shape = mutate(shape, self.rng, self.space)
         ind[0] = shape
         return (ind,)
 
@@ -175,9 +197,9 @@ class _Engine:
         tries = 0
         while len(pop) < mu and tries < 50 * mu:
             tries += 1
-            shape = random.choice(seeds)
-            for _ in range(random.randint(1, 3)):
-                shape = mutate(shape, random, self.space)
+            shape = self.rng.choice(seeds)
+            for _ in range(self.rng.randint(1, 3)):
+                shape = mutate(shape, self.rng, self.space)
             if shape.key not in keys:
                 keys.add(shape.key)
                 pop.append(_individual(shape))
@@ -185,7 +207,7 @@ class _Engine:
         return pop
 
     def step(self, pop: list) -> list:
-        offspring = algorithms.varOr(pop, self.toolbox, len(pop), self.config.cxpb, self.config.mutpb)
+        offspring = var_or(pop, len(pop), self.config.cxpb, self.config.mutpb, self.rng, self._mate, self._mutate)
         self.evaluate(offspring)
         unique = list({ind[0].key: ind for ind in pop + offspring}.values())
         return tools.selBest(unique, self.config.population)
@@ -214,7 +236,7 @@ class _Engine:
         return {"key": key, **rec}
 
 
-def run_search(tensor: np.ndarray, config: SearchConfig, executor, *,
+def run_search(tensor: np.ndarray, config: SearchConfig, executor: Executor, *,
                checkpoint_dir: Path | None = None, resume: bool = False,
                on_generation: Callable[[dict], None] | None = None,
                references: dict[str, Tensorization] | None = None) -> SearchResult:
@@ -238,11 +260,10 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor, *,
         for ind in pop:
             rec = engine.cache[ind[0].key]
             ind.fitness.values = (rec["params"], rec["rel_error"])
-        checkpoint.set_rng_state(state["rng"])
+        checkpoint.set_rng_state(engine.rng, state["rng"])
         history, surrogate, gen = state["history"], state["surrogate"], state["generation"]
         stall, elapsed0 = state["stall"], state["elapsed"]
     else:
-        random.seed(config.seed)
         seeds, surrogate = engine.seeds()
         pop = engine.initial_population(seeds)
         history, gen, stall, elapsed0 = [], 0, 0, 0.0
@@ -265,7 +286,7 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor, *,
                 "config": asdict(config), "fingerprint": fp, "generation": gen,
                 "population": [checkpoint.key_to_json(i[0].key) for i in pop],
                 "cache_entries": len(entries),
-                "rng": checkpoint.rng_state(), "history": history, "surrogate": surrogate,
+                "rng": checkpoint.rng_state(engine.rng), "history": history, "surrogate": surrogate,
                 "evaluations": engine.evaluations, "cache_hits": engine.cache_hits,
                 "stall": stall, "elapsed": history[-1]["elapsed"]},
                 entries[saved[0]:], fresh=saved[0] == 0)

@@ -14,11 +14,16 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .fitness import unfolding_spectrum
 from .tensorization import AxisSplit, Tensorization, from_states
+from .tt_svd import truncation_rank
+
+if TYPE_CHECKING:
+    from .executors import Executor
 
 MAX_STATES = 2500
 MAX_GRAM_FLOPS = 2e9  # unfoldings costlier than this keep the trivial bound r ≤ min(rows, cols)
@@ -39,21 +44,19 @@ def _unfolding_rows(axes: tuple[AxisSplit, ...], state: tuple[int, ...]) -> int:
     return math.prod(math.prod(a.digits[:k]) for a, k in zip(axes, state))
 
 
-_LAST: list = []  # (tensor, axes, spectra): searches of one tensor at several ε share the spectra
-
-
-def compute_spectra(executor, axes: tuple[AxisSplit, ...]) -> dict[tuple[int, ...], np.ndarray]:
+def compute_spectra(executor: Executor, axes: tuple[AxisSplit, ...]) -> dict[tuple[int, ...], np.ndarray]:
     """Squared singular values of the non-trivial unfoldings that are cheap enough, computed
-    on the executor (reused when the executor holds the same tensor object as last time)."""
-    tensor = getattr(executor, "tensor", None)
-    if _LAST and tensor is not None and _LAST[0][0] is tensor and _LAST[0][1] == axes:
-        return _LAST[0][2]
-    spectra = _compute_spectra(executor, axes)
-    _LAST[:] = [(tensor, axes, spectra)] if tensor is not None else []
-    return spectra
+    on the executor.  Kept in the executor's ``spectra`` dict (by axes) when it has one: the
+    executor holds one tensor, so searches of it at several ε share the spectra."""
+    cache = getattr(executor, "spectra", None)
+    if cache is None:
+        return _compute_spectra(executor, axes)
+    if axes not in cache:
+        cache[axes] = _compute_spectra(executor, axes)
+    return cache[axes]
 
 
-def _compute_spectra(executor, axes: tuple[AxisSplit, ...]) -> dict[tuple[int, ...], np.ndarray]:
+def _compute_spectra(executor: Executor, axes: tuple[AxisSplit, ...]) -> dict[tuple[int, ...], np.ndarray]:
     states = lattice_states(axes)
     full = states[-1]
     total = math.prod(a.padded for a in axes)
@@ -78,8 +81,7 @@ def _ranks(spectra: dict, axes: tuple[AxisSplit, ...], states: list, delta2: flo
             rows = _unfolding_rows(axes, s)
             ranks[i] = min(rows, total // rows)
             continue
-        tails = np.maximum(eigs.sum() - np.cumsum(eigs), 0.0)
-        ranks[i] = min(int(np.searchsorted(-tails, -delta2, side="left")) + 1, len(eigs))
+        ranks[i] = truncation_rank(eigs, delta2)[0]
     return ranks
 
 
@@ -122,7 +124,7 @@ def shortest_paths(spectra: dict, axes: tuple[AxisSplit, ...], eps: float, norm:
     return out
 
 
-def surrogate_seeds(executor, axes: tuple[AxisSplit, ...], eps: float, norm: float,
+def surrogate_seeds(executor: Executor, axes: tuple[AxisSplit, ...], eps: float, norm: float,
                     max_order: int = 12) -> list[SurrogateShape]:
     """Bounded-best shapes for d = 2 … max_order (none if the lattice is too large)."""
     if len(lattice_states(axes)) > MAX_STATES:

@@ -19,6 +19,8 @@ from functools import cached_property
 
 import numpy as np
 
+from ..errors import ArgumentError, ShapesearchError
+
 
 def prime_factors(n: int) -> list[int]:
     """Prime factors of ``n`` in ascending order (empty for 1)."""
@@ -59,7 +61,8 @@ class AxisSplit:
 
     def __post_init__(self) -> None:
         if self.padded < self.size:
-            raise ValueError(f"digits {self.digits} cover {self.padded} < axis length {self.size}")
+            raise ShapesearchError(f"digits {self.digits} cover {self.padded} < axis length {self.size}; "
+                                   "give digits whose product is at least the length")
 
 
 @dataclass(frozen=True)
@@ -74,9 +77,10 @@ class Tensorization:
         for a, axis in enumerate(self.axes):
             used = sum(m[a] for m in self.modes)
             if used != len(axis.digits):
-                raise ValueError(f"axis {a}: modes take {used} digits, axis has {len(axis.digits)}")
+                raise ShapesearchError(f"axis {a}: modes take {used} digits, axis has {len(axis.digits)}; "
+                                       "the modes must take every digit once")
         if any(sum(m) == 0 for m in self.modes) or any(c < 0 for m in self.modes for c in m):
-            raise ValueError("every mode needs at least one digit and counts must be >= 0")
+            raise ShapesearchError("every mode needs at least one digit and counts must be >= 0")
 
     # -- description -------------------------------------------------------------------------
     @property
@@ -159,7 +163,8 @@ class Tensorization:
     def apply(self, tensor: np.ndarray) -> np.ndarray:
         """Pad with zeros, split into digits, group them into modes (a copy)."""
         if tuple(tensor.shape) != self.original_shape:
-            raise ValueError(f"tensor shape {tuple(tensor.shape)} != {self.original_shape}")
+            raise ArgumentError("tensor", f"has shape {tuple(tensor.shape)}; this tensorization is for "
+                                f"{self.original_shape}")
         pads = [(0, a.padded - a.size) for a in self.axes]
         if any(p for _, p in pads):
             tensor = np.pad(tensor, pads)
@@ -173,15 +178,6 @@ class Tensorization:
         digits = modes.reshape(perm_shape).transpose(np.argsort(self._permutation))
         full = digits.reshape(self.padded_shape)
         return np.ascontiguousarray(full[tuple(slice(0, a.size) for a in self.axes)])
-
-    def unfolding_sizes(self) -> list[tuple[int, int]]:
-        """(rows, cols) of each of the order−1 TT unfoldings, before rank truncation."""
-        total = math.prod(self.mode_sizes)
-        out, rows = [], 1
-        for n in self.mode_sizes[:-1]:
-            rows *= n
-            out.append((rows, total // rows))
-        return out
 
 
 # -- constructors ------------------------------------------------------------------------------

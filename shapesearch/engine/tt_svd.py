@@ -16,6 +16,8 @@ import numpy as np
 import tensorly as tl
 from tensorly.tt_tensor import TTTensor
 
+from ..errors import ArgumentError
+
 
 @dataclass
 class TTResult:
@@ -31,10 +33,17 @@ class TTResult:
         return tl.tt_to_tensor(TTTensor(self.cores))
 
 
-def _pick_rank(eigs: np.ndarray, energy: float, delta2: float) -> tuple[int, float]:
-    """Smallest rank r ≥ 1 whose discarded tail energy is ≤ delta2; returns (r, tail)."""
+def truncation_rank(eigs: np.ndarray, delta2: float, energy: float | None = None) -> tuple[int, float]:
+    """The rank rule of every truncation (TT-SVD and the surrogate's bounds): the smallest
+    rank r ≥ 1 whose discarded tail energy is ≤ ``delta2``.  Returns (r, tail).
+
+    ``eigs``: squared singular values, descending; ``energy``: the unfolding's ‖·‖_F²
+    (default: the sum of ``eigs``, for a full spectrum); ``delta2`` in the same squared units.
+    """
     eigs = np.clip(eigs, 0.0, None)
     kept = np.cumsum(eigs)
+    if energy is None:
+        energy = eigs.sum()
     tails = np.maximum(energy - kept, 0.0)  # tails[r-1] = energy discarded when keeping r
     r = int(np.searchsorted(-tails, -delta2, side="left")) + 1
     r = min(max(r, 1), len(eigs))
@@ -48,19 +57,19 @@ def _split(mat, delta2: float, method: str):
         energy = float(tl.to_numpy(tl.norm(mat))) ** 2
         u, s, vt = tl.svd(mat, full_matrices=False)
         s_np = tl.to_numpy(s).astype(np.float64)
-        r, tail = _pick_rank(s_np**2, energy, delta2)
+        r, tail = truncation_rank(s_np**2, delta2, energy)
         return u[:, :r], tl.reshape(s[:r], (r, 1)) * vt[:r, :], tail
     if method != "gram":
-        raise ValueError(f"unknown method {method!r}; use 'gram' or 'svd'")
+        raise ArgumentError("method", f"{method!r} is unknown; use 'gram' or 'svd'")
     gram = tl.dot(mat, tl.transpose(mat)) if m <= n else tl.dot(tl.transpose(mat), mat)
     energy = float(np.trace(tl.to_numpy(gram).astype(np.float64)))  # = ‖mat‖²
     w, v = tl.eigh(gram)  # ascending
     w_np = tl.to_numpy(w)[::-1].astype(np.float64)
     if m <= n:
-        r, tail = _pick_rank(w_np, energy, delta2)
+        r, tail = truncation_rank(w_np, delta2, energy)
         u = tl.flip(v, axis=1)[:, :r]
         return u, tl.dot(tl.transpose(u), mat), tail
-    r, tail = _pick_rank(w_np, energy, delta2)
+    r, tail = truncation_rank(w_np, delta2, energy)
     v = tl.flip(v, axis=1)[:, :r]
     s = tl.sqrt(tl.clip(tl.flip(w)[:r], 1e-300, None))
     u = tl.dot(mat, v) / tl.reshape(s, (1, r))
@@ -76,7 +85,7 @@ def tt_svd(tensor, eps: float, *, norm: float | None = None, carry_over: bool = 
     ``reverse`` sweeps right to left: same guarantee, often other ranks.
     """
     if not 0.0 <= eps < 1.0:
-        raise ValueError(f"eps must be in [0, 1), got {eps}")
+        raise ArgumentError("eps", f"must be in [0, 1) (relative Frobenius error), got {eps}")
     if reverse:
         order = tuple(range(tl.ndim(tensor)))[::-1]
         tt = tt_svd(tl.transpose(tensor, order), eps, norm=norm, carry_over=carry_over, method=method)

@@ -27,9 +27,10 @@ def load_array(path: Path, key: str | None) -> np.ndarray:
             raise ShapesearchError(f"{path} is not a readable safetensors file ({exc})") from exc
         if key is None and len(tensors) != 1:
             raise ArgumentError("key", f"is needed: {path} holds {len(tensors)} tensors; choose one "
-                             f"({', '.join(sorted(tensors)[:5])})")
+                                f"({', '.join(sorted(tensors)[:5])})")
         name = key or next(iter(tensors))
         if name not in tensors:
-            raise ShapesearchError(f"{path} has no tensor {name!r}; choose one of {', '.join(sorted(tensors)[:5])}")
+            raise ArgumentError("key", f"{name!r}: {path} has no tensor of that name; choose one of "
+                                f"{', '.join(sorted(tensors)[:5])}")
         return tensors[name]
     raise ShapesearchError(f"{path}: unsupported file type {path.suffix!r}; use .npy or .safetensors")

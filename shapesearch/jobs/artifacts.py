@@ -4,7 +4,6 @@ tensorization), ``result.json``, a reconstruction and a convergence plot."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from tensorly.tt_tensor import TTTensor
 
+from ..engine.checkpoint import write_atomically
 from ..engine.tensorization import Tensorization
 from ..errors import ShapesearchError
 
@@ -46,12 +46,16 @@ def load_tt(path: Path) -> tuple[list[np.ndarray], Tensorization, dict]:
         raise ShapesearchError(f"{path} is not a readable safetensors file ({exc})") from exc
     if header.get("format") != FORMAT:
         raise ShapesearchError(f"{path} was not written by shapesearch (format {header.get('format')!r})")
-    shape = Tensorization.from_dict(json.loads(header["tensorization"]))
-    cores = [tensors[f"core_{k}"] for k in range(len(tensors))]
+    try:
+        shape = Tensorization.from_dict(json.loads(header["tensorization"]))
+        meta = json.loads(header["meta"])
+        cores = [tensors[f"core_{k}"] for k in range(len(tensors))]
+    except (KeyError, TypeError, ValueError) as exc:  # json's errors and ShapesearchError included
+        raise ShapesearchError(f"{path} has a damaged header or cores ({exc}); write it again") from exc
     sizes = tuple(c.shape[1] for c in cores)
     if sizes != shape.mode_sizes:
         raise ShapesearchError(f"{path}: core mode sizes {sizes} do not match the stored tensorization")
-    return cores, shape, json.loads(header["meta"])
+    return cores, shape, meta
 
 
 def reconstruct(cores: list[np.ndarray], shape: Tensorization) -> np.ndarray:
@@ -61,9 +65,8 @@ def reconstruct(cores: list[np.ndarray], shape: Tensorization) -> np.ndarray:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    """``data`` as indented JSON, replacing ``path`` atomically."""
+    write_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
 def plot_convergence(history: list[dict], path: Path, title: str) -> None:

@@ -31,12 +31,9 @@ class ImageData:
     bits: int
     name: str
 
-    @property
-    def peak(self) -> int:
-        return 2**self.bits - 1
-
 
 def default_image_path() -> Path:
+    """The bundled astronaut photograph."""
     return Path(str(resources.files("shapesearch") / "data" / DEFAULT_IMAGE))
 
 
@@ -55,8 +52,8 @@ def load_image(path: str | Path | None) -> ImageData:
                 mode = im.mode
             if mode not in _MODES:
                 raise ShapesearchError(f"{path}: image mode {mode!r} is not supported; convert it to 8-bit "
-                                 "RGB/RGBA/gray or 16-bit gray, or save it as .npy and use "
-                                 "`shapesearch tensor`")
+                                       "RGB/RGBA/gray or 16-bit gray, or save it as a .npy array and "
+                                       "compress that")
             target, bits = _MODES[mode]
             if target != mode and target not in ("I;16", "I"):
                 im = im.convert(target)
@@ -66,7 +63,7 @@ def load_image(path: str | Path | None) -> ImageData:
     except OSError as exc:
         raise ShapesearchError(f"{path} could not be decoded ({exc}); is the file truncated?") from exc
     if bits == 16 and arr.max(initial=0) > 65535:
-        raise ShapesearchError(f"{path}: pixel values exceed 16 bits; save it as .npy and use `shapesearch tensor`")
+        raise ShapesearchError(f"{path}: pixel values exceed 16 bits; save it as a .npy array and compress that")
     pixels = arr.astype(np.float64) / (2**bits - 1)
     if pixels.size < 4:
         raise ShapesearchError(f"{path} has only {pixels.size} values; nothing to compress")

@@ -36,6 +36,7 @@ class Job:
 
 
 def check_data(data: np.ndarray, name: str) -> np.ndarray:
+    """``data`` as float64 after checking it is real, finite, not all zeros and not tiny."""
     if data.dtype.kind not in "biuf":
         raise ShapesearchError(f"{name}: dtype {data.dtype} is not a real number type; give int or float data")
     if data.size < 4:

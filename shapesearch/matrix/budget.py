@@ -11,12 +11,24 @@ from __future__ import annotations
 
 import random
 
-from deap import algorithms, base, creator, tools
+from deap import base, tools
 
+from ..engine.evolution import cx_uniform, sel_tournament, var_or
 from ..errors import ArgumentError
 
-creator.create("BudgetFitness", base.Fitness, weights=(-1.0,))
-creator.create("BudgetIndividual", list, fitness=creator.BudgetFitness)
+
+class BudgetFitness(base.Fitness):
+    """Penalised error energy, minimised."""
+
+    weights = (-1.0,)
+
+
+class BudgetIndividual(list):
+    """Option index per layer, with its fitness (as a ``deap.creator`` class would carry it)."""
+
+    def __init__(self, iterable=()) -> None:
+        self.fitness = BudgetFitness()
+        super().__init__(iterable)
 
 
 def _greedy(options: list[list[tuple[int, float]]], budget: int) -> list[int]:
@@ -82,22 +94,28 @@ def allocate(options: list[list[tuple[int, float]]], budget: int, seed: int = 0,
                 ind[layer] = max(0, min(len(options[layer]) - 1, ind[layer] + rng.choice((-1, 1))))
         return (ind,)
 
-    toolbox = base.Toolbox()
-    toolbox.register("evaluate", fitness)
-    toolbox.register("mate", tools.cxUniform, indpb=0.5)
-    toolbox.register("mutate", mutate)
-    toolbox.register("select", tools.selTournament, tournsize=3)
+    # The GA was DEAP's eaMuPlusLambda, whose operators drew from the global generator seeded
+    # with ``seed`` while ``rng`` drove the mutation.  ``deap_rng`` replays those global draws
+    # from its own generator, so plans are bit-identical to before and ``random`` is untouched.
+    deap_rng = random.Random(seed)
     greedy = _greedy(options, budget)
-    pop = [creator.BudgetIndividual(greedy)]
+    pop = [BudgetIndividual(greedy)]
     while len(pop) < population:
-        pop.append(creator.BudgetIndividual(mutate(creator.BudgetIndividual(greedy), indpb=0.3)[0]))
+        pop.append(BudgetIndividual(mutate(BudgetIndividual(greedy), indpb=0.3)[0]))
     hof = tools.HallOfFame(1)
-    state = random.getstate()
-    random.seed(seed)  # DEAP's operators draw from the global generator
-    try:
-        algorithms.eaMuPlusLambda(pop, toolbox, population, population, 0.5, 0.5, generations,
-                                  halloffame=hof, verbose=False)
-    finally:
-        random.setstate(state)
+
+    def evaluate(individuals: list) -> None:
+        for ind in individuals:
+            if not ind.fitness.valid:
+                ind.fitness.values = fitness(ind)
+
+    evaluate(pop)
+    hof.update(pop)
+    for _ in range(generations):  # (μ + λ) with μ = λ = population
+        offspring = var_or(pop, population, 0.5, 0.5, deap_rng,
+                           mate=lambda a, b: cx_uniform(a, b, 0.5, deap_rng), mutate=mutate)
+        evaluate(offspring)
+        hof.update(offspring)
+        pop[:] = sel_tournament(pop + offspring, population, 3, deap_rng)
     best = list(hof[0])
     return _polish(options, best if fitness(best)[0] <= fitness(greedy)[0] else greedy, budget)

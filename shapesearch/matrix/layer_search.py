@@ -11,17 +11,19 @@ The balanced shape is TT-SVD'd in float64 at the same ε with the same rank rule
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from ..engine.executors import LocalExecutor
 from ..engine.fitness import EvalSettings, confirm
 from ..engine.search import SearchConfig, run_search
-from ..errors import ArgumentError
 from .budget import allocate
-from .formats import FORMATS, balanced_shape, matrix_tensor, modes_of
+from .formats import Format, balanced_shape, matrix_tensor, modes_of
+from .plan import BalancedShape, LayerPlan, Plan, PlanSummary
+
+DEFAULT_EPS_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # per-layer ε choices under a budget
 
 
 @dataclass(frozen=True)
@@ -36,21 +38,20 @@ class LayerSearchConfig:
     balanced_order: int = 2
     seed: int = 0
 
-    def search_config(self, eps: float, fmt: str) -> SearchConfig:
+    def search_config(self, eps: float, fmt: Format) -> SearchConfig:
         return SearchConfig(eps=eps, population=self.population, generations=self.generations, stall=self.stall,
-                            seed=self.seed, max_pad=0.0, max_order=self.max_order, layout=fmt,
-                            polish_rounds=self.polish_rounds, surrogate=fmt == "ttm", confirm_top=3)
+                            seed=self.seed, max_pad=0.0, max_order=self.max_order, layout=fmt.value,
+                            polish_rounds=self.polish_rounds, surrogate=fmt is Format.TTM, confirm_top=3)
 
 
-def search_matrix(weight: np.ndarray, eps: float | list[float], fmt: str = "ttm",
-                  config: LayerSearchConfig = LayerSearchConfig()) -> dict:
+def search_matrix(weight: np.ndarray, eps: float | list[float], fmt: Format | str = Format.TTM,
+                  config: LayerSearchConfig = LayerSearchConfig()) -> LayerPlan | dict[float, LayerPlan]:
     """Fewest-parameter TT shape of ``weight`` [out, in] with relative Frobenius error ≤ ``eps``.
 
-    Returns a JSON-ready record: modes, sweep, ranks, parameters, measured error, and the
+    Returns the layer's plan: modes, sweep, ranks, TT parameters, measured error, and the
     balanced shape's parameters and error at the same ε (never fewer: it seeds the search).
-    With a list of ε, returns {ε: record}; the unfolding spectra are computed once for all."""
-    if fmt not in FORMATS:
-        raise ArgumentError("format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    With a list of ε, returns {ε: plan}; the unfolding spectra are computed once for all."""
+    fmt = Format.parse(fmt)
     tensor = np.ascontiguousarray(matrix_tensor(np.asarray(weight, dtype=np.float64), fmt))
     fast = LocalExecutor(tensor.astype(np.float32), float(np.linalg.norm(tensor)))
     out = {e: _search_one(tensor, fast, e, fmt, config) for e in (eps if isinstance(eps, list) else [eps])}
@@ -63,45 +64,43 @@ def _measured(tensor: np.ndarray, norm: float, shape, eps: float) -> dict:
     return rec
 
 
-def _search_one(tensor: np.ndarray, fast: LocalExecutor, eps: float, fmt: str, config: LayerSearchConfig) -> dict:
+def _search_one(tensor: np.ndarray, fast: LocalExecutor, eps: float, fmt: Format,
+                config: LayerSearchConfig) -> LayerPlan:
     start = time.perf_counter()
     norm = fast.norm
-    out_features, in_features = tensor.shape if fmt == "ttm" else tensor.shape[::-1]
+    out_features, in_features = tensor.shape if fmt is Format.TTM else tensor.shape[::-1]
     balanced = balanced_shape(out_features, in_features, fmt, config.balanced_order)
     bal = _measured(tensor, norm, balanced, eps)
     result = run_search(fast.tensor, config.search_config(eps, fmt), fast, references={"balanced": balanced})
-    best = {"shape": result.shape, "params": result.params, "ranks": list(result.ranks),
-            "rel_error": result.rel_error}
-    if bal["params"] < best["params"] or not result.rel_error <= eps:
-        best = {"shape": balanced, "params": bal["params"], "ranks": bal["ranks"], "rel_error": bal["rel_error"]}
-    out_modes, in_modes = modes_of(best["shape"], fmt)
+    shape, params, ranks, rel_error = result.shape, result.params, list(result.ranks), result.rel_error
+    # the GA scores in float32: fall back to the float64-measured balanced shape when the
+    # winner is no smaller or its confirmed error misses ε
+    if bal["params"] < params or not result.rel_error <= eps:
+        shape, params, ranks, rel_error = balanced, bal["params"], bal["ranks"], bal["rel_error"]
+    out_modes, in_modes = modes_of(shape, fmt)
     b_out, b_in = modes_of(balanced, fmt)
-    return {
-        "format": fmt, "eps": eps, "out_features": out_features, "in_features": in_features,
-        "out_modes": list(out_modes), "in_modes": list(in_modes), "reverse_sweep": best["shape"].reverse_sweep,
-        "ranks": best["ranks"], "params": int(best["params"]), "dense_params": out_features * in_features,
-        "rel_error": float(best["rel_error"]),
-        "balanced": {"out_modes": list(b_out), "in_modes": list(b_in), "ranks": bal["ranks"],
-                     "params": int(bal["params"]), "rel_error": float(bal["rel_error"])},
-        "balanced_params": int(bal["params"]),
-        "evaluations": result.evaluations, "seconds": time.perf_counter() - start,
-    }
+    return LayerPlan(
+        format=fmt, eps=eps, out_modes=out_modes, in_modes=in_modes, reverse_sweep=shape.reverse_sweep,
+        ranks=tuple(ranks), params=int(params), rel_error=float(rel_error),
+        balanced=BalancedShape(b_out, b_in, tuple(bal["ranks"]), int(bal["params"]), float(bal["rel_error"])),
+        evaluations=result.evaluations, seconds=time.perf_counter() - start)
 
 
-def _search_task(weight: np.ndarray, eps_values: list[float], fmt: str, config: dict) -> dict:
+def _search_task(weight: np.ndarray, eps_values: list[float], fmt: Format, config: dict) -> dict[float, LayerPlan]:
     from ..engine.executors import limit_threads
 
     limit_threads()
     return search_matrix(weight, list(eps_values), fmt, LayerSearchConfig(**config))
 
 
-def search_layers(weights: dict[str, np.ndarray], eps_values: list[float], fmt: str = "ttm",
+def search_layers(weights: Mapping[str, np.ndarray], eps_values: list[float], fmt: Format | str = Format.TTM,
                   config: LayerSearchConfig = LayerSearchConfig(), workers: int | None = None,
                   address: str | None = None,
-                  progress: Callable[[int], None] | None = None) -> dict[str, dict[float, dict]]:
+                  progress: Callable[[int], None] | None = None) -> dict[str, dict[float, LayerPlan]]:
     """``search_matrix`` of every layer at every ε, one Ray task per layer (``workers=0``: in
-    process), largest layer first.  Returns {layer name: {ε: record}}; ``progress(n)`` gets
+    process), largest layer first.  Returns {layer name: {ε: plan}}; ``progress(n)`` gets
     the number of (layer, ε) searches just finished."""
+    fmt = Format.parse(fmt)
     eps_values = list(eps_values)
     names = sorted(weights, key=lambda n: -weights[n].size)
     if workers == 0:
@@ -127,27 +126,34 @@ def search_layers(weights: dict[str, np.ndarray], eps_values: list[float], fmt: 
     return {n: out[n] for n in weights}
 
 
-def make_plan(found: dict[str, dict[float, dict]], norms2: dict[str, float], budget: int | None,
-              seed: int = 0) -> dict:
-    """One record per layer: at the single ε searched, or, with ``budget`` (TT parameters
+def make_plan(found: Mapping[str, Mapping[float, LayerPlan]], norms2: Mapping[str, float], budget: int | None,
+              seed: int = 0, *, model: str | None = None, layer_types: Mapping[str, str] | None = None,
+              biases: Mapping[str, bool] | None = None) -> Plan:
+    """The plan: one layer plan per layer of ``found`` (from :func:`search_layers`).
+
+    Without ``budget``, each layer at the single ε searched; with ``budget`` (TT parameters
     over all listed layers), the per-layer ε that fits it with the least total error energy
-    Σ ε_l²‖W_l‖²_F (a DEAP GA over the choices, seeded greedily)."""
+    Σ ε_l²‖W_l‖²_F (``norms2``: ‖W_l‖²_F; a DEAP GA over the choices, seeded greedily).
+    ``model``, ``layer_types`` and ``biases`` (per layer name) are recorded as given."""
     names = list(found)
+    grid = list(next(iter(found.values())))
     if budget is None:
         layers = {n: next(iter(found[n].values())) for n in names}
     else:
-        options = [[(rec["params"], rec["rel_error"] ** 2 * norms2[n]) for rec in found[n].values()]
-                   for n in names]
+        options = [[(rec.params, rec.rel_error ** 2 * norms2[n]) for rec in found[n].values()] for n in names]
         choice = allocate(options, budget, seed)
         layers = {n: list(found[n].values())[c] for n, c in zip(names, choice)}
-    params = sum(r["params"] for r in layers.values())
-    dense = sum(r["dense_params"] for r in layers.values())
-    balanced = sum(r["balanced_params"] for r in layers.values())
-    energy = sum(r["rel_error"] ** 2 * norms2[n] for n, r in layers.items())
-    return {
-        "layers": layers,
-        "summary": {"layers": len(layers), "dense_params": dense, "params": params, "balanced_params": balanced,
-                    "compression": dense / params if params else float("inf"),
-                    "budget": budget, "fits_budget": budget is None or params <= budget,
-                    "rel_error_all": float(np.sqrt(energy / sum(norms2[n] for n in layers)))},
-    }
+    layers = {n: replace(rec, type=None if layer_types is None else layer_types[n],
+                         bias=None if biases is None else bool(biases[n])) for n, rec in layers.items()}
+    params = sum(r.params for r in layers.values())
+    dense = sum(r.dense_params for r in layers.values())
+    balanced = sum(r.balanced_params for r in layers.values())
+    energy = sum(r.rel_error ** 2 * norms2[n] for n, r in layers.items())
+    summary = PlanSummary(layers=len(layers), dense_params=dense, params=params, balanced_params=balanced,
+                          compression=dense / params if params else float("inf"), budget=budget,
+                          fits_budget=budget is None or params <= budget,
+                          rel_error_all=float(np.sqrt(energy / sum(norms2[n] for n in layers))))
+    formats = {r.format for r in layers.values()}
+    return Plan(layers=layers, model=model, format=formats.pop() if len(formats) == 1 else None,
+                eps=grid[0] if budget is None else None, eps_grid=None if budget is None else tuple(grid),
+                summary=summary)

@@ -1,0 +1,115 @@
+"""Model jobs: compress a model given by name into a directory, and evaluate a model.
+
+What the command line (or any other front end) calls: each job checks its arguments, names
+the bad one in an :class:`~shapesearch.errors.ArgumentError`, loads the model, runs and
+returns a JSON-ready report.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from shapesearch.errors import ArgumentError
+
+from . import lm_metrics
+from .compress import compress, handler_for
+from .corpus import calibration_windows, read_text
+from .finetune import FinetuneConfig, finetune
+from .flat_llm import FlatLLMConfig
+from .low_rank import SVDConfig
+from .model_loading import is_causal_lm, load_model
+from .serialization import save
+
+REPORT = "report.json"
+CALIBRATED = (FlatLLMConfig, SVDConfig)  # rank reduction, calibrated layer by layer
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse to write into a file or over a non-empty directory unless asked to."""
+    if out.exists() and not out.is_dir():
+        raise ArgumentError("out", f"{out} is a file; give a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ArgumentError("out", f"{out} is not empty; pick another directory or overwrite it")
+
+
+def _check_windows(samples: int, seqlen: int) -> None:
+    if samples < 1:
+        raise ArgumentError("samples", f"must be >= 1 (calibration / fine-tuning windows), got {samples}")
+    if seqlen < 2:
+        raise ArgumentError("seqlen", f"must be >= 2 (tokens per window), got {seqlen}")
+
+
+def compress_model(model: str, config: object, out: str | Path, *, calib: str | Path | None = None,
+                   samples: int = 32, seqlen: int = 512, seed: int = 0,
+                   finetune_config: FinetuneConfig | None = None, overwrite: bool = False,
+                   progress: bool = True) -> dict:
+    """Load ``model`` (``smollm2``, ``minilm``, a model directory or a .gguf file), compress it
+    as ``config`` says, optionally fine-tune it, and save it to ``out`` with ``report.json``.
+
+    FLAT-LLM and the SVD baselines calibrate on ``samples`` windows of ``seqlen`` tokens at
+    ``seed``-ed offsets of the text file ``calib`` (default: the Wikipedia calibration split);
+    a fine-tune with ``finetune_config.steps`` > 0 trains on the same windows.  ``progress``:
+    tqdm bars on stderr.  Returns the report (also written to ``out/report.json``)."""
+    out = Path(out)
+    handler_for(config)  # a bad config fails before the model loads
+    calibrated = isinstance(config, CALIBRATED)
+    tune = finetune_config is not None and finetune_config.steps > 0
+    if calibrated or tune:
+        _check_windows(samples, seqlen)
+    _check_out(out, overwrite)
+    text = read_text(calib, "calibration") if calibrated or tune else None
+    net, tok = load_model(model)
+    windows = calibration_windows(tok, text, samples, seqlen, seed) if text is not None else None
+    teacher = copy.deepcopy(net) if tune else None  # the dense model, before compress rewrites it
+    if calibrated:
+        report = _compress_with_bar(net, config, windows, progress)
+    else:
+        report = compress(net, config)
+    if tune:
+        report["finetune"] = finetune(net, windows, finetune_config, teacher=teacher, progress=progress)
+    save(net, out, tok)
+    report.update(model=model, out=str(out))
+    if calibrated:
+        report["seqlen"] = seqlen
+    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _compress_with_bar(net: nn.Module, config: FlatLLMConfig | SVDConfig, windows: list[torch.Tensor],
+                       progress: bool) -> dict:
+    from tqdm import tqdm
+
+    bar = tqdm(total=net.config.num_hidden_layers, desc=f"{config.method} {config.ratio:g}", unit="layer",
+               file=sys.stderr, disable=not progress)
+    try:
+        return compress(net, config, calibration=windows, progress=lambda i: bar.update(1))
+    finally:
+        bar.close()
+
+
+def evaluate_model(model: str, text: str | Path | None = None, window: int = 512, max_windows: int | None = None,
+                   speed: bool = True) -> dict:
+    """Perplexity of the causal LM ``model`` (a name, model directory or .gguf file) on the text
+    file ``text`` (default: the Wikipedia evaluation split) in non-overlapping windows of
+    ``window`` tokens (at most ``max_windows``); with ``speed``, also CPU prefill and decode
+    throughput in tokens/s.  Returns one flat dict."""
+    if window < 2:
+        raise ArgumentError("window", "must be at least 2 tokens")
+    if max_windows is not None and max_windows < 1:
+        raise ArgumentError("max_windows", f"must be >= 1, got {max_windows}")
+    body = read_text(text, "evaluation")
+    net, tok = load_model(model)
+    if not is_causal_lm(net):
+        raise ArgumentError("model", f"{model} is an encoder ({type(net).__name__}); eval measures a causal LM's "
+                                     "perplexity (compare its embeddings to the dense model's, as "
+                                     "benchmarks/minilm.py does)")
+    result = {"model": model, **lm_metrics.perplexity(net, tok, body, window, max_windows)}
+    if speed:
+        result.update(lm_metrics.speed(net, tok, body))
+    return result
