@@ -70,7 +70,7 @@ class SearchConfig:
     confirm_top: int = 4
     polish_rounds: int = 10
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         if not 0.0 < self.eps < 1.0:
             raise ArgumentError("eps", f"must be in (0, 1) (relative Frobenius error), got {self.eps}")
         if self.population < 2:
@@ -244,7 +244,6 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor: Executor, *,
 
     ``references``: named shapes that seed the search and are reported next to the winner
     (default: the tensor as it is and ket augmentation)."""
-    config.check()
     start = time.perf_counter()
     engine = _Engine(tensor, config, executor, references)
     fp = checkpoint.fingerprint(tensor)

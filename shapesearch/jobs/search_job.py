@@ -67,7 +67,6 @@ def run_job(job: Job, config: SearchConfig,
             on_generation: Callable[[dict], None] | None = None) -> dict:
     """Search, confirm and write ``result.json``, ``tt.safetensors``, a reconstruction and a plot."""
     start = time.perf_counter()
-    config.check()
     if job.workers is not None and job.workers < 0:
         raise ArgumentError("workers", f"must be >= 0 (0 = in process), got {job.workers}")
     data = check_data(job.data, job.name)
