@@ -13,11 +13,14 @@ from .compress import compress
 from .finetune import FinetuneConfig, finetune
 from .flat_llm import FlatLLMConfig
 from .layer_plans import plan_layers
-from .low_rank import SVDConfig, SVDLLMConfig
+from .low_rank import LowRankLinear, SVDConfig, SVDLLMConfig
 from .model_jobs import compress_model, evaluate_model
 from .model_loading import load_model
+from .saten import SatenLinear, SparseResidual
 from .serialization import load, save
 from .tt_compress import SatenConfig, TTConfig, read_plan
+from .tt_linear import TTLinear, TTMatrixLinear
 
-__all__ = ["FinetuneConfig", "FlatLLMConfig", "SVDConfig", "SVDLLMConfig", "SatenConfig", "TTConfig", "compress",
-           "compress_model", "evaluate_model", "finetune", "load", "load_model", "plan_layers", "read_plan", "save"]
+__all__ = ["FinetuneConfig", "FlatLLMConfig", "LowRankLinear", "SVDConfig", "SVDLLMConfig", "SatenConfig",
+           "SatenLinear", "SparseResidual", "TTConfig", "TTLinear", "TTMatrixLinear", "compress", "compress_model",
+           "evaluate_model", "finetune", "load", "load_model", "plan_layers", "read_plan", "save"]
