@@ -56,7 +56,7 @@ def test_modes_round_trip_and_layouts_stay_valid_under_mutation(fmt):
     t = shape_from_modes(outs, ins, fmt)
     assert modes_of(t, fmt) == (outs, ins)
     shape = (24, 18) if fmt == "ttm" else (18, 24)
-    space = ShapeSpace(shape, max_pad=0.0, layout=fmt)
+    space = ShapeSpace(shape, max_pad=0.0, axis_per_mode=Format(fmt).axis_per_mode)
     assert space.valid(t) and all(p == (n,) for p, n in zip(space.paddings, shape))
     rng = random.Random(0)
     for _ in range(200):
@@ -65,7 +65,7 @@ def test_modes_round_trip_and_layouts_stay_valid_under_mutation(fmt):
         o, i = modes_of(t, fmt)
         assert np.prod(o) == 24 and np.prod(i) == 18
     # a tt mode that mixes input and output digits is outside the tt layout
-    assert not ShapeSpace((18, 24), max_pad=0.0, layout="tt").valid(shape_from_modes((6, 4), (3, 6), "ttm"))
+    assert not ShapeSpace((18, 24), max_pad=0.0, axis_per_mode=True).valid(shape_from_modes((6, 4), (3, 6), "ttm"))
 
 
 @pytest.mark.parametrize("outs,ins", [((2, 3, 4), (4, 2, 3)), ((12, 1), (1, 16)), ((4, 1, 3), (1, 8, 2))])

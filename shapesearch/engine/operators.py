@@ -6,30 +6,22 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from ..errors import ArgumentError
 from .tensorization import AxisSplit, Tensorization, padding_candidates, prime_factors, retarget
-
-LAYOUTS = (None, "ttm", "tt")
 
 
 class ShapeSpace:
     """What may vary for a tensor of this shape: per-axis padding and the mode grouping.
 
-    ``layout`` restricts the grouping for a weight matrix: ``"ttm"`` (a TT-matrix of W
-    [out, in]: any grouping, each mode pairs m_k output with n_k input digits) or ``"tt"``
-    (the Saten authors' format on Wᵀ [in, out]: every mode holds digits of one axis, input
-    modes first).  ``max_pad = 0`` turns padding off.
+    ``axis_per_mode`` restricts the grouping: every mode holds digits of one axis only, the
+    axes in order (all modes of axis 0, then of axis 1, …), as the plain-TT layer format needs.
+    ``max_pad = 0`` turns padding off.
     """
 
     def __init__(self, shape: tuple[int, ...], max_pad: float = 0.25, max_prime: int = 7,
-                 min_order: int = 2, layout: str | None = None) -> None:
-        if layout not in LAYOUTS:
-            raise ArgumentError("layout", f"{layout!r} is unknown; use one of {LAYOUTS}")
-        if layout is not None and len(shape) != 2:
-            raise ArgumentError("layout", f"{layout!r} needs a matrix, got shape {tuple(shape)}")
+                 min_order: int = 2, axis_per_mode: bool = False) -> None:
         self.shape = tuple(shape)
         self.min_order = min_order
-        self.layout = layout
+        self.axis_per_mode = axis_per_mode
         self.paddings = [padding_candidates(n, max_pad, max_prime) if n >= 4 and max_pad > 0 else (n,)
                          for n in self.shape]
 
@@ -44,7 +36,7 @@ class ShapeSpace:
     def valid(self, t: Tensorization | None) -> bool:
         if t is None or t.order < self.min_order:
             return False
-        if self.layout == "tt":
+        if self.axis_per_mode:
             owners = [next(a for a, c in enumerate(m) if c) for m in t.modes]
             return all(sum(1 for c in m if c) == 1 for m in t.modes) and owners == sorted(owners)
         return True

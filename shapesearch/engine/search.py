@@ -65,7 +65,7 @@ class SearchConfig:
     carry_over: bool = True
     max_pad: float = 0.25
     max_order: int = 12
-    layout: str | None = None  # "ttm" / "tt" for weight matrices (see ShapeSpace)
+    axis_per_mode: bool = False  # every mode holds one axis's digits (see ShapeSpace)
     surrogate: bool = True
     confirm_top: int = 4
     polish_rounds: int = 10
@@ -113,7 +113,7 @@ class _Engine:
                  references: dict[str, Tensorization] | None = None) -> None:
         self.tensor, self.config, self.executor = tensor, config, executor
         self.norm = float(np.linalg.norm(tensor))
-        self.space = ShapeSpace(tensor.shape, config.max_pad, layout=config.layout)
+        self.space = ShapeSpace(tensor.shape, config.max_pad, axis_per_mode=config.axis_per_mode)
         self.references = references
         self.settings = EvalSettings(config.eps, config.carry_over).to_dict()
         self.cache: dict[tuple, dict] = {}

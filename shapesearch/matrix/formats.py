@@ -31,6 +31,11 @@ class Format(StrEnum):
     TTM = "ttm"  # TT-matrix (MPO) of W [out, in], cores [r, m_k, n_k, r']
     TT = "tt"  # plain TT of Wᵀ [in, out] (the Saten authors' code), cores [r, d_k, r']
 
+    @property
+    def axis_per_mode(self) -> bool:
+        """Whether each core holds digits of one axis only (the search's constraint for this format)."""
+        return self is Format.TT
+
     @classmethod
     def parse(cls, value: Format | str, argument: str = "format") -> Format:
         """``value`` as a Format; ArgumentError naming ``argument`` if it is none."""

@@ -40,7 +40,7 @@ class LayerSearchConfig:
 
     def search_config(self, eps: float, fmt: Format) -> SearchConfig:
         return SearchConfig(eps=eps, population=self.population, generations=self.generations, stall=self.stall,
-                            seed=self.seed, max_pad=0.0, max_order=self.max_order, layout=fmt.value,
+                            seed=self.seed, max_pad=0.0, max_order=self.max_order, axis_per_mode=fmt.axis_per_mode,
                             polish_rounds=self.polish_rounds, surrogate=fmt is Format.TTM, confirm_top=3)
 
 
