@@ -6,13 +6,13 @@ the search and the plan's contents are the library's."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..errors import ShapesearchError
 from ..matrix.formats import Format
 from ..matrix.layer_search import DEFAULT_EPS_GRID
 from ..matrix.plan import LayerPlan, Plan
+from .output import LazyBar
 
 _OPTIONS: list[tuple[str, dict]] = [
     ("--model", {"required": True, "help": "smollm2, minilm, a model directory, or a .gguf file"}),
@@ -45,28 +45,17 @@ def add_parser(sub) -> None:
 
 
 def layers_command(args: argparse.Namespace) -> tuple[dict, str]:
-    from tqdm import tqdm
-
     from compressors.layer_plans import plan_layers
 
     if args.out.exists() and not args.overwrite:
         raise ShapesearchError(f"{args.out} exists; choose another --out or pass --overwrite")
     if args.out.suffix != ".json":
         raise ShapesearchError(f"--out {args.out}: the plan is JSON; name it FILE.json")
-    bars: list[tqdm] = []  # opened at the first search, so a bad argument prints only its error
-
-    def progress(n: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, desc=f"layers {args.format}", unit="search", file=sys.stderr))
-        bars[0].update(n)
-
-    try:
+    with LazyBar(desc=f"layers {args.format}", unit="search") as bar:
         plan = plan_layers(args.model, eps=args.eps, fmt=args.format, budget=args.budget, eps_grid=args.eps_grid,
                            layers=args.layers, generations=args.generations, population=args.population,
-                           seed=args.seed, workers=args.workers, address=args.address, progress=progress)
-    finally:
-        for bar in bars:
-            bar.close()
+                           seed=args.seed, workers=args.workers, address=args.address,
+                           progress=lambda n, total: bar.open(total).update(n))
     plan.save(args.out)
     return plan.to_dict(), _plan_table(plan, args.out)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ArgumentError, ShapesearchError
+from .output import table
 
 if TYPE_CHECKING:
     from compressors import FinetuneConfig
@@ -114,7 +115,7 @@ def tensorize_command(args: argparse.Namespace) -> tuple[dict, str]:
         rows.append(("fine-tune", f"{f['steps']} steps ({f['loss']}), loss {f['loss_start']:.4f} → "
                                   f"{f['loss_end']:.4f}, {f['seconds']:.0f} s"))
     rows.append(("saved", str(args.out)))
-    return report, _table(rows)
+    return report, table(rows)
 
 
 def compress_command(args: argparse.Namespace) -> tuple[dict, str]:
@@ -141,7 +142,7 @@ def compress_command(args: argparse.Namespace) -> tuple[dict, str]:
                         f"{report['calibration_seconds']:.1f} s"),
         ("saved", str(args.out)),
     ]
-    return report, _table(rows)
+    return report, table(rows)
 
 
 def eval_command(args: argparse.Namespace) -> tuple[dict, str]:
@@ -153,9 +154,5 @@ def eval_command(args: argparse.Namespace) -> tuple[dict, str]:
     if not args.no_speed:
         rows += [("prefill", f"{result['prefill_tokens_per_s']:.0f} tokens/s"),
                  ("decode", f"{result['decode_tokens_per_s']:.1f} tokens/s (batch {result['batch']})")]
-    return result, _table(rows)
+    return result, table(rows)
 
-
-def _table(rows: list[tuple[str, str]]) -> str:
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

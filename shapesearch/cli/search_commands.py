@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..engine.search import SearchConfig
 from ..errors import ShapesearchError
+from .output import LazyBar, table
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:
@@ -54,8 +54,6 @@ def add_parsers(sub) -> None:
 
 
 def _search(args: argparse.Namespace) -> tuple[dict, str]:
-    from tqdm import tqdm
-
     from ..jobs import Job, load_array, load_image, run_job
 
     if args.resume is not None and args.out is not None and args.out != args.resume:
@@ -72,20 +70,13 @@ def _search(args: argparse.Namespace) -> tuple[dict, str]:
                           carry_over=not args.no_carry_over)
     job = Job(data=data, name=name, out=out, kind=kind, bits=bits, resume=args.resume is not None,
               overwrite=args.overwrite, workers=args.workers, address=args.address)
-    bars: list = []  # opened at the first generation, after every input check has passed
+    with LazyBar(desc=f"{name} ε={config.eps:g}", unit="gen", dynamic_ncols=True) as bar:
+        def progress(h: dict) -> None:
+            b = bar.open(config.generations)
+            b.n = h["generation"]
+            b.set_postfix(best_cr=f"{h['best_cr']:.2f}", evals=h["evaluations"], hits=h["cache_hits"])
 
-    def progress(h: dict) -> None:
-        if not bars:
-            bars.append(tqdm(total=config.generations, desc=f"{name} ε={config.eps:g}", unit="gen",
-                             file=sys.stderr, dynamic_ncols=True))
-        bars[0].n = h["generation"]
-        bars[0].set_postfix(best_cr=f"{h['best_cr']:.2f}", evals=h["evaluations"], hits=h["cache_hits"])
-
-    try:
         result = run_job(job, config, on_generation=progress)
-    finally:
-        for bar in bars:
-            bar.close()
     result["out"] = str(out)
     return result, _summary(result)
 
@@ -114,8 +105,7 @@ def _summary(r: dict) -> str:
         ("wall time", f"{r['wall_seconds']:.1f} s"),
         ("output", r["out"]),
     ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return table(rows)
 
 
 def _reconstruct(args: argparse.Namespace) -> tuple[dict, str]:
