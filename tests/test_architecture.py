@@ -1,6 +1,7 @@
 """The one rule of imports: they point downward.
 
-cli → compressors / shapesearch.jobs → shapesearch.matrix → shapesearch.engine → shapesearch.errors.
+cli → compressors / shapesearch.jobs → shapesearch.matrix → shapesearch.engine → shapesearch.errors
+(and shapesearch.paths, the destination checks, on the same bottom level).
 Every import statement of every file is parsed (function-level imports included), so a lazy
 import cannot hide a cycle.
 """
@@ -20,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "shapesearch.errors": ("shapesearch.engine", "shapesearch.matrix", "shapesearch.jobs", "shapesearch.cli",
                            "compressors", "torch", "transformers"),
+    "shapesearch.paths": ("shapesearch.engine", "shapesearch.matrix", "shapesearch.jobs", "shapesearch.cli",
+                          "compressors", "torch", "transformers"),
     "shapesearch.engine": ("shapesearch.matrix", "shapesearch.jobs", "shapesearch.cli", "compressors", "torch",
                            "transformers"),
     "shapesearch.matrix": ("shapesearch.jobs", "shapesearch.cli", "compressors", "torch", "transformers"),
@@ -76,10 +79,10 @@ def test_imports_point_downward():
     assert violations() == []
 
 
-# what the compressors take from shapesearch: errors, the engine's TT-SVD, the formats, the plan,
+# what the compressors take from shapesearch: errors, destination checks, the engine's TT-SVD, the formats, the plan,
 # and the per-layer search that writes the plan
-COMPRESSORS_MAY_USE = ("shapesearch.errors", "shapesearch.engine.tt_svd", "shapesearch.matrix.formats",
-                       "shapesearch.matrix.plan", "shapesearch.matrix.layer_search")
+COMPRESSORS_MAY_USE = ("shapesearch.errors", "shapesearch.paths", "shapesearch.engine.tt_svd",
+                       "shapesearch.matrix.formats", "shapesearch.matrix.plan", "shapesearch.matrix.layer_search")
 
 
 def test_compressors_use_only_the_tt_svd_formats_and_plan():

@@ -56,8 +56,13 @@ def test_resume_refuses_other_data_or_settings(image, tmp_path):
     _search(image, tmp_path / "run", generations=1)
     with pytest.raises(ShapesearchError, match="different data"):
         _search(image * 0.5, tmp_path / "run", resume=True)
-    with pytest.raises(ShapesearchError, match="same eps"):
+    with pytest.raises(ShapesearchError, match=r"eps=0.1 \(now 0.2\)"):
         _search(image, tmp_path / "run", resume=True, eps=0.2)
+    # settings that decide what a cached score means may not change either
+    with pytest.raises(ShapesearchError, match=r"population=12 \(now 8\)"):
+        _search(image, tmp_path / "run", resume=True, population=8)
+    with pytest.raises(ShapesearchError, match=r"carry_over=True \(now False\)"):
+        _search(image, tmp_path / "run", resume=True, carry_over=False)
     with pytest.raises(ShapesearchError, match="not found"):
         _search(image, tmp_path / "nothing", resume=True)
 

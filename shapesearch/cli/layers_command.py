@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import ShapesearchError
+from ..errors import ArgumentError
 from ..matrix.formats import Format
 from ..matrix.layer_search import DEFAULT_EPS_GRID
 from ..matrix.plan import LayerPlan, Plan
+from ..paths import check_writable_file
 from .output import LazyBar
 
 _OPTIONS: list[tuple[str, dict]] = [
@@ -28,12 +29,12 @@ _OPTIONS: list[tuple[str, dict]] = [
     ("--layers", {"default": None, "help": "only layers whose name contains this text (e.g. 'layers.0.')"}),
     ("--generations", {"type": int, "default": 20, "help": "GA generations per layer (default %(default)s)"}),
     ("--population", {"type": int, "default": 16, "help": "GA population per layer (default %(default)s)"}),
-    ("--seed", {"type": int, "default": 0}),
+    ("--seed", {"type": int, "default": 0, "help": "makes the plan reproducible (default %(default)s)"}),
     ("--workers", {"type": int, "default": None, "help": "Ray workers (default: one per CPU; 0 = in this process)"}),
-    ("--address", {"default": None, "help": "join this Ray cluster (or set RAY_ADDRESS)"}),
+    ("--address", {"default": None, "help": "join the Ray cluster whose head is at HOST:PORT (or set RAY_ADDRESS)"}),
     ("--out", {"type": Path, "required": True, "help": "plan file to write (JSON)"}),
-    ("--overwrite", {"action": "store_true"}),
-    ("--json", {"action": "store_true"}),
+    ("--overwrite", {"action": "store_true", "help": "replace --out if it exists"}),
+    ("--json", {"action": "store_true", "help": "print the plan as one JSON object on stdout"}),
 ]
 
 
@@ -47,10 +48,9 @@ def add_parser(sub) -> None:
 def layers_command(args: argparse.Namespace) -> tuple[dict, str]:
     from compressors.layer_plans import plan_layers
 
-    if args.out.exists() and not args.overwrite:
-        raise ShapesearchError(f"{args.out} exists; choose another --out or pass --overwrite")
     if args.out.suffix != ".json":
-        raise ShapesearchError(f"--out {args.out}: the plan is JSON; name it FILE.json")
+        raise ArgumentError("out", f"{args.out}: the plan is JSON; name it FILE.json")
+    check_writable_file(args.out, "out", args.overwrite)  # before the search, not after it
     with LazyBar(desc=f"layers {args.format}", unit="search") as bar:
         plan = plan_layers(args.model, eps=args.eps, fmt=args.format, budget=args.budget, eps_grid=args.eps_grid,
                            layers=args.layers, generations=args.generations, population=args.population,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from ..errors import ShapesearchError
@@ -28,15 +29,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse: --help or a one-line usage error
-        return int(exc.code or 0)
+class _Terminated(BaseException):
+    """SIGTERM, raised wherever the program is, so that cleanup runs as for Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _stop_ray() -> None:
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         result, text = args.run(args)
     except ShapesearchError as exc:
         print(f"shapesearch: error: {exc.for_command_line(set(vars(args)))}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file the checks could not foresee (a full disk, a vanished directory)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"shapesearch: error: {where}{exc.strerror or exc}; check the path and free space", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("shapesearch: error: out of memory for this input; give a smaller one or use a larger machine",
+              file=sys.stderr)
+        return 2
     print(json.dumps(result) if args.json else text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help or a one-line usage error
+        return int(exc.code or 0)
+    # Ctrl-C / SIGTERM: finally blocks close the Ray workers, the last checkpoint stays usable
+    # (written atomically every generation), and one line replaces the traceback
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run(args)
+    except (KeyboardInterrupt, _Terminated) as exc:
+        _stop_ray()
+        code, name = (130, "SIGINT") if isinstance(exc, KeyboardInterrupt) else (143, "SIGTERM")
+        resume = " (a checkpointed search continues with --resume DIR)" if args.command in ("image", "tensor") else ""
+        print(f"shapesearch: interrupted by {name}{resume}", file=sys.stderr)
+        return code
+    finally:
+        signal.signal(signal.SIGTERM, previous)

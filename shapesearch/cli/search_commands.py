@@ -4,72 +4,94 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..engine.search import SearchConfig
 from ..errors import ShapesearchError
 from .output import LazyBar, table
 
+if TYPE_CHECKING:
+    from ..jobs.sources import Source
+
+
+# search settings a flag can set; left out, a fresh run takes SearchConfig's default and a
+# resumed run the checkpointed value
+_SETTINGS = ("eps", "seed", "generations", "population", "stall", "time_limit")
+
 
 def _search_options(p: argparse.ArgumentParser) -> None:
     d = SearchConfig()
-    dflt = " (default %(default)s)"
-    p.add_argument("--eps", type=float, default=d.eps, help="relative Frobenius error bound" + dflt)
-    p.add_argument("--seed", type=int, default=d.seed, help="makes a run reproducible" + dflt)
-    p.add_argument("--generations", type=int, default=d.generations, help="at most this many" + dflt)
-    p.add_argument("--population", type=int, default=d.population, help="shapes kept" + dflt)
-    p.add_argument("--stall", type=int, default=d.stall,
-                   help="stop after this many generations without gain" + dflt)
-    p.add_argument("--time-limit", type=float, default=d.time_limit,
-                   help="stop the search after this many wall seconds")
+    p.add_argument("--eps", type=float, help=f"relative Frobenius error bound (default {d.eps})")
+    p.add_argument("--seed", type=int, help=f"makes a run reproducible (default {d.seed})")
+    p.add_argument("--generations", type=int, help=f"at most this many (default {d.generations})")
+    p.add_argument("--population", type=int, help=f"shapes kept (default {d.population})")
+    p.add_argument("--stall", type=int, help=f"stop after this many generations without gain (default {d.stall})")
+    p.add_argument("--time-limit", type=float, help="stop the search after this many wall seconds")
     p.add_argument("--workers", type=int, default=None,
                    help="Ray workers (default: one per CPU; 0 = in this process)")
-    p.add_argument("--address", default=None, help="join this Ray cluster (or set RAY_ADDRESS)")
-    p.add_argument("--no-carry-over", action="store_true",
+    p.add_argument("--address", default=None,
+                   help="join the Ray cluster whose head is at HOST:PORT (or set RAY_ADDRESS)")
+    p.add_argument("--no-carry-over", dest="carry_over", action="store_const", const=False, default=None,
                    help="uniform per-cut error budget (as in the seed paper's code)")
-    p.add_argument("--out", type=Path, default=None, help="result directory")
+    p.add_argument("--out", type=Path, default=None,
+                   help="result directory (default shapesearch-out/NAME-epsEPS)")
     p.add_argument("--resume", type=Path, default=None, metavar="DIR",
-                   help="continue the checkpointed run in DIR")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+                   help="continue the checkpointed run in DIR, on its input and with its settings")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (its files are removed)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
 
 
 def add_parsers(sub) -> None:
     img = sub.add_parser("image", help="find the TT shape that compresses an image most at error ≤ ε")
-    img.add_argument("path", nargs="?", default=None, help="PNG/JPEG (default: the bundled astronaut)")
+    img.add_argument("path", nargs="?", default=None,
+                     help="PNG/JPEG (default: the bundled astronaut, or with --resume the run's own input)")
     _search_options(img)
     img.set_defaults(run=_search)
     ten = sub.add_parser("tensor", help="the same for an array in .npy or .safetensors")
-    ten.add_argument("path", help="FILE.npy or FILE.safetensors")
+    ten.add_argument("path", nargs="?", default=None,
+                     help="FILE.npy or FILE.safetensors (with --resume: default the run's own input)")
     ten.add_argument("--key", default=None, help="tensor name inside a .safetensors file")
     _search_options(ten)
     ten.set_defaults(run=_search)
     rec = sub.add_parser("reconstruct", help="rebuild the data from a run's tt.safetensors alone")
     rec.add_argument("dir", type=Path, help="a run's --out directory (or its tt.safetensors)")
     rec.add_argument("--out", type=Path, required=True, help="FILE.png, FILE.npy or FILE.safetensors")
-    rec.add_argument("--overwrite", action="store_true")
-    rec.add_argument("--json", action="store_true")
+    rec.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    rec.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     rec.set_defaults(run=_reconstruct)
 
 
+def _source(args: argparse.Namespace) -> Source:
+    """The input: the path given, else (resuming) the run's recorded input, else the default image."""
+    from ..jobs.sources import Source
+
+    if args.path is None and args.resume is not None:
+        source = Source.saved_in(args.resume)
+        if source.kind != ("image" if args.command == "image" else "array"):
+            command = "tensor" if source.kind == "array" else "image"
+            raise ShapesearchError(f"{args.resume} holds a `{command}` run; resume it with "
+                                   f"`shapesearch {command} --resume {args.resume}`")
+        return source
+    if args.command == "image":
+        return Source("image", args.path)
+    if args.path is None:
+        raise ShapesearchError("tensor needs a FILE.npy or FILE.safetensors (or --resume DIR)")
+    return Source("array", args.path, args.key)
+
+
 def _search(args: argparse.Namespace) -> tuple[dict, str]:
-    from ..jobs import Job, load_array, load_image, run_job
+    from ..engine.search import checkpointed_config
+    from ..jobs import Job, run_job
 
     if args.resume is not None and args.out is not None and args.out != args.resume:
         raise ShapesearchError("--resume DIR continues in DIR; drop --out or make it the same directory")
-    if args.command == "image":
-        image = load_image(args.path)
-        data, name, kind, bits = image.pixels, image.name, "image", image.bits
-    else:
-        path = Path(args.path)
-        data, name, kind, bits = load_array(path, args.key), path.stem, "array", 0
-    out = args.resume or args.out or Path("shapesearch-out") / f"{name}-eps{args.eps:g}"
-    config = SearchConfig(eps=args.eps, population=args.population, generations=args.generations,
-                          stall=args.stall, time_limit=args.time_limit, seed=args.seed,
-                          carry_over=not args.no_carry_over)
-    job = Job(data=data, name=name, out=out, kind=kind, bits=bits, resume=args.resume is not None,
-              overwrite=args.overwrite, workers=args.workers, address=args.address)
+    given = {k: getattr(args, k) for k in (*_SETTINGS, "carry_over") if getattr(args, k) is not None}
+    config = checkpointed_config(args.resume, **given) if args.resume is not None else SearchConfig(**given)
+    source = _source(args)
+    data, name, bits = source.load()
+    out = args.resume or args.out or Path("shapesearch-out") / f"{name}-eps{config.eps:g}"
+    job = Job(data=data, name=name, out=out, kind=source.kind, bits=bits, resume=args.resume is not None,
+              overwrite=args.overwrite, workers=args.workers, address=args.address, source=source)
     with LazyBar(desc=f"{name} ε={config.eps:g}", unit="gen", dynamic_ncols=True) as bar:
         def progress(h: dict) -> None:
             b = bar.open(config.generations)
@@ -110,25 +132,10 @@ def _summary(r: dict) -> str:
 
 def _reconstruct(args: argparse.Namespace) -> tuple[dict, str]:
     from ..jobs import artifacts
-    from ..jobs.images import save_image
 
     cores, shape, meta = artifacts.load_tt(args.dir)
-    if args.out.exists() and not args.overwrite:
-        raise ShapesearchError(f"{args.out} exists; choose another --out or pass --overwrite")
     data = artifacts.reconstruct(cores, shape)
-    suffix = args.out.suffix.lower()
-    if suffix == ".png":
-        if meta.get("kind") != "image":
-            raise ShapesearchError("this TT holds an array, not an image; write .npy or .safetensors")
-        save_image(data, int(meta["bits"]), args.out)
-    elif suffix == ".npy":
-        np.save(args.out, data, allow_pickle=False)
-    elif suffix == ".safetensors":
-        from safetensors.numpy import save_file
-
-        save_file({"data": np.ascontiguousarray(data)}, str(args.out))
-    else:
-        raise ShapesearchError(f"--out {args.out}: unsupported type {suffix!r}; use .png, .npy or .safetensors")
+    artifacts.save_data(data, args.out, meta, overwrite=args.overwrite)
     result = {"output": str(args.out), "shape": list(data.shape), "kind": meta.get("kind"),
               "tt_modes": shape.describe(), "params": int(sum(c.size for c in cores))}
     return result, f"wrote {args.out} {tuple(data.shape)} from {result['params']:,} TT parameters"

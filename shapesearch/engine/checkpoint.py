@@ -74,18 +74,25 @@ def load(directory: Path) -> dict:
     """The state saved in ``directory``, with its cache entries under ``"cache"``; drops log
     lines written after the last state (a crash between the two writes)."""
     path = Path(directory) / CHECKPOINT
+    log = Path(directory) / CACHE_LOG
     if not path.is_file():
         raise ShapesearchError(f"{path} not found: resuming needs the output directory of an earlier run")
     try:
         state = json.loads(path.read_text())
-        log = Path(directory) / CACHE_LOG
-        lines = log.read_text().splitlines()
-        if len(lines) > state["cache_entries"]:  # written after the last state: drop them
-            lines = lines[: state["cache_entries"]]
+        entries = state["cache_entries"]
+        if not isinstance(state, dict) or not isinstance(entries, int):
+            raise TypeError("no cache_entries count")
+    except (ValueError, KeyError, TypeError, OSError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        raise ShapesearchError(f"{path} is not a valid checkpoint ({exc}); start a new run instead") from exc
+    try:
+        lines = log.read_text().splitlines() if entries else []
+        if len(lines) > entries:  # written after the last state: drop them
+            lines = lines[:entries]
             log.write_text("".join(line + "\n" for line in lines))
         state["cache"] = [json.loads(line) for line in lines]
-    except (json.JSONDecodeError, KeyError, OSError) as exc:
-        raise ShapesearchError(f"{path} is not a valid checkpoint ({exc}); start a new run instead") from exc
-    if len(state["cache"]) != state["cache_entries"]:
-        raise ShapesearchError(f"{directory / CACHE_LOG} is shorter than its checkpoint; start a new run instead")
+    except (ValueError, OSError) as exc:
+        raise ShapesearchError(f"{log} is damaged ({exc}); start a new run instead") from exc
+    if len(state["cache"]) != entries:
+        raise ShapesearchError(f"{log} has {len(state['cache'])} of the checkpoint's {entries} entries "
+                               "(truncated?); start a new run instead")
     return state

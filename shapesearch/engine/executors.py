@@ -12,12 +12,16 @@ actor and retries its task.
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 
+from ..errors import ArgumentError
 from .fitness import HeldTensor
 
 THREAD_VARS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -63,6 +67,32 @@ class LocalExecutor:
         pass
 
 
+CONNECT_TIMEOUT = 10.0  # seconds to wait for a cluster's head before giving up
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Refuse, in ``timeout`` seconds at most, a cluster address nobody answers at (``ray.init``
+    would retry for ever) or a ``ray://`` address without Ray Client installed."""
+    if address == "auto":
+        return
+    if address.startswith("ray://"):
+        try:
+            import grpc  # noqa: F401  (what ray[client] adds)
+        except ImportError:
+            raise ArgumentError("address", f"{address}: ray:// needs Ray Client (pip install 'ray[client]'); "
+                                           "or give the head node's address as HOST:6379") from None
+        address = address[len("ray://"):]
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ArgumentError("address", f"{address!r} is not HOST:PORT (the head node's address, e.g. "
+                                       "10.0.0.5:6379, as `ray start --head` prints it)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ArgumentError("address", f"{address}: no Ray cluster answers there ({exc.strerror or exc}); "
+                                       "start one with `ray start --head` or fix the address") from None
+
+
 def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``), else start a loopback-only local Ray."""
     import ray
@@ -70,13 +100,19 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None:
+    if address is not None:
+        check_address(address)
+    else:
         # a local Ray otherwise listens on the machine's public interface and writes a token
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    sigterm = signal.getsignal(signal.SIGTERM)
     ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
              log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": dict(THREAD_VARS)})
+    if threading.current_thread() is threading.main_thread() and sigterm is not None:
+        # ray.init makes SIGTERM exit at once; the caller's own handling (checkpoint kept, exit 143) stays
+        signal.signal(signal.SIGTERM, sigterm)
 
 
 def _worker_class():
@@ -84,14 +120,16 @@ def _worker_class():
 
     @ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)
     class FitnessWorker:
-        def __init__(self, refs: list, norm: float) -> None:
-            from .fitness import HeldTensor  # also imports the scoring code before the first task
-
+        # the tensor comes with every task as a nested ref, fetched once per actor life: a
+        # constructor argument would make Ray warn that restarts may fail, and a restarted
+        # actor fetches it again on its first task
+        def __init__(self, norm: float) -> None:
             limit_threads()
-            # a nested ref is fetched here, so a restarted actor fetches it again
-            self.held, self.norm = HeldTensor(ray.get(refs[0])), norm  # zero-copy, read-only
+            self.held, self.norm = None, norm
 
-        def run(self, func: Callable, indexed: list[tuple[int, object]]) -> list[tuple[int, object]]:
+        def run(self, refs: list, func: Callable, indexed: list[tuple[int, object]]) -> list[tuple[int, object]]:
+            if self.held is None:
+                self.held = HeldTensor(ray.get(refs[0]))  # zero-copy, read-only
             return [(i, func(self.held, self.norm, item)) for i, item in indexed]
 
         def pid(self) -> int:
@@ -114,8 +152,8 @@ class RayExecutor:
         self.spectra: dict = {}
         ref = ray.put(np.ascontiguousarray(tensor))
         worker = _worker_class()
-        self.actors = [worker.remote([ref], norm) for _ in range(self.workers)]
-        self._ref = ref  # keep alive: restarted actors read it again
+        self.actors = [worker.remote(norm) for _ in range(self.workers)]
+        self._refs = [ref]  # kept alive by this executor: restarted actors read it again
         # each actor appears twice: its next task is already queued when one finishes
         self.pool = ActorPool(self.actors * 2)
         self.pids()  # wait until every actor is up, so start-up is not billed to the first tasks
@@ -126,7 +164,7 @@ class RayExecutor:
         out: list = [None] * len(items)
         n_chunks = max(1, min(len(items), self.workers * chunks_per_worker))
         chunks = [list(enumerate(items))[j::n_chunks] for j in range(n_chunks)]
-        for done in self.pool.map_unordered(lambda a, chunk: a.run.remote(func, chunk), chunks):
+        for done in self.pool.map_unordered(lambda a, chunk: a.run.remote(self._refs, func, chunk), chunks):
             for index, value in done:
                 out[index] = value
         return out

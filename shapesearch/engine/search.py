@@ -236,6 +236,65 @@ class _Engine:
         return {"key": key, **rec}
 
 
+# settings a resumed run may change; every other one decides what the cache's entries mean
+RESUMABLE = ("generations", "stall", "time_limit", "polish_rounds", "confirm_top")
+
+
+def checkpointed_config(directory: Path, **changes) -> SearchConfig:
+    """The settings of the run checkpointed in ``directory``, with ``changes`` applied."""
+    saved = checkpoint.load(directory).get("config")
+    if not isinstance(saved, dict):
+        raise ShapesearchError(f"{Path(directory) / checkpoint.CHECKPOINT} has no settings; start a new run")
+    known = {f.name for f in dataclasses.fields(SearchConfig)}
+    try:
+        return SearchConfig(**{**{k: v for k, v in saved.items() if k in known}, **changes})
+    except TypeError as exc:
+        raise ShapesearchError(f"{Path(directory) / checkpoint.CHECKPOINT} has damaged settings ({exc}); "
+                               "start a new run") from exc
+
+
+def check_resumable(saved: object, config: SearchConfig) -> None:
+    """``config`` may continue a run checkpointed with settings ``saved`` (a dict): everything
+    but :data:`RESUMABLE` must be equal, or the cache would mix rules."""
+    if not isinstance(saved, dict):
+        raise ShapesearchError("the checkpoint has no settings; start a new run")
+    changed = [f"{k}={saved.get(k)!r} (now {v!r})" for k, v in asdict(config).items()
+               if k not in RESUMABLE and saved.get(k) != v]
+    if changed:
+        raise ShapesearchError(f"the checkpointed run used {', '.join(changed)}; resume with its settings "
+                               "or start a new run")
+
+
+def resume_state(directory: Path, tensor: np.ndarray, config: SearchConfig) -> dict:
+    """The checkpoint in ``directory``, after checking that ``config`` may continue it on ``tensor``."""
+    state = checkpoint.load(directory)
+    if state.get("fingerprint") != checkpoint.fingerprint(tensor):
+        raise ShapesearchError("the checkpoint belongs to different data; resume with the same input")
+    check_resumable(state.get("config"), config)
+    return state
+
+
+def _restore(engine: _Engine, state: dict) -> tuple[list, list, list, int, int, float]:
+    """Put a checkpoint's cache, counters and RNG into ``engine``; (population, history,
+    surrogate notes, generation, stall count, elapsed seconds)."""
+    engine.cache = {checkpoint.key_from_json(k): dict(v) for k, v in state["cache"]}
+    for key, rec in engine.cache.items():  # a cache of another tensor's shapes would fail mid-search
+        shape = Tensorization.from_key(key)
+        if (shape.original_shape != engine.tensor.shape or not engine.space.valid(shape)
+                or not {"params", "rel_error", "ranks"} <= rec.keys()):
+            raise ValueError(f"cache entry {checkpoint.key_to_json(key)} does not fit this tensor")
+    engine.evaluations, engine.cache_hits = int(state["evaluations"]), int(state["cache_hits"])
+    pop = [_individual(Tensorization.from_key(checkpoint.key_from_json(k))) for k in state["population"]]
+    if not pop:
+        raise ValueError("empty population")
+    for ind in pop:
+        rec = engine.cache[ind[0].key]
+        ind.fitness.values = (int(rec["params"]), float(rec["rel_error"]))
+    checkpoint.set_rng_state(engine.rng, state["rng"])
+    history, surrogate = list(state["history"]), list(state["surrogate"])
+    return pop, history, surrogate, int(state["generation"]), int(state["stall"]), float(state["elapsed"])
+
+
 def run_search(tensor: np.ndarray, config: SearchConfig, executor: Executor, *,
                checkpoint_dir: Path | None = None, resume: bool = False,
                on_generation: Callable[[dict], None] | None = None,
@@ -248,20 +307,12 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor: Executor, *,
     engine = _Engine(tensor, config, executor, references)
     fp = checkpoint.fingerprint(tensor)
     if resume:
-        state = checkpoint.load(checkpoint_dir)
-        if state["fingerprint"] != fp:
-            raise ShapesearchError("the checkpoint belongs to different data; resume with the same input")
-        if state["config"]["eps"] != config.eps or state["config"]["seed"] != config.seed:
-            raise ShapesearchError("resume with the same eps and seed as the checkpointed run")
-        engine.cache = {checkpoint.key_from_json(k): v for k, v in state["cache"]}
-        engine.evaluations, engine.cache_hits = state["evaluations"], state["cache_hits"]
-        pop = [_individual(Tensorization.from_key(checkpoint.key_from_json(k))) for k in state["population"]]
-        for ind in pop:
-            rec = engine.cache[ind[0].key]
-            ind.fitness.values = (rec["params"], rec["rel_error"])
-        checkpoint.set_rng_state(engine.rng, state["rng"])
-        history, surrogate, gen = state["history"], state["surrogate"], state["generation"]
-        stall, elapsed0 = state["stall"], state["elapsed"]
+        state = resume_state(checkpoint_dir, tensor, config)
+        try:
+            pop, history, surrogate, gen, stall, elapsed0 = _restore(engine, state)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ShapesearchError(f"{checkpoint_dir / checkpoint.CHECKPOINT} is not a valid checkpoint "
+                                   f"(bad {exc.__class__.__name__}: {exc}); start a new run instead") from exc
     else:
         seeds, surrogate = engine.seeds()
         pop = engine.initial_population(seeds)

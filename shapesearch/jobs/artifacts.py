@@ -14,7 +14,8 @@ from tensorly.tt_tensor import TTTensor
 
 from ..engine.checkpoint import write_atomically
 from ..engine.tensorization import Tensorization
-from ..errors import ShapesearchError
+from ..errors import ArgumentError, ShapesearchError
+from ..paths import check_writable_file, readable_mode
 
 TT_FILE = "tt.safetensors"
 RESULT_FILE = "result.json"
@@ -27,6 +28,7 @@ def save_tt(path: Path, cores: list[np.ndarray], shape: Tensorization, meta: dic
     header = {"format": FORMAT, "tensorization": json.dumps(shape.to_dict()),
               "meta": json.dumps(meta)}
     save_file(tensors, str(path), metadata=header)
+    path.chmod(readable_mode())  # safetensors writes 0600; the run's other files follow the umask
 
 
 def load_tt(path: Path) -> tuple[list[np.ndarray], Tensorization, dict]:
@@ -62,6 +64,31 @@ def reconstruct(cores: list[np.ndarray], shape: Tensorization) -> np.ndarray:
     """The full tensor in its original axes (padding removed)."""
     with tl.backend_context("numpy"):
         return shape.invert(np.asarray(tl.tt_to_tensor(TTTensor(cores))))
+
+
+DATA_SUFFIXES = (".png", ".npy", ".safetensors")
+
+
+def save_data(data: np.ndarray, path: Path, meta: dict, overwrite: bool = False) -> None:
+    """Write reconstructed ``data`` as ``path``'s type says: .png (images only; ``meta`` gives
+    ``kind`` and ``bits``), .npy or .safetensors (under the name ``data``).  Checks first."""
+    from .images import save_image
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in DATA_SUFFIXES:
+        raise ArgumentError("out", f"{path}: unsupported type {suffix!r}; use {', '.join(DATA_SUFFIXES)}")
+    if suffix == ".png" and meta.get("kind") != "image":
+        raise ArgumentError("out", f"{path}: this TT holds an array, not an image; write .npy or .safetensors")
+    check_writable_file(path, "out", overwrite)
+    if suffix == ".png":
+        save_image(data, int(meta.get("bits", 8)), path)
+    elif suffix == ".npy":
+        with path.open("wb") as f:  # np.save would append .npy to a name that lacks it
+            np.save(f, data, allow_pickle=False)
+    else:
+        save_file({"data": np.ascontiguousarray(data)}, str(path))
+        path.chmod(readable_mode())
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -12,10 +12,12 @@ import numpy as np
 
 from ..engine import checkpoint
 from ..engine.executors import make_executor
-from ..engine.search import SearchConfig, run_search
+from ..engine.search import SearchConfig, resume_state, run_search
 from ..errors import ArgumentError, ShapesearchError
+from ..paths import check_writable_dir, make_dir
 from . import artifacts
-from .images import psnr, save_image
+from .images import psnr
+from .sources import SOURCE_FILE, Source
 
 TINY = 20_000  # below this many entries, evaluate in process (Ray start-up would dominate)
 
@@ -33,6 +35,7 @@ class Job:
     overwrite: bool = False
     workers: int | None = None
     address: str | None = None
+    source: Source | None = None  # where ``data`` came from: recorded, so that a resume needs no input
 
 
 def check_data(data: np.ndarray, name: str) -> np.ndarray:
@@ -49,18 +52,33 @@ def check_data(data: np.ndarray, name: str) -> np.ndarray:
     return data
 
 
+# every file a run may leave; an overwritten run loses them all, so none is stale
+RUN_FILES = (artifacts.RESULT_FILE, artifacts.TT_FILE, checkpoint.CHECKPOINT, checkpoint.CACHE_LOG,
+             SOURCE_FILE, "reconstruction.png", "reconstruction.npy", "convergence.png")
+
+
 def check_out(job: Job) -> None:
-    """Refuse to write over an earlier run's results unless asked to."""
+    """A writable ``out`` that does not hold an earlier run's results unless asked to
+    overwrite (or resume) it; nothing is created here."""
+    check_writable_dir(job.out)
     if job.resume:
-        checkpoint.load(job.out)  # fails clearly when there is nothing to resume
         return
-    if job.out.exists() and not job.out.is_dir():
-        raise ArgumentError("out", f"{job.out} is a file; give a directory")
     taken = [f for f in (artifacts.RESULT_FILE, artifacts.TT_FILE, checkpoint.CHECKPOINT)
              if (job.out / f).exists()]
     if taken and not job.overwrite:
         raise ArgumentError("out", f"{job.out} already holds a run ({taken[0]}); pick another out directory, "
                             "overwrite it, or resume it")
+
+
+def start_out(job: Job) -> None:
+    """Create ``out``; a fresh run removes an overwritten run's files and records its source."""
+    make_dir(job.out)
+    if job.resume:
+        return
+    for name in RUN_FILES:
+        (job.out / name).unlink(missing_ok=True)
+    if job.source is not None:
+        job.source.save(job.out)
 
 
 def run_job(job: Job, config: SearchConfig,
@@ -71,11 +89,13 @@ def run_job(job: Job, config: SearchConfig,
         raise ArgumentError("workers", f"must be >= 0 (0 = in process), got {job.workers}")
     data = check_data(job.data, job.name)
     check_out(job)
-    job.out.mkdir(parents=True, exist_ok=True)
+    if job.resume:  # before Ray starts: a wrong input or changed settings fail at once
+        resume_state(job.out, data, config)
     norm = float(np.linalg.norm(data))
     workers = 0 if job.workers is None and data.size < TINY and not job.address else job.workers
-    executor = make_executor(data, norm, workers, job.address)
+    executor = make_executor(data, norm, workers, job.address)  # a bad cluster address fails here
     try:
+        start_out(job)
         found = run_search(data, config, executor, checkpoint_dir=job.out, resume=job.resume,
                            on_generation=on_generation)
     finally:
@@ -85,12 +105,8 @@ def run_job(job: Job, config: SearchConfig,
     files = {"tt": artifacts.TT_FILE, "result": artifacts.RESULT_FILE, "plot": "convergence.png"}
     meta = {"kind": job.kind, "bits": job.bits, "name": job.name, "eps": config.eps}
     artifacts.save_tt(job.out / artifacts.TT_FILE, found.cores, found.shape, meta)
-    if job.kind == "image":
-        files["reconstruction"] = "reconstruction.png"
-        save_image(approx, job.bits, job.out / files["reconstruction"])
-    else:
-        files["reconstruction"] = "reconstruction.npy"
-        np.save(job.out / files["reconstruction"], approx, allow_pickle=False)
+    files["reconstruction"] = "reconstruction.png" if job.kind == "image" else "reconstruction.npy"
+    artifacts.save_data(approx, job.out / files["reconstruction"], meta, overwrite=True)
     artifacts.plot_convergence(found.history, job.out / files["plot"],
                                f"{job.name}, ε = {config.eps}")
     quality = psnr(data, approx, peak=1.0 if job.kind == "image" else float(np.abs(data).max()))
