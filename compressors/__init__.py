@@ -6,12 +6,15 @@ Saten layers from a per-layer shape plan.
 ``evaluate_model`` run a whole job from a model name (load, compress, fine-tune, save,
 ``report.json``; perplexity and speed).  "ratio" always means the
 fraction of decoder-linear parameters removed; reports give the whole-model fraction too.
+Importing the package registers compressed directories with transformers' Auto classes, so
+``AutoModelForCausalLM.from_pretrained(dir)`` gives what ``load(dir)`` gives.
 """
 
 # importing the modules that hold the configs also registers their compress() handlers
 from .compress import compress
 from .finetune import FinetuneConfig, finetune
 from .flat_llm import FlatLLMConfig
+from .hf_auto import register as _register_auto_classes
 from .layer_plans import plan_layers
 from .low_rank import LowRankLinear, SVDConfig, SVDLLMConfig
 from .model_jobs import compress_model, evaluate_model
@@ -20,6 +23,8 @@ from .saten import SatenLinear, SparseResidual
 from .serialization import load, save
 from .tt_compress import SatenConfig, TTConfig, read_plan
 from .tt_linear import TTLinear, TTMatrixLinear
+
+_register_auto_classes()  # compressed directories then load through AutoModel*.from_pretrained too
 
 __all__ = ["FinetuneConfig", "FlatLLMConfig", "LowRankLinear", "SVDConfig", "SVDLLMConfig", "SatenConfig",
            "SatenLinear", "SparseResidual", "TTConfig", "TTLinear", "TTMatrixLinear", "compress", "compress_model",

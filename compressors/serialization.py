@@ -1,8 +1,16 @@
 """Save and load compressed models: safetensors weights + a config.json that records every
-per-layer shape (``shapesearch_compression``).  No pickles."""
+per-layer shape (``shapesearch_compression``).  No pickles.
+
+A compressed model's config.json names the model type :data:`MODEL_TYPE` (the base type, e.g.
+"llama", moves into the record): transformers alone refuses it with a message naming
+``compressors.load``, whatever flags are passed, instead of building the dense base model and
+loading the compressed weights into it as garbage.  ``import compressors`` registers that model
+type with the Auto classes (:mod:`compressors.hf_auto`).  Dense models keep their config.json."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,16 +26,69 @@ from .low_rank import LowRankLinear
 from .tt_compress import module_from_spec
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedConfig, PreTrainedTokenizerBase
+
+# transformers quotes an unknown model type in its error, so the type itself says what to do
+MODEL_TYPE = "shapesearch-compressed (load it with: import compressors; compressors.load(dir))"
+# a model class's own from_pretrained (LlamaForCausalLM.from_pretrained) only warns about a foreign
+# model type; its config class does reject unknown layer types, quoting them
+REFUSAL = ("not a plain transformers model: compressed by shapesearch; "
+           "load it with: import compressors; compressors.load(dir)")
+_BASE_TYPE, _BASE_LAYER_TYPES = "base_model_type", "base_layer_types"  # record keys holding what was replaced
 
 
 def save(model: nn.Module, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
-    """Write ``model`` (and ``tokenizer``) to ``directory`` with safetensors weights."""
+    """Write ``model`` (and ``tokenizer``) to ``directory`` with safetensors weights; a compressed
+    model's config.json is marked so that only :func:`load` (or the Auto classes once
+    ``compressors`` is imported) reads it.  Files come out with the modes the umask gives."""
     directory = Path(directory)
+    before = _file_stamps(directory)
     model.save_pretrained(directory, safe_serialization=True, max_shard_size="100GB")
+    if getattr(model.config, "shapesearch_compression", None):
+        _mark_compressed(directory / "config.json")
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
+    _umask_modes(directory, before)
     return directory
+
+
+def _mark_compressed(path: Path) -> None:
+    config = json.loads(path.read_text())
+    record = config["shapesearch_compression"]
+    record[_BASE_TYPE] = config["model_type"]
+    if "layer_types" in config:
+        record[_BASE_LAYER_TYPES] = config["layer_types"]
+    config["model_type"] = MODEL_TYPE
+    config["layer_types"] = [REFUSAL]
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")  # as transformers writes it
+
+
+def _file_stamps(directory: Path) -> dict[Path, tuple[int, int, int]]:
+    if not directory.is_dir():
+        return {}
+    return {p: (s.st_ino, s.st_mtime_ns, s.st_size) for p in directory.iterdir()
+            if p.is_file() and not p.is_symlink() for s in [p.stat()]}
+
+
+def _umask() -> int:
+    try:  # Linux reports it without changing it (os.umask would, for every thread, for a moment)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _umask_modes(directory: Path, before: dict[Path, tuple[int, int, int]]) -> None:
+    """safetensors writes through a private temporary file (mode 0600); give every file this save
+    wrote the mode an ordinary write would have, and leave files it did not touch alone."""
+    mode = 0o666 & ~_umask()
+    for path, stamp in _file_stamps(directory).items():
+        if before.get(path) != stamp:
+            path.chmod(mode)
 
 
 def _resize(model: nn.Module, record: dict) -> None:
@@ -65,25 +126,82 @@ def _resize(model: nn.Module, record: dict) -> None:
             raise ShapesearchError(f"layer {i}: unknown compression method {method!r} in config.json")
 
 
+def base_config(config: dict, name_or_path: str | Path = "") -> PreTrainedConfig:
+    """The base model's config (e.g. a ``LlamaConfig`` with the compression record) from the dict
+    of a config.json that :func:`save` marked compressed."""
+    from transformers import CONFIG_MAPPING, __version__
+
+    config = dict(config)
+    record = dict(config.get("shapesearch_compression") or {})
+    if _BASE_TYPE not in record:
+        raise ShapesearchError(f"{name_or_path or 'this'} config.json names model type {MODEL_TYPE!r} but its "
+                               f"shapesearch_compression record has no {_BASE_TYPE!r}; save the model again "
+                               "with compressors.save")
+    config["model_type"] = record.pop(_BASE_TYPE)
+    if _BASE_LAYER_TYPES in record:
+        config["layer_types"] = record.pop(_BASE_LAYER_TYPES)
+    else:
+        config.pop("layer_types", None)
+    config["shapesearch_compression"] = record
+    try:
+        config_class = CONFIG_MAPPING[config["model_type"]]
+    except KeyError:
+        raise ShapesearchError(f"the compressed model's base type {config['model_type']!r} is unknown to "
+                               f"transformers {__version__}; upgrade transformers") from None
+    return config_class.from_dict(config, name_or_path=str(name_or_path))
+
+
+def read_config(directory: str | Path) -> PreTrainedConfig:
+    """The config :func:`load` builds from: the base model's (with the compression record if any),
+    also for directories written before compressed ones were marked, and for dense ones."""
+    from transformers import AutoConfig
+
+    directory = Path(directory)
+    path = directory / "config.json"
+    if not path.is_file():
+        raise ShapesearchError(f"{directory} has no config.json; give a directory written by `compressors.save`")
+    config = json.loads(path.read_text())
+    if config.get("model_type") != MODEL_TYPE:
+        return AutoConfig.from_pretrained(directory)
+    return base_config(config, directory)
+
+
+def _auto_class(config: PreTrainedConfig) -> type:
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    causal = any(a.endswith("ForCausalLM") for a in config.architectures or [])
+    return AutoModelForCausalLM if causal else AutoModel
+
+
+def build(config: PreTrainedConfig, dtype: torch.dtype | None = None,
+          attn_implementation: str | None = None) -> nn.Module:
+    """A model of ``config``'s (base) architecture with the recorded compressed shapes, freshly
+    initialised."""
+    model = _auto_class(config).from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+    record = getattr(config, "shapesearch_compression", None)
+    if record:
+        _resize(model, record)
+    return model
+
+
 def load(directory: str | Path, dtype: torch.dtype | None = None,
          attn_implementation: str | None = None) -> nn.Module:
     """Rebuild a model saved by :func:`save` (compressed or dense) and load its weights
     (in ``dtype``, default: the dtype it was saved in)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    return load_with_config(directory, read_config(directory), dtype, attn_implementation)
 
+
+def load_with_config(directory: str | Path, config: PreTrainedConfig, dtype: torch.dtype | None = None,
+                     attn_implementation: str | None = None) -> nn.Module:
+    """:func:`load` with the (base) config already read from ``directory`` (and maybe adjusted)."""
     directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise ShapesearchError(f"{directory} has no config.json; give a directory written by `compressors.save`")
-    config = AutoConfig.from_pretrained(directory)
     saved = getattr(config, "dtype", None)
     dtype = dtype or (getattr(torch, saved) if isinstance(saved, str) else saved) or torch.float32
     record = getattr(config, "shapesearch_compression", None)
-    causal = any(a.endswith("ForCausalLM") for a in config.architectures or [])
-    auto = AutoModelForCausalLM if causal else AutoModel
     if not record:
-        return auto.from_pretrained(directory, dtype=dtype, attn_implementation=attn_implementation).eval()
-    model = auto.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
-    _resize(model, record)
+        return _auto_class(config).from_pretrained(directory, dtype=dtype,
+                                                   attn_implementation=attn_implementation).eval()
+    model = build(config, dtype, attn_implementation)
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise ShapesearchError(f"{directory} has no .safetensors weights")
@@ -97,4 +215,3 @@ def load(directory: str | Path, dtype: torch.dtype | None = None,
                          f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")
     model.tie_weights()
     return model.eval()
-
