@@ -31,7 +31,12 @@ def first_layer_inputs(model: nn.Module, windows: Iterable[torch.Tensor]) -> Lay
     def catch(module, args, kwargs):
         hidden = args[0] if args else kwargs.pop("hidden_states")
         kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-        kwargs["use_cache"], kwargs["past_key_values"] = False, None
+        kwargs["use_cache"] = False
+        # no cache: the layer's own name for it (``cache`` in transformers 5, ``past_key_values``
+        # before); setting a name the layer does not use makes transformers warn on every call
+        for key in ("cache", "past_key_values", "past_key_value"):
+            if key in kwargs:
+                kwargs[key] = None
         captured.append((hidden, kwargs))
         raise _Stop
 

@@ -12,6 +12,7 @@ Saten in ``tt_compress``); importing :mod:`compressors` fills the registry.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -47,7 +48,9 @@ def compress(model: nn.Module, config: object, **options) -> dict:
 
     ``config`` is one of the registered config types (FlatLLMConfig, SVDConfig, TTConfig,
     SatenConfig); ``options`` go to its handler (``calibration``: token windows [1, T];
-    ``progress``: called with each finished layer's index; ``budget`` for the SVD baselines)."""
+    ``progress``: called with each finished layer's index; ``budget`` for the SVD baselines).
+    What a handler cannot deliver (a ratio above the method's maximum for this model,
+    calibration too small for its covariances) is refused before anything is rewritten."""
     return handler_for(config)(model, config, **options)
 
 
@@ -56,6 +59,37 @@ def check_ratio(ratio: float) -> None:
     if not 0.0 < ratio < 1.0:
         raise ArgumentError("ratio", f"must be in (0, 1) (fraction of decoder-linear parameters removed), "
                                      f"got {ratio}")
+
+
+DELIVERY_TOLERANCE = 0.005  # |removed − ratio| a rank-reduction run may miss by (rounding to whole rows)
+
+
+def format_ratio(ratio: float) -> str:
+    """``ratio`` rounded down to 4 decimals, so that the number printed is itself reachable."""
+    return f"{math.floor(ratio * 1e4) / 1e4:.4f}"
+
+
+def calibration_tokens(calibration: list[torch.Tensor] | None) -> int:
+    """Tokens in the calibration windows (each [1, T])."""
+    return int(sum(w.numel() for w in calibration or []))
+
+
+def check_calibration_size(tokens: int, needed: int, what: str, method: str) -> None:
+    """Refuse calibration with fewer ``tokens`` than the ``needed`` rows of the largest
+    covariance ``method`` estimates (``what`` names it, e.g. "MLP width 1536"): such a
+    covariance is singular and the compressed model is garbage (perplexity in the billions)."""
+    if tokens < needed:
+        raise ShapesearchError(f"calibration has {tokens} tokens (samples × seqlen); {method} needs at least "
+                               f"{needed} for this model's covariances ({what}) — raise samples or seqlen")
+
+
+def check_delivery(method: str, ratio: float, removed: float, step: float = 0.0) -> None:
+    """Refuse (before rewriting) a plan that would remove ``removed`` instead of ``ratio``;
+    ``step``: the fraction one whole row per layer is worth (a small model cannot be cut finer)."""
+    if abs(removed - ratio) > max(DELIVERY_TOLERANCE, step):
+        raise ArgumentError("ratio", f"{ratio:g} cannot be met by {method} on this model: its layer sizes "
+                                     f"would remove {removed:.4f} of the decoder-linear parameters; give another "
+                                     "ratio")
 
 
 def check_model(model: nn.Module, calibration: list[torch.Tensor] | None, needs_data: bool) -> None:
@@ -91,6 +125,6 @@ def decoder_report(model: nn.Module, record: dict, before: tuple[int, int], seco
         "total_removed": 1 - total_after / total_before,
         "calibration_seconds": seconds,
         "calibration_windows": len(calibration or []),
-        "calibration_tokens": int(sum(w.numel() for w in calibration or [])),
+        "calibration_tokens": calibration_tokens(calibration),
         "layers": record["layers"],
     }

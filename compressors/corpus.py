@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from shapesearch.errors import ShapesearchError
+from shapesearch.errors import ArgumentError, ShapesearchError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -34,19 +34,29 @@ def wikipedia(part: str, seed: int = 0, eval_fraction: float = 0.2) -> str:
     return "\n\n".join(keep)
 
 
-def read_text(path: str | Path | None, part: str) -> str:
-    """The UTF-8 text of file ``path``, or with no path the Wikipedia ``part``."""
+def read_text(path: str | Path | None, part: str, argument: str | None = None) -> str:
+    """The UTF-8 text of file ``path``, or with no path the Wikipedia ``part``.  A missing,
+    unreadable, empty or non-UTF-8 file is an :class:`ArgumentError` naming ``argument``
+    (a plain :class:`ShapesearchError` without one)."""
     if path is None:
         return wikipedia(part)
     path = Path(path)
+
+    def bad(problem: str) -> ShapesearchError:
+        return ArgumentError(argument, problem) if argument else ShapesearchError(f"text file {problem}")
+
+    if path.is_dir():
+        raise bad(f"{path} is a directory; give a text file")
     if not path.is_file():
-        raise ShapesearchError(f"text file {path} not found")
+        raise bad(f"{path} not found; give a text file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ShapesearchError(f"{path} is not UTF-8 text") from exc
+        raise bad(f"{path} is not UTF-8 text; give a UTF-8 text file") from exc
+    except OSError as exc:
+        raise bad(f"{path} cannot be read ({exc.strerror}); give a text file you may read") from exc
     if not text.strip():
-        raise ShapesearchError(f"{path} is empty; give a text file with content")
+        raise bad(f"{path} is empty; give a text file with content")
     return text
 
 
@@ -60,7 +70,8 @@ def calibration_windows(tokenizer: PreTrainedTokenizerBase, text: str, samples: 
     """``samples`` windows of ``seqlen`` tokens at seeded random offsets, each [1, seqlen]."""
     ids = token_ids(tokenizer, text)
     if ids.numel() < seqlen + 1:
-        raise ShapesearchError(f"calibration text has {ids.numel()} tokens; need more than seqlen = {seqlen}")
+        raise ShapesearchError(f"calibration text has {ids.numel()} tokens; need more than seqlen = {seqlen} — "
+                               "give a longer text or a smaller seqlen")
     rng = random.Random(seed)
     starts = [rng.randrange(0, ids.numel() - seqlen) for _ in range(samples)]
     return [ids[s:s + seqlen].unsqueeze(0) for s in starts]

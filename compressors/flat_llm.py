@@ -7,6 +7,11 @@ Per layer l with keep ratio w_l (from IPRS or uniform):
   k_l = ⌊w_l·d_int⌋ top neurons S; W_down ← W_down C[:, S] C[S, S]⁻¹ (least squares).
 Layers with w_l = 1 are left bitwise untouched.
 
+Limits, checked before any calibration (:meth:`FlatLLMConfig.preflight`): Q/K stay whole and
+every layer keeps at least one value dimension per KV head and one MLP neuron, which bounds
+the ratio (:func:`max_ratio`); the covariances are d_int × d_int (MLP) and d_h × d_h (V per
+KV head), so the calibration needs at least max(d_int, d_h) tokens to estimate them.
+
 ``compress(model, FlatLLMConfig(...), calibration=windows)`` runs :func:`compress_flat_llm`.
 """
 
@@ -23,9 +28,19 @@ from torch import nn
 from shapesearch.errors import ArgumentError
 
 from . import attention
-from .architectures import Dims, decoder_layers, decoder_linear_params, dims
+from .architectures import Dims, check_supported, decoder_layers, decoder_linear_params, dims
 from .calibration import Accumulator, LayerInputs, run_layer, sequential
-from .compress import check_model, check_ratio, decoder_counts, decoder_report, register_handler
+from .compress import (
+    calibration_tokens,
+    check_calibration_size,
+    check_delivery,
+    check_model,
+    check_ratio,
+    decoder_counts,
+    decoder_report,
+    format_ratio,
+    register_handler,
+)
 from .iprs import allocate, layer_importance, mean_keep_ratio
 
 
@@ -44,6 +59,16 @@ class FlatLLMConfig:
         check_ratio(self.ratio)
         if not self.ridge > 0:
             raise ArgumentError("ridge", f"must be positive (λ of the ridge leverage scores), got {self.ridge}")
+
+    def preflight(self, model: nn.Module, tokens: int | None = None) -> None:
+        """Refuse, before any calibration, what FLAT-LLM cannot do on ``model``: a ratio above
+        :func:`max_ratio`, or fewer calibration ``tokens`` (windows × tokens per window; None:
+        not known yet) than the covariances it estimates have rows."""
+        check_model(model, None, needs_data=False)
+        check_ratio_reachable(model, self.ratio, self.method)
+        if tokens is not None:
+            needed, what = calibration_tokens_needed(model)
+            check_calibration_size(tokens, needed, what, self.method)
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
@@ -126,17 +151,44 @@ def importance_scores(model: nn.Module, windows: list[torch.Tensor]) -> list[flo
 
 
 def keep_ratios(model: nn.Module, config: FlatLLMConfig, windows: list[torch.Tensor]) -> list[float]:
-    """Keep ratio w_l of every decoder layer: IPRS from importance on ``windows``, or uniform."""
+    """Keep ratio w_l of every decoder layer: IPRS from importance on ``windows``, or uniform;
+    never below :func:`min_keep` (nor above 1)."""
     d = dims(model)
-    rbar = mean_keep_ratio(config.ratio, d.hidden, d.heads, d.kv_heads, d.head_dim, d.intermediate)
+    floor = min_keep(d)
+    rbar = max(mean_keep_ratio(config.ratio, d.hidden, d.heads, d.kv_heads, d.head_dim, d.intermediate), floor)
     if config.uniform:
         return [min(rbar, 1.0)] * d.layers
     t = [max(x, 1e-12) for x in importance_scores(model, windows)]
-    return allocate(t, rbar)
+    return allocate(t, rbar, floor)
+
+
+def _unit_params(d: Dims) -> tuple[int, int, int]:
+    """(weights per value dimension: a row of W_v per KV head and a column of W_o per head,
+    weights per MLP neuron: gate and up rows and a down column, V/O/MLP weights of a layer)."""
+    per_dim = d.hidden * (d.kv_heads + d.heads)
+    per_neuron = 3 * d.hidden
+    return per_dim, per_neuron, per_dim * d.head_dim + per_neuron * d.intermediate
+
+
+def rounding_step(model: nn.Module) -> float:
+    """The fraction of the decoder-linear parameters one value dimension per KV head plus one
+    MLP neuron per layer are worth: what flooring the widths (as the authors' code does) can
+    move the delivered ratio by."""
+    d = dims(model)
+    per_dim, per_neuron, _ = _unit_params(d)
+    return (per_dim + per_neuron) * d.layers / decoder_linear_params(model)
+
+
+def min_keep(d: Dims) -> float:
+    """The smallest keep ratio a layer can realise: one value dimension per KV head and one
+    MLP neuron (fraction of the layer's V/O/MLP weights)."""
+    per_dim, per_neuron, total = _unit_params(d)
+    return (per_dim + per_neuron) / total
 
 
 def layer_widths(d: Dims, w: float) -> tuple[int, int]:
-    """(V head size r_l, MLP width k_l) for keep ratio w (at least 1 each)."""
+    """(V head size r_l, MLP width k_l) for keep ratio w: ⌊w·d_h⌋ and ⌊w·d_int⌋ as in the
+    authors' code, at least 1 each."""
     return max(1, math.floor(w * d.head_dim)), max(1, math.floor(w * d.intermediate))
 
 
@@ -159,17 +211,53 @@ def rewrite_layer(layer: nn.Module, inputs: LayerInputs, d: Dims, w: float, ridg
 def kept_decoder_params(model: nn.Module, keep: list[float]) -> int:
     """Decoder-linear parameters FLAT-LLM leaves with keep ratios ``keep`` (computed, not built)."""
     d = dims(model)
+    return _kept_params(model, [None if w >= 1.0 else layer_widths(d, w) for w in keep])
+
+
+def _kept_params(model: nn.Module, widths: list[tuple[int, int] | None]) -> int:
+    """Decoder-linear parameters left with (V head size, MLP width) per layer (None: whole)."""
+    d = dims(model)
     removed = 0
-    for layer, w in zip(decoder_layers(model), keep):
-        if w >= 1.0:
+    for layer, width in zip(decoder_layers(model), widths):
+        if width is None:
             continue
-        rank, width = layer_widths(d, w)
+        rank, neurons = width
         attn, mlp = layer.self_attn, layer.mlp
         removed += (d.head_dim - rank) * d.kv_heads * (d.hidden + (attn.v_proj.bias is not None))
         removed += d.hidden * d.heads * (d.head_dim - rank)
-        removed += (d.intermediate - width) * (2 * d.hidden + (mlp.gate_proj.bias is not None)
-                                               + (mlp.up_proj.bias is not None) + d.hidden)
+        removed += (d.intermediate - neurons) * (2 * d.hidden + (mlp.gate_proj.bias is not None)
+                                                 + (mlp.up_proj.bias is not None) + d.hidden)
     return decoder_linear_params(model) - removed
+
+
+def max_ratio(model: nn.Module) -> float:
+    """The largest fraction of ``model``'s decoder-linear parameters FLAT-LLM can remove: Q/K
+    stay whole and every layer keeps one value dimension per KV head and one MLP neuron."""
+    check_supported(model)
+    return 1 - _kept_params(model, [(1, 1)] * dims(model).layers) / decoder_linear_params(model)
+
+
+def check_ratio_reachable(model: nn.Module, ratio: float, method: str) -> None:
+    """Refuse a ``ratio`` above :func:`max_ratio` (``method`` names who asks: FLAT-LLM itself,
+    or a baseline matched to its parameter count)."""
+    top = max_ratio(model)
+    if ratio > top + 1e-12:
+        why = ("FLAT-LLM" if method == "flat-llm"
+               else f"{method} is matched to FLAT-LLM's parameter count, and FLAT-LLM")
+        raise ArgumentError("ratio", f"{ratio:g} is more than this model allows: {why} can remove at most "
+                                     f"{format_ratio(top)} of this model's decoder-linear parameters (it leaves "
+                                     "q/k whole and keeps at least 1 value dimension per KV head and 1 MLP neuron "
+                                     "per layer); give a smaller ratio")
+
+
+def calibration_tokens_needed(model: nn.Module) -> tuple[int, str]:
+    """(tokens, which covariance): the largest covariance FLAT-LLM estimates per layer is the
+    MLP's d_int × d_int (the V covariances are d_h × d_h per KV head); fewer tokens than rows
+    leave it singular and the least-squares refit of ``down_proj`` meaningless."""
+    d = dims(model)
+    if d.intermediate >= d.head_dim:
+        return d.intermediate, f"MLP width {d.intermediate}"
+    return d.head_dim, f"head size {d.head_dim}"
 
 
 @register_handler(FlatLLMConfig)
@@ -179,10 +267,13 @@ def compress_flat_llm(model: nn.Module, config: FlatLLMConfig, calibration: list
     """FLAT-LLM in place, layer by layer on ``calibration`` windows ([1, T] token ids each);
     ``progress`` is called with each finished layer's index.  Returns the report."""
     check_model(model, calibration, needs_data=True)
+    config.preflight(model, calibration_tokens(calibration))
     model.eval()
     before = decoder_counts(model)
     start = time.perf_counter()
     keep = keep_ratios(model, config, calibration)
+    check_delivery(config.method, config.ratio, 1 - kept_decoder_params(model, keep) / before[0],
+                   rounding_step(model))
     d = dims(model)
     layers: list[dict] = []
     sequential(model, calibration,

@@ -29,7 +29,8 @@ def perplexity(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, 
     if max_windows is not None:
         n = min(n, max_windows)
     if n == 0:
-        raise ShapesearchError(f"evaluation text has {ids.numel()} tokens, fewer than one window of {window}")
+        raise ShapesearchError(f"evaluation text has {ids.numel()} tokens, fewer than one window of {window}; "
+                               "give a longer text or a smaller window")
     nll, count = 0.0, 0
     for i in range(n):
         chunk = ids[i * window:(i + 1) * window].unsqueeze(0)
@@ -43,9 +44,23 @@ def perplexity(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, 
 def speed(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, batch: int = 4, prompt: int = 256,
           new_tokens: int = 32, repeats: int = 3) -> dict:
     """Prefill and greedy-decode throughput on CPU in tokens/s, for ``batch`` prompts of
-    ``prompt`` tokens from the start of ``text`` and ``new_tokens`` generated (median of ``repeats``)."""
+    ``prompt`` tokens from the start of ``text`` and ``new_tokens`` generated (median of ``repeats``).
+
+    The shape measured is the same for every text, so numbers compare across texts: a text
+    shorter than ``batch`` × ``prompt`` tokens is repeated to fill the prompts
+    (``text_tokens`` in the result says how many distinct tokens it had), and the prompt is
+    cut to the model's ``max_position_embeddings`` − ``new_tokens`` if that is shorter."""
     ids = token_ids(tokenizer, text)
-    prompts = torch.stack([ids[i * prompt:(i + 1) * prompt] for i in range(batch)])
+    if ids.numel() == 0:
+        raise ShapesearchError("the speed text has no tokens; give a text with content")
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit:
+        prompt = max(1, min(prompt, limit - new_tokens))
+    need = batch * prompt
+    text_tokens = ids.numel()
+    if text_tokens < need:  # repeat: the speed of a forward pass does not depend on the token values
+        ids = ids.repeat(-(-need // text_tokens))
+    prompts = ids[:need].reshape(batch, prompt)
     mask = torch.ones_like(prompts)
     prefill, total = [], []
     for _ in range(repeats):
@@ -61,4 +76,5 @@ def speed(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, batch
     return {"prefill_tokens_per_s": batch * prompt / t_prefill,
             "decode_tokens_per_s": batch * (new_tokens - 1) / max(t_total - t_prefill, 1e-9),
             "batch": batch, "prompt_tokens": prompt, "new_tokens": new_tokens,
+            "text_tokens": min(text_tokens, need), "prompt_repeated": text_tokens < need,
             "threads": torch.get_num_threads()}

@@ -6,6 +6,13 @@ Cholesky, jitter added until it succeeds), takes the SVD of W S and sets
 W ≈ U_k Σ_k V_kᵀ S⁻¹.  Ranks come from one global ratio ρ, k = ⌊m n (1 − ρ)/(m + n)⌋
 (SVD-LLM's rule), with ρ chosen so the decoder linears match a parameter budget.
 
+Limits, checked before any calibration (:meth:`SVDConfig.preflight`): every linear keeps rank
+≥ 1, and the default budget is what FLAT-LLM keeps at the same ratio, so the ratio is bounded
+by both (:func:`max_ratio`).  Plain SVD factors the weights alone: its calibration only feeds
+FLAT-LLM's importance scores (for the matched budget), so any non-empty calibration will do.
+SVD-LLM estimates input covariances up to d_int × d_int (``down_proj``) and needs at least
+that many calibration tokens.
+
 ``compress(model, SVDConfig(...) / SVDLLMConfig(...), calibration=windows)`` runs
 :func:`compress_low_rank`.
 """
@@ -20,10 +27,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .architectures import decoder_layers
+from shapesearch.errors import ArgumentError
+
+from .architectures import decoder_layers, decoder_linear_params, dims
 from .calibration import Accumulator, LayerInputs, run_layer, sequential
-from .compress import check_model, check_ratio, decoder_counts, decoder_report, register_handler
-from .flat_llm import FlatLLMConfig, keep_ratios, kept_decoder_params
+from .compress import (
+    calibration_tokens,
+    check_calibration_size,
+    check_delivery,
+    check_model,
+    check_ratio,
+    decoder_counts,
+    decoder_report,
+    format_ratio,
+    register_handler,
+)
+from .flat_llm import FlatLLMConfig, check_ratio_reachable, keep_ratios, kept_decoder_params, rounding_step
 
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -38,6 +57,28 @@ class SVDConfig:
 
     def __post_init__(self) -> None:
         check_ratio(self.ratio)
+
+    def preflight(self, model: nn.Module, tokens: int | None = None, budget: int | None = None) -> None:
+        """Refuse, before any calibration, what this baseline cannot do on ``model``: a ratio
+        above :func:`max_ratio` (or a ``budget`` below rank 1 everywhere), or, for SVD-LLM,
+        fewer calibration ``tokens`` (None: not known yet) than its largest input covariance
+        has rows.  Plain SVD needs no minimum: its weights are factored without data."""
+        check_model(model, None, needs_data=False)
+        floor = min_params(model)
+        if budget is not None:
+            if budget < floor:
+                raise ArgumentError("budget", f"must be at least {floor} decoder-linear parameters (rank 1 in "
+                                              f"every decoder linear), got {budget}")
+        else:
+            check_ratio_reachable(model, self.ratio, self.method)
+            if self.ratio > max_ratio(model) + 1e-12:
+                raise ArgumentError("ratio", f"{self.ratio:g} is more than this model allows: {self.method} can "
+                                             f"remove at most {format_ratio(max_ratio(model))} of its "
+                                             "decoder-linear parameters (rank 1 in every linear); give a smaller "
+                                             "ratio")
+        if self.whiten and tokens is not None:
+            needed, what = calibration_tokens_needed(model)
+            check_calibration_size(tokens, needed, what, self.method)
 
     @property
     def method(self) -> str:
@@ -69,11 +110,42 @@ def rank_for(out_features: int, in_features: int, rho: float) -> int:
     return max(1, math.floor(out_features * in_features * (1 - rho) / (out_features + in_features)))
 
 
+def _decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    return {f"model.layers.{i}.{p}": layer.get_submodule(p)
+            for i, layer in enumerate(decoder_layers(model)) for p in PROJECTIONS}
+
+
+def min_params(model: nn.Module) -> int:
+    """Decoder-linear parameters at rank 1 everywhere (weights + biases): the least SVD keeps."""
+    return sum(m.in_features + m.out_features + (m.bias.numel() if m.bias is not None else 0)
+               for m in _decoder_linears(model).values())
+
+
+def max_ratio(model: nn.Module) -> float:
+    """The largest fraction of the decoder-linear parameters a rank-1 factorization removes."""
+    return 1 - min_params(model) / decoder_linear_params(model)
+
+
+def calibration_tokens_needed(model: nn.Module) -> tuple[int, str]:
+    """(tokens, which covariance) for SVD-LLM's whitening: the Grams of the q/k/v and gate/up
+    inputs (hidden size), the o_proj input (heads × head size) and the down_proj input (MLP
+    width), each of which must be estimated at full rank."""
+    d = dims(model)
+    sizes = {f"MLP width {d.intermediate}": d.intermediate, f"hidden size {d.hidden}": d.hidden,
+             f"attention width {d.heads * d.head_dim}": d.heads * d.head_dim}
+    what = max(sizes, key=sizes.get)
+    return sizes[what], what
+
+
 def ranks_for_budget(model: nn.Module, budget: int) -> dict[str, int]:
     """Per-linear ranks from the single ρ that fits the decoder linears into ``budget`` params."""
-    linears = {f"model.layers.{i}.{p}": layer.get_submodule(p)
-               for i, layer in enumerate(decoder_layers(model)) for p in PROJECTIONS}
-    return ranks_for_linears(linears, budget)
+    return ranks_for_linears(_decoder_linears(model), budget)
+
+
+def linear_params(linears: dict[str, nn.Linear], ranks: dict[str, int]) -> int:
+    """Parameters of ``linears`` factored at ``ranks`` (weights + biases)."""
+    return sum(ranks[name] * (m.in_features + m.out_features) + (m.bias.numel() if m.bias is not None else 0)
+               for name, m in linears.items())
 
 
 def ranks_for_linears(linears: dict[str, nn.Linear], budget: int) -> dict[str, int]:
@@ -156,12 +228,18 @@ def compress_low_rank(model: nn.Module, config: SVDConfig, calibration: list[tor
     ratio on this model, so the methods are compared at matched parameters; that default (and
     SVD-LLM's whitening) needs ``calibration`` windows ([1, T] token ids each)."""
     check_model(model, calibration, needs_data=config.whiten or budget is None)
+    config.preflight(model, calibration_tokens(calibration), budget)
     model.eval()
     before = decoder_counts(model)
     start = time.perf_counter()
-    if budget is None:
+    matched = budget is None
+    if matched:
         budget = kept_decoder_params(model, keep_ratios(model, FlatLLMConfig(config.ratio), calibration))
     ranks = ranks_for_budget(model, budget)
+    if matched:  # an explicit budget is its own target; the ratio is then only a label
+        linears = _decoder_linears(model)
+        step = rounding_step(model) + max(m.in_features + m.out_features for m in linears.values()) / before[0]
+        check_delivery(config.method, config.ratio, 1 - linear_params(linears, ranks) / before[0], step)
     layers = []
     if config.whiten:
         sequential(model, calibration,

@@ -11,11 +11,13 @@ import copy
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from shapesearch.errors import ArgumentError
+from shapesearch.errors import ArgumentError, ShapesearchError
+from shapesearch.paths import check_writable_dir
 
 from . import lm_metrics
 from .compress import compress, handler_for
@@ -26,16 +28,46 @@ from .low_rank import SVDConfig
 from .model_loading import is_causal_lm, load_model
 from .serialization import save
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 REPORT = "report.json"
 CALIBRATED = (FlatLLMConfig, SVDConfig)  # rank reduction, calibrated layer by layer
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse to write into a file or over a non-empty directory unless asked to."""
-    if out.exists() and not out.is_dir():
-        raise ArgumentError("out", f"{out} is a file; give a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    """Refuse, before any work, a destination that cannot be written (a file, a path under a
+    file, a directory without write permission) or a non-empty directory unless asked to."""
+    try:
+        check_writable_dir(out, "out")
+        full = out.is_dir() and any(out.iterdir())
+    except OSError as exc:  # e.g. a parent we may not even look into
+        raise ArgumentError("out", f"{out} cannot be checked ({exc.strerror or exc}); give a directory you "
+                                   "may write to") from exc
+    if full and not overwrite:
         raise ArgumentError("out", f"{out} is not empty; pick another directory or overwrite it")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (at most 300 characters), or its type's name."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return lines[0] if len(lines[0]) <= 300 else lines[0][:297] + "..."
+
+
+def _load(model: str) -> tuple[nn.Module, PreTrainedTokenizerBase | None]:
+    """:func:`load_model`, with whatever a bad model file makes transformers raise (broken
+    config.json, missing weights, an empty or foreign .gguf, a missing tokenizer) told as one
+    line about the ``model`` argument."""
+    try:
+        return load_model(model)
+    except ShapesearchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to read a user's model file is bad input
+        raise ArgumentError("model", f"{model} cannot be loaded ({_one_line(exc)}); give a model directory saved by "
+                                     "transformers or compressors.save (config.json, weights and tokenizer) "
+                                     "or a valid .gguf file") from exc
 
 
 def _check_windows(samples: int, seqlen: int) -> None:
@@ -55,7 +87,12 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
     FLAT-LLM and the SVD baselines calibrate on ``samples`` windows of ``seqlen`` tokens at
     ``seed``-ed offsets of the text file ``calib`` (default: the Wikipedia calibration split);
     a fine-tune with ``finetune_config.steps`` > 0 trains on the same windows.  ``progress``:
-    tqdm bars on stderr.  Returns the report (also written to ``out/report.json``)."""
+    tqdm bars on stderr.  Returns the report (also written to ``out/report.json``).
+
+    Everything that can be checked is checked before the work it would waste: the arguments
+    and ``out`` before the model loads; the ratio against the method's maximum and
+    ``samples`` × ``seqlen`` against the covariances to estimate right after (from the
+    model's sizes), before any calibration."""
     out = Path(out)
     handler_for(config)  # a bad config fails before the model loads
     calibrated = isinstance(config, CALIBRATED)
@@ -63,8 +100,10 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
     if calibrated or tune:
         _check_windows(samples, seqlen)
     _check_out(out, overwrite)
-    text = read_text(calib, "calibration") if calibrated or tune else None
-    net, tok = load_model(model)
+    text = read_text(calib, "calibration", "calib") if calibrated or tune else None
+    net, tok = _load(model)
+    if calibrated:  # ratio and calibration size, from the model's sizes: before any calibration
+        config.preflight(net, samples * seqlen)
     windows = calibration_windows(tok, text, samples, seqlen, seed) if text is not None else None
     teacher = copy.deepcopy(net) if tune else None  # the dense model, before compress rewrites it
     if calibrated:
@@ -98,18 +137,22 @@ def evaluate_model(model: str, text: str | Path | None = None, window: int = 512
     """Perplexity of the causal LM ``model`` (a name, model directory or .gguf file) on the text
     file ``text`` (default: the Wikipedia evaluation split) in non-overlapping windows of
     ``window`` tokens (at most ``max_windows``); with ``speed``, also CPU prefill and decode
-    throughput in tokens/s.  Returns one flat dict."""
+    throughput in tokens/s (if that measurement fails, ``speed_error`` says why and the
+    perplexity is still returned).  Returns one flat dict."""
     if window < 2:
         raise ArgumentError("window", "must be at least 2 tokens")
     if max_windows is not None and max_windows < 1:
         raise ArgumentError("max_windows", f"must be >= 1, got {max_windows}")
-    body = read_text(text, "evaluation")
-    net, tok = load_model(model)
+    body = read_text(text, "evaluation", "text")
+    net, tok = _load(model)
     if not is_causal_lm(net):
         raise ArgumentError("model", f"{model} is an encoder ({type(net).__name__}); eval measures a causal LM's "
                                      "perplexity (compare its embeddings to the dense model's, as "
                                      "benchmarks/minilm.py does)")
     result = {"model": model, **lm_metrics.perplexity(net, tok, body, window, max_windows)}
     if speed:
-        result.update(lm_metrics.speed(net, tok, body))
+        try:
+            result.update(lm_metrics.speed(net, tok, body))
+        except Exception as exc:  # noqa: BLE001 - the perplexity is measured already; never lose it to speed
+            result["speed_error"] = _one_line(exc)
     return result

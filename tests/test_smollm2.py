@@ -21,7 +21,8 @@ def test_flat_llm_20_percent_on_smollm2_saves_reloads_and_generates(smollm2, tmp
     dense, tok = smollm2
     model = copy.deepcopy(dense)  # the fixture stays dense for the other tests
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_key_value_heads == 3
-    windows = calibration_windows(tok, wikipedia("calibration"), samples=4, seqlen=256)
+    # 1536 tokens: the fewest that estimate SmolLM2's 1536 × 1536 MLP covariance (fewer are refused)
+    windows = calibration_windows(tok, wikipedia("calibration"), samples=3, seqlen=512)
     report = compressors.compress(model, compressors.FlatLLMConfig(ratio=0.2), calibration=windows)
     assert 0.19 < report["decoder_linear_removed"] < 0.21
     assert report["total_removed"] < report["decoder_linear_removed"]  # embeddings are not touched
@@ -38,7 +39,8 @@ def test_flat_llm_20_percent_on_smollm2_saves_reloads_and_generates(smollm2, tmp
 def test_cli_compress_and_eval(tmp_path, capsys):
     text = tmp_path / "calib.txt"
     text.write_text(wikipedia("calibration")[:60_000])
-    code = main(["compress", "flat-llm", "--model", "smollm2", "--ratio", "0.3", "--method", "svd-llm",
+    # plain SVD factors the weights alone, so a small calibration (IPRS's matched budget) will do
+    code = main(["compress", "flat-llm", "--model", "smollm2", "--ratio", "0.3", "--method", "svd",
                  "--calib", str(text), "--samples", "2", "--seqlen", "128", "--out", str(tmp_path / "m"),
                  "--json"])
     out = capsys.readouterr().out
@@ -47,7 +49,7 @@ def test_cli_compress_and_eval(tmp_path, capsys):
     for key in ("params_before", "params_after", "decoder_linear_params_before", "decoder_linear_params_after",
                 "calibration_seconds", "layers"):
         assert key in report
-    assert json.loads((tmp_path / "m" / "report.json").read_text())["method"] == "svd-llm"
+    assert json.loads((tmp_path / "m" / "report.json").read_text())["method"] == "svd"
     code = main(["eval", "--model", str(tmp_path / "m"), "--text", str(text), "--window", "128",
                  "--max-windows", "2", "--json"])
     result = json.loads(capsys.readouterr().out.splitlines()[-1])

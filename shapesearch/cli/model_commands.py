@@ -33,32 +33,40 @@ def add_parsers(sub) -> None:
     comp.add_argument("--nm", default=None, help="saten: structured residual, n of every m inputs (e.g. 2:4)")
     comp.add_argument("--finetune-steps", type=int, default=0,
                       help="tt/saten: optimizer steps of fine-tuning in compressed space (default %(default)s)")
-    comp.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (default %(default)s)")
+    comp.add_argument("--lr", type=float, default=1e-4,
+                      help="tt/saten: fine-tuning learning rate, positive (default %(default)s)")
     comp.add_argument("--distill", action="store_true",
                       help="fine-tune by distillation from the dense model (always so for encoders)")
     comp.add_argument("--ratio", type=float, default=0.2,
-                      help="flat-llm: fraction of decoder-linear parameters removed (default %(default)s)")
+                      help="flat-llm: fraction of decoder-linear parameters removed, in (0, 1); a ratio above "
+                           "what the method can remove from the model is refused with its maximum "
+                           "(default %(default)s)")
     comp.add_argument("--method", choices=METHODS, default="flat-llm",
                       help="flat-llm, or svd / svd-llm at FLAT-LLM's parameter count (default %(default)s)")
     comp.add_argument("--uniform", action="store_true", help="same keep ratio in every layer (no IPRS)")
     comp.add_argument("--calib", type=Path, default=None,
                       help="calibration text file (default: gensim's Wikipedia articles, calibration split)")
     comp.add_argument("--samples", type=int, default=32,
-                      help="calibration / fine-tuning windows (default %(default)s)")
+                      help="calibration / fine-tuning windows; flat-llm and svd-llm need samples × seqlen at "
+                           "least the model's MLP width (default %(default)s)")
     comp.add_argument("--seqlen", type=int, default=512, help="tokens per window (default %(default)s)")
-    comp.add_argument("--seed", type=int, default=0)
-    comp.add_argument("--out", type=Path, required=True, help="directory for the compressed model")
-    comp.add_argument("--overwrite", action="store_true")
-    comp.add_argument("--json", action="store_true")
+    comp.add_argument("--seed", type=int, default=0,
+                      help="seed of the calibration windows' offsets in the text (default %(default)s)")
+    comp.add_argument("--out", type=Path, required=True,
+                      help="directory for the compressed model and report.json (new or empty)")
+    comp.add_argument("--overwrite", action="store_true", help="write into --out even if it is not empty")
+    comp.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a table")
     comp.set_defaults(run=compress_command)
     ev = sub.add_parser("eval", help="perplexity and CPU speed of a model")
     ev.add_argument("--model", required=True, help="smollm2, a model directory, or a .gguf file")
     ev.add_argument("--text", type=Path, default=None,
                     help="evaluation text (default: gensim's Wikipedia articles, evaluation split)")
     ev.add_argument("--window", type=int, default=512, help="tokens per perplexity window (default %(default)s)")
-    ev.add_argument("--max-windows", type=int, default=None)
-    ev.add_argument("--no-speed", action="store_true", help="skip the speed measurement")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--max-windows", type=int, default=None,
+                    help="evaluate at most this many windows, >= 1 (default: every whole window of the text)")
+    ev.add_argument("--no-speed", action="store_true",
+                    help="skip the speed measurement (4 prompts of 256 tokens, the text repeated if shorter)")
+    ev.add_argument("--json", action="store_true", help="print the result as one JSON object instead of a table")
     ev.set_defaults(run=eval_command)
 
 
@@ -151,8 +159,12 @@ def eval_command(args: argparse.Namespace) -> tuple[dict, str]:
     result = evaluate_model(args.model, args.text, args.window, args.max_windows, speed=not args.no_speed)
     rows = [("perplexity", f"{result['perplexity']:.3f} ({result['windows']} windows × {result['window']} "
                            f"tokens, {result['tokens']} predicted)")]
-    if not args.no_speed:
-        rows += [("prefill", f"{result['prefill_tokens_per_s']:.0f} tokens/s"),
+    if "speed_error" in result:
+        rows.append(("speed", f"not measured ({result['speed_error']})"))
+    elif not args.no_speed:
+        repeated = ", text repeated to fill them" if result["prompt_repeated"] else ""
+        rows += [("prefill", f"{result['prefill_tokens_per_s']:.0f} tokens/s ({result['batch']} prompts × "
+                             f"{result['prompt_tokens']} tokens{repeated})"),
                  ("decode", f"{result['decode_tokens_per_s']:.1f} tokens/s (batch {result['batch']})")]
     return result, table(rows)
 
