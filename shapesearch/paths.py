@@ -15,9 +15,10 @@ from .errors import ArgumentError
 
 
 def _existing_ancestor(path: Path) -> Path:
-    """The nearest part of ``path`` (itself included) that exists."""
+    """The nearest part of ``path`` (itself included) that exists, as far as we may look
+    (os.path's tests, unlike Path's, answer False instead of raising where we may not enter)."""
     path = Path(os.path.abspath(path))
-    while not path.exists() and path != path.parent:
+    while not os.path.exists(path) and path != path.parent:
         path = path.parent
     return path
 
@@ -38,7 +39,7 @@ def _writable(directory: Path) -> bool:
 def _check_can_create(path: Path, argument: str, what: str) -> None:
     """``path`` does not exist yet: its nearest existing ancestor must be a writable directory."""
     base = _existing_ancestor(path)
-    if not base.is_dir():
+    if not os.path.isdir(base):
         raise ArgumentError(argument, f"{path}: {base} is a file, so no {what} can be made under it; "
                                       "give a path whose parents are directories")
     if not _writable(base):
@@ -48,8 +49,8 @@ def _check_can_create(path: Path, argument: str, what: str) -> None:
 def check_writable_dir(path: str | Path, argument: str = "out") -> None:
     """``path`` is a writable directory or can be created as one (nothing is created here)."""
     path = Path(path)
-    if path.exists():
-        if not path.is_dir():
+    if os.path.exists(path):
+        if not os.path.isdir(path):
             raise ArgumentError(argument, f"{path} is a file; give a directory")
         if not _writable(path):
             raise ArgumentError(argument, f"{path} is not writable; give a directory you may write to")
@@ -60,9 +61,9 @@ def check_writable_dir(path: str | Path, argument: str = "out") -> None:
 def check_writable_file(path: str | Path, argument: str = "out", overwrite: bool = False) -> None:
     """``path`` can be written as a new file (or replaced, with ``overwrite``)."""
     path = Path(path)
-    if path.is_dir():
+    if os.path.isdir(path):
         raise ArgumentError(argument, f"{path} is a directory; give a file name")
-    if path.exists():
+    if os.path.exists(path):
         if not overwrite:
             raise ArgumentError(argument, f"{path} exists; choose another name or overwrite it")
         if not os.access(path, os.W_OK) or not _writable(path.parent):
