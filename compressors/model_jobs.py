@@ -11,12 +11,11 @@ import copy
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from shapesearch.errors import ArgumentError, ShapesearchError
+from shapesearch.errors import ArgumentError
 from shapesearch.paths import check_writable_dir
 
 from . import lm_metrics
@@ -25,11 +24,8 @@ from .corpus import calibration_windows, read_text
 from .finetune import FinetuneConfig, finetune
 from .flat_llm import FlatLLMConfig
 from .low_rank import SVDConfig
-from .model_loading import is_causal_lm, load_model
+from .model_loading import first_line, is_causal_lm, load_model
 from .serialization import save
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
 
 REPORT = "report.json"
 CALIBRATED = (FlatLLMConfig, SVDConfig)  # rank reduction, calibrated layer by layer
@@ -46,28 +42,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
                                    "may write to") from exc
     if full and not overwrite:
         raise ArgumentError("out", f"{out} is not empty; pick another directory or overwrite it")
-
-
-def _one_line(exc: BaseException) -> str:
-    """The first line of ``exc``'s message (at most 300 characters), or its type's name."""
-    lines = str(exc).strip().splitlines()
-    if not lines:
-        return type(exc).__name__
-    return lines[0] if len(lines[0]) <= 300 else lines[0][:297] + "..."
-
-
-def _load(model: str) -> tuple[nn.Module, PreTrainedTokenizerBase | None]:
-    """:func:`load_model`, with whatever a bad model file makes transformers raise (broken
-    config.json, missing weights, an empty or foreign .gguf, a missing tokenizer) told as one
-    line about the ``model`` argument."""
-    try:
-        return load_model(model)
-    except ShapesearchError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure to read a user's model file is bad input
-        raise ArgumentError("model", f"{model} cannot be loaded ({_one_line(exc)}); give a model directory saved by "
-                                     "transformers or compressors.save (config.json, weights and tokenizer) "
-                                     "or a valid .gguf file") from exc
 
 
 def _check_windows(samples: int, seqlen: int) -> None:
@@ -101,7 +75,7 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
         _check_windows(samples, seqlen)
     _check_out(out, overwrite)
     text = read_text(calib, "calibration", "calib") if calibrated or tune else None
-    net, tok = _load(model)
+    net, tok = load_model(model)
     if calibrated:  # ratio and calibration size, from the model's sizes: before any calibration
         config.preflight(net, samples * seqlen)
     windows = calibration_windows(tok, text, samples, seqlen, seed) if text is not None else None
@@ -128,6 +102,9 @@ def _compress_with_bar(net: nn.Module, config: FlatLLMConfig | SVDConfig, window
                file=sys.stderr, disable=not progress)
     try:
         return compress(net, config, calibration=windows, progress=lambda i: bar.update(1))
+    except BaseException:
+        bar.leave = False  # erased: the error line stands alone
+        raise
     finally:
         bar.close()
 
@@ -144,7 +121,7 @@ def evaluate_model(model: str, text: str | Path | None = None, window: int = 512
     if max_windows is not None and max_windows < 1:
         raise ArgumentError("max_windows", f"must be >= 1, got {max_windows}")
     body = read_text(text, "evaluation", "text")
-    net, tok = _load(model)
+    net, tok = load_model(model)
     if not is_causal_lm(net):
         raise ArgumentError("model", f"{model} is an encoder ({type(net).__name__}); eval measures a causal LM's "
                                      "perplexity (compare its embeddings to the dense model's, as "
@@ -154,5 +131,5 @@ def evaluate_model(model: str, text: str | Path | None = None, window: int = 512
         try:
             result.update(lm_metrics.speed(net, tok, body))
         except Exception as exc:  # noqa: BLE001 - the perplexity is measured already; never lose it to speed
-            result["speed_error"] = _one_line(exc)
+            result["speed_error"] = first_line(exc)
     return result

@@ -49,20 +49,48 @@ def is_causal_lm(model: nn.Module) -> bool:
     return hasattr(model, "generate") and type(model).__name__.endswith("ForCausalLM")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (at most 300 characters), or its type's name."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return lines[0] if len(lines[0]) <= 300 else lines[0][:297] + "..."
+
+
 def load_model(spec: str, tokenizer: bool = True) -> tuple[nn.Module, PreTrainedTokenizerBase | None]:
     """(model in fp32 eval mode, tokenizer) for ``smollm2`` / ``minilm``, a model directory or a
     .gguf file.  Causal LMs load with their LM head; other models (BERT) as the bare encoder.
 
     The built-in GGUF is dequantized once and cached as fp32 safetensors (a GGUF load
     converts the tokenizer and takes ~30 s; the cache loads in under a second).  With
-    ``tokenizer=False`` the tokenizer is None (a directory may then have none)."""
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    ``tokenizer=False`` the tokenizer is None (a directory may then have none).
 
-    from .serialization import load, save
+    Whatever a bad model file makes transformers raise (a broken config.json, missing or
+    mismatched weights, an empty or foreign .gguf, a missing tokenizer) comes out as one
+    :class:`ArgumentError` about ``model``; transformers' own load reports stay quiet."""
+    from transformers.utils import logging as hf_logging
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.disable_progress_bar()  # loads take a second; keep stderr for errors and our own bars
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return _load_model(spec, tokenizer)
+    except ShapesearchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to read a user's model file is bad input
+        raise ArgumentError("model", f"{spec} cannot be loaded ({first_line(exc)}); give a model directory saved "
+                                     "by transformers or compressors.save (config.json, weights and tokenizer) "
+                                     "or a valid .gguf file") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _load_model(spec: str, tokenizer: bool) -> tuple[nn.Module, PreTrainedTokenizerBase | None]:
+    from transformers import AutoTokenizer
+
+    from .serialization import load, save
+
     if spec in BUILTIN and BUILTIN[spec][1].endswith("config.json"):
         spec = str(builtin_path(spec).parent)
     elif spec in BUILTIN:

@@ -198,9 +198,17 @@ def load_with_config(directory: str | Path, config: PreTrainedConfig, dtype: tor
     saved = getattr(config, "dtype", None)
     dtype = dtype or (getattr(torch, saved) if isinstance(saved, str) else saved) or torch.float32
     record = getattr(config, "shapesearch_compression", None)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if not record:
-        return _auto_class(config).from_pretrained(directory, dtype=dtype,
-                                                   attn_implementation=attn_implementation).eval()
+        model, info = _auto_class(config).from_pretrained(directory, dtype=dtype, output_loading_info=True,
+                                                          attn_implementation=attn_implementation)
+        # transformers fills missing weights with random ones and only logs it: a wrong model
+        missing = sorted(set(info["missing_keys"]) - tied) + sorted(k[0] for k in info["mismatched_keys"])
+        if missing:
+            raise ShapesearchError(f"{directory}: weights missing or of the wrong shape for its config.json "
+                                   f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}); "
+                                   "give a complete model directory")
+        return model.eval()
     model = build(config, dtype, attn_implementation)
     files = sorted(directory.glob("*.safetensors"))
     if not files:
@@ -209,7 +217,6 @@ def load_with_config(directory: str | Path, config: PreTrainedConfig, dtype: tor
     for f in files:
         state.update(load_file(str(f)))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if unexpected or set(missing) - tied:
         raise ShapesearchError(f"{directory}: weights do not match the recorded shapes "
                          f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")

@@ -26,3 +26,14 @@ def smooth_image(h: int = 48, w: int = 64, c: int = 3, seed: int = 0) -> np.ndar
 @pytest.fixture
 def image() -> np.ndarray:
     return smooth_image()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """How many generated cases the CLI fuzz test ran (the issue asks CI to print it)."""
+    import sys
+
+    fuzz = sys.modules.get("tests.test_cli_fuzz")
+    if fuzz is not None and fuzz.CASES_RUN:
+        counts = ", ".join(f"{c} {n}" for c, n in fuzz.CASES_RUN.items())
+        terminalreporter.write_line(f"CLI fuzz: {sum(fuzz.CASES_RUN.values())} generated cases ({counts}), "
+                                    "each checked against the exit-0-or-one-error-line contract")

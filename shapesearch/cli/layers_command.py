@@ -56,7 +56,7 @@ def layers_command(args: argparse.Namespace) -> tuple[dict, str]:
                            layers=args.layers, generations=args.generations, population=args.population,
                            seed=args.seed, workers=args.workers, address=args.address,
                            progress=lambda n, total: bar.open(total).update(n))
-    plan.save(args.out)
+        plan.save(args.out)  # inside: a failed write erases the bar, leaving one error line
     return plan.to_dict(), _plan_table(plan, args.out)
 
 

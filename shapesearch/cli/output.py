@@ -14,7 +14,8 @@ def table(rows: list[tuple[str, str]]) -> str:
 
 class LazyBar:
     """A tqdm bar on stderr opened at the first progress report, so that a run refused by an
-    input check prints only its one error line; closed when the ``with`` block ends."""
+    input check prints only its one error line; closed when the ``with`` block ends, and
+    erased if it ends in an error (the error line then stands alone)."""
 
     def __init__(self, **options: Any) -> None:
         self.options, self.bar = options, None
@@ -30,6 +31,8 @@ class LazyBar:
     def __enter__(self) -> LazyBar:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
         if self.bar is not None:
+            if exc_type is not None:
+                self.bar.leave = False
             self.bar.close()

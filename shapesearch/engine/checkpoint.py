@@ -70,29 +70,48 @@ def save(directory: Path, state: dict, new_cache: list[tuple[tuple, dict]], fres
     write_atomically(directory / CHECKPOINT, json.dumps(state))
 
 
+def _strict(constant: str) -> None:
+    raise ValueError(f"{constant} is not a number a checkpoint holds")
+
+
+def _parse(text: str) -> object:
+    """JSON without NaN / Infinity (Python's json would accept them)."""
+    return json.loads(text, parse_constant=_strict)
+
+
 def load(directory: Path) -> dict:
-    """The state saved in ``directory``, with its cache entries under ``"cache"``; drops log
-    lines written after the last state (a crash between the two writes)."""
+    """The state saved in ``directory``, with its cache entries under ``"cache"``; log lines
+    written after the last state (a crash between the two writes) are ignored here and
+    dropped by :func:`trim_cache_log` once the run goes on.  Reads only."""
     path = Path(directory) / CHECKPOINT
     log = Path(directory) / CACHE_LOG
     if not path.is_file():
         raise ShapesearchError(f"{path} not found: resuming needs the output directory of an earlier run")
     try:
-        state = json.loads(path.read_text())
+        state = _parse(path.read_text())
+        if not isinstance(state, dict):
+            raise TypeError("not a JSON object")
         entries = state["cache_entries"]
-        if not isinstance(state, dict) or not isinstance(entries, int):
+        if not isinstance(entries, int) or entries < 0:
             raise TypeError("no cache_entries count")
     except (ValueError, KeyError, TypeError, OSError) as exc:  # JSON and UTF-8 errors are ValueErrors
         raise ShapesearchError(f"{path} is not a valid checkpoint ({exc}); start a new run instead") from exc
     try:
-        lines = log.read_text().splitlines() if entries else []
-        if len(lines) > entries:  # written after the last state: drop them
-            lines = lines[:entries]
-            log.write_text("".join(line + "\n" for line in lines))
-        state["cache"] = [json.loads(line) for line in lines]
+        lines = log.read_text().splitlines()[:entries] if entries else []
+        state["cache"] = [_parse(line) for line in lines]
     except (ValueError, OSError) as exc:
         raise ShapesearchError(f"{log} is damaged ({exc}); start a new run instead") from exc
     if len(state["cache"]) != entries:
         raise ShapesearchError(f"{log} has {len(state['cache'])} of the checkpoint's {entries} entries "
                                "(truncated?); start a new run instead")
     return state
+
+
+def trim_cache_log(directory: Path, entries: int) -> None:
+    """Drop cache-log lines beyond the first ``entries`` (written after the last state), so
+    that the run's next appends follow its own entries."""
+    log = Path(directory) / CACHE_LOG
+    with log.open("rb") as f:
+        lines = f.read().split(b"\n")
+    if len(lines) > entries + 1 or (len(lines) == entries + 1 and lines[-1]):
+        log.write_bytes(b"".join(line + b"\n" for line in lines[:entries]))

@@ -182,10 +182,17 @@ class RayExecutor:
         self.actors = []
 
 
+def check_workers(workers: int | None) -> None:
+    """``workers``: None (one per CPU), 0 (in process) or a positive count."""
+    if workers is not None and workers < 0:
+        raise ArgumentError("workers", f"must be >= 0 (0 = in process), got {workers}")
+
+
 def make_executor(tensor: np.ndarray, norm: float, workers: int | None = None,
                   address: str | None = None) -> Executor:
     """``workers=0`` runs in process; otherwise Ray (local unless an address is given).
     ``norm``: the tensor's Frobenius norm."""
+    check_workers(workers)
     if workers == 0:
         return LocalExecutor(tensor, norm)
     return RayExecutor(tensor, norm, workers, address)

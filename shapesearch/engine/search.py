@@ -50,6 +50,9 @@ class ShapeIndividual(list):
         super().__init__(iterable)
 
 
+MIN_EPS = 1e-10  # float64 reconstruction error alone reaches ~1e-15·√(entries)
+
+
 @dataclass
 class SearchConfig:
     """GA settings.  ``eps``: relative Frobenius error bound; ``time_limit`` in seconds."""
@@ -71,8 +74,9 @@ class SearchConfig:
     polish_rounds: int = 10
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.eps < 1.0:
-            raise ArgumentError("eps", f"must be in (0, 1) (relative Frobenius error), got {self.eps}")
+        if not MIN_EPS <= self.eps < 1.0:
+            raise ArgumentError("eps", f"must be in [{MIN_EPS:g}, 1) (relative Frobenius error; below "
+                                       f"{MIN_EPS:g} float64 rounding alone can exceed it), got {self.eps}")
         if self.population < 2:
             raise ArgumentError("population", f"must be at least 2, got {self.population}")
         if self.generations < 0:
@@ -115,7 +119,7 @@ class _Engine:
         self.norm = float(np.linalg.norm(tensor))
         self.space = ShapeSpace(tensor.shape, config.max_pad, axis_per_mode=config.axis_per_mode)
         self.references = references
-        self.settings = EvalSettings(config.eps, config.carry_over).to_dict()
+        self.settings = EvalSettings.for_eps(config.eps, config.carry_over).to_dict()
         self.cache: dict[tuple, dict] = {}
         self.evaluations = self.cache_hits = 0
         self.rng = random.Random(config.seed)
@@ -231,7 +235,9 @@ class _Engine:
         ok = [(c["params"], c["rel_error"], k, c) for k, c in zip(top, confirmed)
               if c["rel_error"] <= self.config.eps]
         if not ok:
-            raise RuntimeError("no candidate met the error bound when measured in float64")
+            raise ShapesearchError(f"no candidate met ε = {self.config.eps:g} when its error was measured in "
+                                   "float64 (rounding at this ε, or data at the edge of float64's range); "
+                                   "use a larger ε")
         _, _, key, rec = min(ok, key=lambda x: (x[0], x[1]))
         return {"key": key, **rec}
 
@@ -277,11 +283,15 @@ def resume_state(directory: Path, tensor: np.ndarray, config: SearchConfig) -> d
 def _restore(engine: _Engine, state: dict) -> tuple[list, list, list, int, int, float]:
     """Put a checkpoint's cache, counters and RNG into ``engine``; (population, history,
     surrogate notes, generation, stall count, elapsed seconds)."""
-    engine.cache = {checkpoint.key_from_json(k): dict(v) for k, v in state["cache"]}
+    engine.cache = {checkpoint.key_from_json(k): {**v, "params": int(v["params"]), "rel_error": float(v["rel_error"])}
+                    for k, v in state["cache"]}
+    if len(engine.cache) != len(state["cache"]):
+        raise ValueError("the cache log repeats a shape")
     for key, rec in engine.cache.items():  # a cache of another tensor's shapes would fail mid-search
         shape = Tensorization.from_key(key)
         if (shape.original_shape != engine.tensor.shape or not engine.space.valid(shape)
-                or not {"params", "rel_error", "ranks"} <= rec.keys()):
+                or "ranks" not in rec or rec["params"] < 1
+                or not 0 <= rec["rel_error"] <= engine.config.eps * (1 + 1e-6)):
             raise ValueError(f"cache entry {checkpoint.key_to_json(key)} does not fit this tensor")
     engine.evaluations, engine.cache_hits = int(state["evaluations"]), int(state["cache_hits"])
     pop = [_individual(Tensorization.from_key(checkpoint.key_from_json(k))) for k in state["population"]]
@@ -292,6 +302,8 @@ def _restore(engine: _Engine, state: dict) -> tuple[list, list, list, int, int, 
         ind.fitness.values = (int(rec["params"]), float(rec["rel_error"]))
     checkpoint.set_rng_state(engine.rng, state["rng"])
     history, surrogate = list(state["history"]), list(state["surrogate"])
+    if not all(isinstance(h, dict) for h in history) or not all(isinstance(n, dict) for n in surrogate):
+        raise TypeError("history and surrogate notes must be lists of objects")
     return pop, history, surrogate, int(state["generation"]), int(state["stall"]), float(state["elapsed"])
 
 
@@ -313,6 +325,7 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor: Executor, *,
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ShapesearchError(f"{checkpoint_dir / checkpoint.CHECKPOINT} is not a valid checkpoint "
                                    f"(bad {exc.__class__.__name__}: {exc}); start a new run instead") from exc
+        checkpoint.trim_cache_log(checkpoint_dir, len(state["cache"]))
     else:
         seeds, surrogate = engine.seeds()
         pop = engine.initial_population(seeds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,24 +12,36 @@ from safetensors.numpy import load_file
 from ..errors import ArgumentError, ShapesearchError
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    # memory-mapped first: a header that promises more data than the file holds (or an
-    # object dtype) is refused before anything is allocated
+def _npy_header(path: Path) -> None:
+    """Check a .npy header against the file before anything is allocated: a numeric dtype and
+    no more data promised than the file holds (a huge header would otherwise ask for terabytes)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ShapesearchError(f"{path} is empty; write an array with numpy.save(path, array)")
     try:
-        mapped = np.load(path, allow_pickle=False, mmap_mode="r")
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f, max_header_size=100_000)
+            offset = f.tell()
     except (ValueError, EOFError, OSError) as exc:
-        text = str(exc)
-        if path.stat().st_size == 0:
-            reason = "it is empty"
-        elif "pickled" in text or "Python objects" in text:
-            reason = "it holds pickled Python objects or is not a .npy file at all; pickles are never loaded"
-        else:
-            reason = text
-        raise ShapesearchError(f"{path} is not a plain numeric .npy array ({reason}); "
+        raise ShapesearchError(f"{path} is not a .npy array file ({exc}); write one with numpy.save") from exc
+    if dtype.hasobject:
+        raise ShapesearchError(f"{path} holds pickled Python objects, and pickles are never loaded; save a plain "
+                               "numeric array with numpy.save")
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > size - offset:
+        raise ShapesearchError(f"{path}: its header promises {needed:,} bytes of data but the file holds "
+                               f"{size - offset:,}; the file is truncated or damaged")
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    _npy_header(path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise ShapesearchError(f"{path} is not a plain numeric .npy array ({exc}); "
                                "write one with numpy.save(path, array)") from exc
-    if not isinstance(mapped, np.ndarray):  # an .npz archive renamed .npy
-        raise ShapesearchError(f"{path} is not a single .npy array; save one array with numpy.save")
-    return np.array(mapped)
 
 
 def load_array(path: Path, key: str | None = None) -> np.ndarray:
@@ -44,7 +57,8 @@ def load_array(path: Path, key: str | None = None) -> np.ndarray:
     if path.suffix == ".safetensors":
         try:
             tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        # AttributeError: a dtype this numpy lacks (float8); MemoryError: a header's promise
+        except (SafetensorError, OSError, ValueError, TypeError, AttributeError, MemoryError) as exc:
             raise ShapesearchError(f"{path} is not a readable safetensors file ({exc})") from exc
         if not tensors:
             raise ShapesearchError(f"{path} holds no tensors; give a file with at least one")

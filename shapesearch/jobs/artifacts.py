@@ -51,13 +51,31 @@ def load_tt(path: Path) -> tuple[list[np.ndarray], Tensorization, dict]:
     try:
         shape = Tensorization.from_dict(json.loads(header["tensorization"]))
         meta = json.loads(header["meta"])
+        if not isinstance(meta, dict) or meta.get("kind") not in ("image", "array"):
+            raise ValueError("meta must be an object with kind 'image' or 'array'")
+        if meta["kind"] == "image" and meta.get("bits") not in (8, 16):
+            raise ValueError(f"an image's bits must be 8 or 16, not {meta.get('bits')!r}")
         cores = [tensors[f"core_{k}"] for k in range(len(tensors))]
-    except (KeyError, TypeError, ValueError) as exc:  # json's errors and ShapesearchError included
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # json's errors and ShapesearchError too
         raise ShapesearchError(f"{path} has a damaged header or cores ({exc}); write it again") from exc
-    sizes = tuple(c.shape[1] for c in cores)
-    if sizes != shape.mode_sizes:
-        raise ShapesearchError(f"{path}: core mode sizes {sizes} do not match the stored tensorization")
+    check_cores(cores, shape, path)
     return cores, shape, meta
+
+
+def check_cores(cores: list[np.ndarray], shape: Tensorization, path: Path) -> None:
+    """Cores [r_{k-1}, n_k, r_k] that chain (r_0 = r_d = 1), are finite, and have ``shape``'s mode sizes."""
+    problem = None
+    if not cores or any(c.ndim != 3 or c.size == 0 for c in cores):
+        problem = "every core must be a non-empty 3-way array"
+    elif cores[0].shape[0] != 1 or cores[-1].shape[2] != 1 or any(
+            a.shape[2] != b.shape[0] for a, b in zip(cores, cores[1:])):
+        problem = f"the ranks do not chain: {[c.shape for c in cores]}"
+    elif tuple(c.shape[1] for c in cores) != shape.mode_sizes:
+        problem = f"core mode sizes {tuple(c.shape[1] for c in cores)} do not match the stored tensorization"
+    elif not all(np.issubdtype(c.dtype, np.floating) and np.isfinite(c).all() for c in cores):
+        problem = "the cores must hold finite real numbers"
+    if problem:
+        raise ShapesearchError(f"{path}: {problem}; write it again")
 
 
 def reconstruct(cores: list[np.ndarray], shape: Tensorization) -> np.ndarray:
@@ -81,6 +99,7 @@ def save_data(data: np.ndarray, path: Path, meta: dict, overwrite: bool = False)
     if suffix == ".png" and meta.get("kind") != "image":
         raise ArgumentError("out", f"{path}: this TT holds an array, not an image; write .npy or .safetensors")
     check_writable_file(path, "out", overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".png":
         save_image(data, int(meta.get("bits", 8)), path)
     elif suffix == ".npy":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -43,7 +44,19 @@ def load_image(path: str | Path | None) -> ImageData:
     if not path.is_file():
         raise ShapesearchError(f"image {path} not found; give an existing PNG/JPEG file")
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # Pillow's guard against decompression bombs (about 89 M pixels) stops us, not a warning
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ShapesearchError(f"{path} is larger than this tool reads as an image ({exc}); "
+                               "crop or resize it, or save it as a .npy array") from exc
+    except UnidentifiedImageError as exc:
+        raise ShapesearchError(f"{path} is not an image Pillow can read; give a PNG or JPEG file") from exc
+    except OSError as exc:
+        raise ShapesearchError(f"{path} could not be opened ({exc})") from exc
+    try:
+        with im:
             if getattr(im, "n_frames", 1) > 1:
                 raise ShapesearchError(f"{path} has {im.n_frames} frames; save one frame as its own image")
             mode = im.mode
@@ -58,8 +71,6 @@ def load_image(path: str | Path | None) -> ImageData:
             if target != mode and target not in ("I;16", "I"):
                 im = im.convert(target)
             arr = np.array(im)
-    except UnidentifiedImageError as exc:
-        raise ShapesearchError(f"{path} is not an image Pillow can read; give a PNG or JPEG file") from exc
     except OSError as exc:
         raise ShapesearchError(f"{path} could not be decoded ({exc}); is the file truncated?") from exc
     if bits == 16 and arr.max(initial=0) > 65535:

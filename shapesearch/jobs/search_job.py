@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine import checkpoint
-from ..engine.executors import make_executor
+from ..engine.executors import check_workers, make_executor
 from ..engine.search import SearchConfig, resume_state, run_search
 from ..errors import ArgumentError, ShapesearchError
 from ..paths import check_writable_dir, make_dir
@@ -57,6 +57,20 @@ RUN_FILES = (artifacts.RESULT_FILE, artifacts.TT_FILE, checkpoint.CHECKPOINT, ch
              SOURCE_FILE, "reconstruction.png", "reconstruction.npy", "convergence.png")
 
 
+SAFE_RANGE = (1e-6, 1e6)  # max |x| the float32 Gram of the search handles without under/overflow
+
+
+def unit_scale(data: np.ndarray) -> tuple[np.ndarray, int]:
+    """(data / 2^e, e): data whose largest magnitude lies outside :data:`SAFE_RANGE` (1e300,
+    subnormals) is scaled by a power of two into [0.5, 1), which is exact and leaves every
+    relative error, shape and rank as it was; other data is returned as it is (e = 0)."""
+    peak = float(np.max(np.abs(data)))
+    if SAFE_RANGE[0] <= peak <= SAFE_RANGE[1]:
+        return data, 0
+    exponent = int(np.frexp(peak)[1])
+    return np.ldexp(data, -exponent), exponent
+
+
 def check_out(job: Job) -> None:
     """A writable ``out`` that does not hold an earlier run's results unless asked to
     overwrite (or resume) it; nothing is created here."""
@@ -85,26 +99,27 @@ def run_job(job: Job, config: SearchConfig,
             on_generation: Callable[[dict], None] | None = None) -> dict:
     """Search, confirm and write ``result.json``, ``tt.safetensors``, a reconstruction and a plot."""
     start = time.perf_counter()
-    if job.workers is not None and job.workers < 0:
-        raise ArgumentError("workers", f"must be >= 0 (0 = in process), got {job.workers}")
+    check_workers(job.workers)
     data = check_data(job.data, job.name)
     check_out(job)
+    searched, exponent = unit_scale(data)
     if job.resume:  # before Ray starts: a wrong input or changed settings fail at once
-        resume_state(job.out, data, config)
-    norm = float(np.linalg.norm(data))
+        resume_state(job.out, searched, config)
+    norm = float(np.linalg.norm(searched))
     workers = 0 if job.workers is None and data.size < TINY and not job.address else job.workers
-    executor = make_executor(data, norm, workers, job.address)  # a bad cluster address fails here
+    executor = make_executor(searched, norm, workers, job.address)  # a bad cluster address fails here
     try:
         start_out(job)
-        found = run_search(data, config, executor, checkpoint_dir=job.out, resume=job.resume,
+        found = run_search(searched, config, executor, checkpoint_dir=job.out, resume=job.resume,
                            on_generation=on_generation)
     finally:
         executor.close()
 
-    approx = artifacts.reconstruct(found.cores, found.shape)
+    cores = [np.ldexp(found.cores[0], exponent), *found.cores[1:]]  # undo the scaling, exactly
+    approx = artifacts.reconstruct(cores, found.shape)
     files = {"tt": artifacts.TT_FILE, "result": artifacts.RESULT_FILE, "plot": "convergence.png"}
     meta = {"kind": job.kind, "bits": job.bits, "name": job.name, "eps": config.eps}
-    artifacts.save_tt(job.out / artifacts.TT_FILE, found.cores, found.shape, meta)
+    artifacts.save_tt(job.out / artifacts.TT_FILE, cores, found.shape, meta)
     files["reconstruction"] = "reconstruction.png" if job.kind == "image" else "reconstruction.npy"
     artifacts.save_data(approx, job.out / files["reconstruction"], meta, overwrite=True)
     artifacts.plot_convergence(found.history, job.out / files["plot"],

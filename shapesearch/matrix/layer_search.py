@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from ..engine.executors import LocalExecutor
+from ..engine.executors import LocalExecutor, check_workers, start_ray
 from ..engine.fitness import EvalSettings, confirm
 from ..engine.search import SearchConfig, run_search
 from .budget import allocate
@@ -103,6 +103,7 @@ def search_layers(weights: Mapping[str, np.ndarray], eps_values: list[float], fm
     fmt = Format.parse(fmt)
     eps_values = list(eps_values)
     names = sorted(weights, key=lambda n: -weights[n].size)
+    check_workers(workers)
     if workers == 0:
         out = {}
         for name in names:
@@ -111,8 +112,6 @@ def search_layers(weights: Mapping[str, np.ndarray], eps_values: list[float], fm
                 progress(len(eps_values))
         return {n: out[n] for n in weights}
     import ray
-
-    from ..engine.executors import start_ray
 
     start_ray(address, workers)
     task = ray.remote(num_cpus=1, max_retries=3)(_search_task)

@@ -224,6 +224,8 @@ class Plan:
     def load(cls, path: str | Path) -> Plan:
         """Read and check a plan file; ShapesearchError says what to do if it is not one."""
         path = Path(path)
+        if path.is_dir():
+            raise ShapesearchError(f"plan {path} is a directory; give the plan's .json file")
         if not path.is_file():
             raise ShapesearchError(f"plan {path} not found; write one with `shapesearch layers --out {path}`")
         try:

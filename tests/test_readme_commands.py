@@ -1,0 +1,278 @@
+"""Every ``shapesearch …`` command the README shows runs and exits 0, in README order, on small inputs.
+
+The commands are taken from README.md's ```bash blocks (a line may chain setup steps with
+``&&``: only its ``shapesearch`` parts are run; ``# comments`` are dropped) and run as
+subprocesses of the installed console script in one temporary directory, so that later
+commands find what earlier ones wrote (``reconstruct runs/photo``, ``--plan plan50.json``,
+``eval --model runs/smol-20``).  What makes them small, and nothing else, is changed:
+
+* the input files they name (``photo.png``, ``weights.npy``, …) are small generated files;
+* ``--model smollm2`` / ``--model minilm`` name tiny random Llama / BERT directories (with a
+  tokenizer) instead of the real weights;
+* flags that make a run quick are appended unless the command sets them (see :data:`QUICK`);
+  ``--finetune-steps N`` becomes 3; calibration / evaluation text is a small file, except for
+  the first ``compress`` and the first ``eval``, which read gensim's Wikipedia as the README says;
+* the host:port of ``--address`` becomes a loopback Ray head this test starts (``ray start
+  --head --block``, ended by a signal to that process when the test is done).
+
+``test_readme_python_blocks_name_the_real_api`` compiles the ```python blocks and checks that
+every name they import or take from ``compressors`` / ``shapesearch`` exists (they are not
+run: they need a model and calibration windows that the README leaves to the reader).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .tiny_models import TEXT, small_array, small_png, tiny_bert_dir, tiny_llama_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+SUBCOMMANDS = ("image", "tensor", "reconstruct", "layers", "compress", "eval")
+# README command (as written, without its comment) → why it is not run; empty: all of them run
+SKIP: dict[str, str] = {}
+
+# appended unless the command gives the flag itself
+QUICK = {"image": {"--generations": "2", "--population": "6", "--workers": "0"},
+         "tensor": {"--generations": "2", "--population": "6", "--workers": "0"},
+         "layers": {"--generations": "2", "--population": "4", "--workers": "0"},
+         "compress": {"--samples": "4", "--seqlen": "128"},
+         "eval": {"--max-windows": "2"}}
+ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "MPLBACKEND": "Agg",
+       "HF_HUB_OFFLINE": "1",
+       # one BLAS/OpenMP thread: on a shared 2-core machine spinning thread pools make the tiny
+       # models' generate() in `eval` 10-50× slower; results do not depend on it
+       "OMP_NUM_THREADS": "1"}
+TIMEOUT = 300  # seconds per command
+
+
+def bash_blocks(markdown: str) -> list[str]:
+    return re.findall(r"^```bash[ \t]*\n(.*?)^```", markdown, flags=re.S | re.M)
+
+
+def readme_commands(markdown: str) -> list[tuple[dict[str, str], list[str]]]:
+    """(environment assignments, argv) of every ``shapesearch`` command in the bash blocks, in order."""
+    found = []
+    for block in bash_blocks(markdown):
+        for line in block.splitlines():
+            words = shlex.split(line, comments=True)
+            parts: list[list[str]] = [[]]
+            for w in words:
+                if w in ("&&", "||", ";", "|"):
+                    parts.append([])
+                else:
+                    parts[-1].append(w)
+            for part in parts:
+                env = {}
+                while part and re.fullmatch(r"[A-Za-z_]\w*=.*", part[0]):
+                    key, value = part.pop(0).split("=", 1)
+                    env[key] = value
+                if part and Path(part[0]).name == "shapesearch":
+                    found.append((env, part))
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the Ray head did not open port {port} within {seconds:g} s")
+
+
+@contextlib.contextmanager
+def ray_head(env: dict[str, str]):
+    """A loopback Ray head with one CPU: {"gcs": "127.0.0.1:P", "client": "127.0.0.1:Q"} (the Ray
+    Client server on Q only where ``ray[client]`` is installed; without it a ``ray://`` address fails)."""
+    gcs, client = _free_port(), _free_port()
+    with_client = importlib.util.find_spec("grpc") is not None  # what ray[client] adds
+    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    ray = Path(sys.executable).with_name("ray")
+    cmd = [str(ray), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+           "--include-dashboard=false", "--num-cpus=1", "--disable-usage-stats", f"--temp-dir={temp}"]
+    cmd += [f"--ray-client-server-port={client}"] if with_client else []
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        _wait_for_port(gcs, proc, 90)
+        if with_client:
+            _wait_for_port(client, proc, 90)
+        yield {"gcs": f"127.0.0.1:{gcs}", "client": f"127.0.0.1:{client}"}
+    finally:
+        proc.send_signal(signal.SIGTERM)  # `ray start --block` ends the processes it started
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the process group this test created
+            proc.wait(10)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _address(value: str, head: dict[str, str]) -> str:
+    """The README's address (``ray://host:port`` or ``host:port``) pointed at the test's head."""
+    return "ray://" + head["client"] if value.startswith("ray://") else head["gcs"]
+
+
+def _input_file(path: Path) -> None:
+    """A small stand-in for an input the README names (by suffix)."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        small_png(path, 24, 30, "RGB")
+    elif path.suffix == ".npy":
+        np.save(path, small_array((12, 10, 3)))
+    elif path.suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        save_file({"data": small_array((12, 10, 3))}, str(path))
+
+
+def adapt(argv: list[str], cwd: Path, models: dict[str, str], text: Path, head: dict[str, str] | None,
+          seen: set[str]) -> list[str]:
+    """The README command with small inputs and quick settings (see the module docstring)."""
+    sub = argv[1]
+    args = list(argv[1:])
+    for i in range(1, len(args)):
+        prev = args[i - 1]
+        if prev == "--model" and args[i] in models:
+            args[i] = models[args[i]]
+        elif prev == "--address":
+            assert head is not None
+            args[i] = _address(args[i], head)
+        elif prev == "--finetune-steps":
+            args[i] = "3"
+    if sub in ("image", "tensor"):
+        positional = [a for i, a in enumerate(args[1:], 1) if not a.startswith("-")
+                      and not args[i - 1].startswith("-")]
+        for p in positional:
+            _input_file(cwd / p)
+    quick = dict(QUICK.get(sub, {}))
+    if "--resume" in args:
+        quick["--generations"] = "3"  # one generation more than the run it continues
+    if "--address" in args:
+        quick["--workers"] = "1"  # on the cluster, not in process
+    for flag, value in quick.items():
+        if flag not in args:
+            args += [flag, value]
+    text_flag = {"compress": "--calib", "eval": "--text"}.get(sub)
+    if text_flag and text_flag not in args:
+        if sub in seen:  # the first compress / eval reads gensim's Wikipedia, the default
+            args += [text_flag, str(text)]
+    seen.add(sub)
+    exe = Path(sys.executable).with_name("shapesearch")
+    return ([str(exe)] if exe.exists() else [sys.executable, "-m", "shapesearch.cli"]) + args
+
+
+def test_readme_commands_run(tmp_path):
+    commands = readme_commands(README.read_text())
+    subs = [argv[1] if len(argv) > 1 else "" for _, argv in commands]
+    missing = [s for s in SUBCOMMANDS if s not in subs]
+    assert not missing, f"no README command found for {missing}: is the extraction broken?"
+    texts = [shlex.join(argv) for _, argv in commands]
+    assert all(argv[1] in SUBCOMMANDS for _, argv in commands), texts
+
+    models_dir = tmp_path / "models"
+    models = {"smollm2": str(tiny_llama_dir(models_dir / "llama", hidden=128, intermediate=256)),
+              "minilm": str(tiny_bert_dir(models_dir / "bert"))}
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT * 3)
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(ENV)
+    needs_ray = any("--address" in argv or "RAY_ADDRESS" in e for e, argv in commands)
+
+    ran, failures, skipped, seen = [], [], [], set()
+    with ray_head(env) if needs_ray else contextlib.nullcontext() as head:
+        for (extra_env, argv), shown in zip(commands, texts):
+            if shown in SKIP:
+                skipped.append(shown)
+                continue
+            cmd = adapt(argv, cwd, models, text, head, seen)
+            run_env = dict(env)
+            for key, value in extra_env.items():
+                run_env[key] = _address(value, head) if key == "RAY_ADDRESS" and head else value
+            start = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=cwd, env=run_env, capture_output=True, text=True, timeout=TIMEOUT)
+            seconds = time.perf_counter() - start
+            ran.append(shown)
+            print(f"readme: {seconds:6.1f} s  exit {proc.returncode}  {shown}")
+            if proc.returncode != 0:
+                tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
+                failures.append(f"{shown}\n  ran as: {shlex.join(cmd)}\n  exit {proc.returncode}:\n{tail}")
+    print(f"readme: {len(ran)} of {len(commands)} commands ran ({len(skipped)} skipped)")
+    assert len(ran) + len(skipped) == len(commands)
+    assert not failures, f"{len(failures)} of {len(ran)} README commands failed:\n\n" + "\n\n".join(failures)
+
+
+def _python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"^```python[ \t]*\n(.*?)^```", markdown, flags=re.S | re.M)
+
+
+def test_readme_python_blocks_name_the_real_api():
+    blocks = _python_blocks(README.read_text())
+    assert blocks, "no ```python block found in README.md"
+    problems = []
+    for block in blocks:
+        tree = ast.parse(block)
+        compile(tree, "README.md", "exec")
+        modules = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mod = importlib.import_module(node.module)
+                problems += [f"from {node.module} import {a.name}" for a in node.names if not hasattr(mod, a.name)]
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    modules[a.asname or a.name] = importlib.import_module(a.name)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                    and modules[node.value.id].__name__ in ("compressors", "shapesearch")
+                    and not hasattr(modules[node.value.id], node.attr)):
+                problems.append(f"{node.value.id}.{node.attr}")
+    assert not problems, f"README python blocks use names that do not exist: {problems}"
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("shapesearch image photo.png --eps 0.05 --out runs/photo     # PNG/JPEG", [["shapesearch", "image", "photo.png",
+                                                                             "--eps", "0.05", "--out", "runs/photo"]]),
+    ("python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/shapesearch image",
+     [[".venv/bin/shapesearch", "image"]]),
+    ("python3 -m venv .venv && .venv/bin/python -m pytest", []),
+    ("RAY_ADDRESS=head:6379 shapesearch image x.png", [["shapesearch", "image", "x.png"]]),
+])
+def test_extraction(line, expected):
+    assert [argv for _, argv in readme_commands(f"```bash\n{line}\n```\n")] == expected
+
+
+def test_address_substitution():
+    head = {"gcs": "127.0.0.1:1", "client": "127.0.0.1:2"}
+    assert _address("ray://head:10001", head) == "ray://127.0.0.1:2"
+    assert _address("head:6379", head) == "127.0.0.1:1"
+    assert _address("10.0.0.5:6379", head) == "127.0.0.1:1"
