@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from shapesearch.errors import ArgumentError
+from shapesearch.errors import ArgumentError, ShapesearchError
 from shapesearch.paths import check_writable_dir
 
 from . import lm_metrics
@@ -42,6 +42,47 @@ def _check_out(out: Path, overwrite: bool) -> None:
                                    "may write to") from exc
     if full and not overwrite:
         raise ArgumentError("out", f"{out} is not empty; pick another directory or overwrite it")
+
+
+COMPRESSORS = ("flat-llm", "tt", "saten")
+METHODS = ("flat-llm", "svd", "svd-llm")
+
+
+def parse_nm(text: str | None) -> tuple[int, int] | None:
+    """``"2:4"`` → (2, 4): keep n of every m inputs."""
+    if text is None:
+        return None
+    try:
+        n, m = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise ArgumentError("nm", f"must look like 2:4 (keep n of every m inputs), got {text!r}") from None
+    return n, m
+
+
+def compression_config(compressor: str, *, ratio: float = 0.2, method: str = "flat-llm", uniform: bool = False,
+                       plan: str | Path | None = None, density: float | None = None, nm: str | None = None,
+                       finetune_steps: int = 0) -> object:
+    """The config of a ``compressor`` job ("flat-llm": FLAT-LLM or an SVD ``method`` at its size;
+    "tt" / "saten": layers from the ``plan`` file), refusing options that belong to another."""
+    from .tt_compress import SatenConfig, TTConfig, read_plan
+
+    if compressor not in COMPRESSORS:
+        raise ArgumentError("compressor", f"must be one of {', '.join(COMPRESSORS)}, got {compressor!r}")
+    if compressor == "flat-llm":
+        if plan is not None or density is not None or nm is not None or finetune_steps:
+            raise ShapesearchError("plan / density / nm / finetune_steps are for tt and saten, not flat-llm")
+        if method not in METHODS:
+            raise ArgumentError("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
+        if method == "flat-llm":
+            return FlatLLMConfig(ratio=ratio, uniform=uniform)
+        return SVDConfig(ratio=ratio, whiten=method == "svd-llm")
+    if plan is None:
+        raise ArgumentError("plan", f"is needed for {compressor}: a plan.json written by `shapesearch layers`")
+    if compressor == "tt" and (density is not None or nm is not None):
+        raise ShapesearchError("density / nm are for saten; tt has no sparse residual")
+    if compressor == "saten":
+        return SatenConfig(plan=read_plan(plan), density=density, nm=parse_nm(nm))
+    return TTConfig(plan=read_plan(plan))
 
 
 def _check_windows(samples: int, seqlen: int) -> None:

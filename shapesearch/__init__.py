@@ -2,7 +2,8 @@
 
 ε is a relative Frobenius error bound; CR = original entries / TT parameters.  The engine
 (``shapesearch.engine``) is re-exported here; weight-matrix shapes and layer plans live in
-``shapesearch.matrix``, search jobs with files on disk in ``shapesearch.jobs``.
+``shapesearch.matrix``, search jobs with files on disk in ``shapesearch.jobs``, the job service (HTTP API, store,
+drivers on Ray) in ``shapesearch.service`` and its Python client as ``shapesearch.Client``.
 """
 
 from .engine import (
@@ -18,6 +19,7 @@ from .engine import (
     tt_svd,
 )
 from .errors import ArgumentError, ShapesearchError
+from .service.client import Client
 
-__all__ = ["ArgumentError", "AxisSplit", "LocalExecutor", "RayExecutor", "SearchConfig", "SearchResult",
+__all__ = ["ArgumentError", "AxisSplit", "Client", "LocalExecutor", "RayExecutor", "SearchConfig", "SearchResult",
            "ShapesearchError", "TTResult", "Tensorization", "make_executor", "run_search", "tt_svd"]

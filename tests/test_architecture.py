@@ -1,7 +1,7 @@
 """The one rule of imports: they point downward.
 
-cli → compressors / shapesearch.jobs → shapesearch.matrix → shapesearch.engine → shapesearch.errors
-(and shapesearch.paths, the destination checks, on the same bottom level).
+cli → shapesearch.service → compressors / shapesearch.jobs → shapesearch.matrix → shapesearch.engine →
+shapesearch.errors (and shapesearch.paths, the destination checks, on the same bottom level).
 Every import statement of every file is parsed (function-level imports included), so a lazy
 import cannot hide a cycle.
 """
@@ -18,16 +18,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # layer of a module → modules (prefixes) it must never import
+_ABOVE_BASE = ("shapesearch.engine", "shapesearch.matrix", "shapesearch.jobs", "shapesearch.service",
+                 "shapesearch.cli", "compressors", "torch", "transformers")
 FORBIDDEN = {
-    "shapesearch.errors": ("shapesearch.engine", "shapesearch.matrix", "shapesearch.jobs", "shapesearch.cli",
-                           "compressors", "torch", "transformers"),
-    "shapesearch.paths": ("shapesearch.engine", "shapesearch.matrix", "shapesearch.jobs", "shapesearch.cli",
-                          "compressors", "torch", "transformers"),
-    "shapesearch.engine": ("shapesearch.matrix", "shapesearch.jobs", "shapesearch.cli", "compressors", "torch",
+    "shapesearch.errors": _ABOVE_BASE,
+    "shapesearch.paths": _ABOVE_BASE,
+    "shapesearch.engine": _ABOVE_BASE[1:],
+    "shapesearch.matrix": ("shapesearch.jobs", "shapesearch.service", "shapesearch.cli", "compressors", "torch",
                            "transformers"),
-    "shapesearch.matrix": ("shapesearch.jobs", "shapesearch.cli", "compressors", "torch", "transformers"),
-    "shapesearch.jobs": ("shapesearch.matrix", "shapesearch.cli", "compressors", "torch", "transformers"),
-    "compressors": ("shapesearch.cli", "shapesearch.jobs"),
+    "shapesearch.jobs": ("shapesearch.matrix", "shapesearch.service", "shapesearch.cli", "compressors", "torch",
+                         "transformers"),
+    "compressors": ("shapesearch.cli", "shapesearch.jobs", "shapesearch.service"),
+    "shapesearch.service": ("shapesearch.cli",),
 }
 
 

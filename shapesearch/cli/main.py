@@ -12,7 +12,7 @@ import signal
 import sys
 
 from ..errors import ShapesearchError
-from . import layers_command, model_commands, search_commands
+from . import layers_command, model_commands, search_commands, service_commands
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_commands.add_parsers(sub)
     layers_command.add_parser(sub)
     model_commands.add_parsers(sub)
+    service_commands.add_parsers(sub)
     return parser
 
 
@@ -57,7 +58,11 @@ def _run(args: argparse.Namespace) -> int:
         print("shapesearch: error: out of memory for this input; give a smaller one or use a larger machine",
               file=sys.stderr)
         return 2
-    print(json.dumps(result) if args.json else text)
+    try:
+        print(json.dumps(result) if args.json else text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (`| head`): not an error of ours
+        sys.stdout = None
     return 0
 
 

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ArgumentError, ShapesearchError
+from ..errors import ArgumentError
 from .output import table
 
 if TYPE_CHECKING:
@@ -19,39 +19,48 @@ if TYPE_CHECKING:
 # compressors is imported inside the commands: torch and transformers take seconds to load,
 # which the other commands should not pay
 
-METHODS = ("flat-llm", "svd", "svd-llm")
+METHODS = ("flat-llm", "svd", "svd-llm")  # compressors.model_jobs.METHODS, without importing torch here
 
 
-def add_parsers(sub) -> None:
-    comp = sub.add_parser("compress", help="compress a model: FLAT-LLM (or a low-rank baseline at matched size), "
-                                           "or TT / Saten layers from a `shapesearch layers` plan")
+def compress_options(comp: argparse.ArgumentParser, for_job: bool = False) -> None:
+    """What ``compress`` takes (``for_job``: as a service job, with no defaults filled in here:
+    the service fills them, and the job's directory is its --out)."""
+    def dflt(value: object) -> object:
+        return None if for_job else value
+
     comp.add_argument("compressor", choices=["flat-llm", "tt", "saten"], help="the compressor family")
     comp.add_argument("--model", required=True, help="smollm2, minilm (tt/saten), a model directory, or a .gguf file")
     comp.add_argument("--plan", type=Path, default=None, help="tt/saten: the plan.json from `shapesearch layers`")
     comp.add_argument("--density", type=float, default=None,
                       help="saten: fraction of each layer's entries kept in the sparse residual (exact top-K)")
     comp.add_argument("--nm", default=None, help="saten: structured residual, n of every m inputs (e.g. 2:4)")
-    comp.add_argument("--finetune-steps", type=int, default=0,
-                      help="tt/saten: optimizer steps of fine-tuning in compressed space (default %(default)s)")
-    comp.add_argument("--lr", type=float, default=1e-4,
-                      help="tt/saten: fine-tuning learning rate, positive (default %(default)s)")
-    comp.add_argument("--distill", action="store_true",
+    comp.add_argument("--finetune-steps", type=int, default=dflt(0),
+                      help="tt/saten: optimizer steps of fine-tuning in compressed space (default 0)")
+    comp.add_argument("--lr", type=float, default=dflt(1e-4),
+                      help="tt/saten: fine-tuning learning rate, positive (default 1e-4)")
+    comp.add_argument("--distill", action="store_true", default=dflt(False),
                       help="fine-tune by distillation from the dense model (always so for encoders)")
-    comp.add_argument("--ratio", type=float, default=0.2,
+    comp.add_argument("--ratio", type=float, default=dflt(0.2),
                       help="flat-llm: fraction of decoder-linear parameters removed, in (0, 1); a ratio above "
-                           "what the method can remove from the model is refused with its maximum "
-                           "(default %(default)s)")
-    comp.add_argument("--method", choices=METHODS, default="flat-llm",
-                      help="flat-llm, or svd / svd-llm at FLAT-LLM's parameter count (default %(default)s)")
-    comp.add_argument("--uniform", action="store_true", help="same keep ratio in every layer (no IPRS)")
+                           "what the method can remove from the model is refused with its maximum (default 0.2)")
+    comp.add_argument("--method", choices=METHODS, default=dflt("flat-llm"),
+                      help="flat-llm, or svd / svd-llm at FLAT-LLM's parameter count (default flat-llm)")
+    comp.add_argument("--uniform", action="store_true", default=dflt(False),
+                      help="same keep ratio in every layer (no IPRS)")
     comp.add_argument("--calib", type=Path, default=None,
                       help="calibration text file (default: gensim's Wikipedia articles, calibration split)")
-    comp.add_argument("--samples", type=int, default=32,
+    comp.add_argument("--samples", type=int, default=dflt(32),
                       help="calibration / fine-tuning windows; flat-llm and svd-llm need samples × seqlen at "
-                           "least the model's MLP width (default %(default)s)")
-    comp.add_argument("--seqlen", type=int, default=512, help="tokens per window (default %(default)s)")
-    comp.add_argument("--seed", type=int, default=0,
-                      help="seed of the calibration windows' offsets in the text (default %(default)s)")
+                           "least the model's MLP width (default 32)")
+    comp.add_argument("--seqlen", type=int, default=dflt(512), help="tokens per window (default 512)")
+    comp.add_argument("--seed", type=int, default=dflt(0),
+                      help="seed of the calibration windows' offsets in the text (default 0)")
+
+
+def add_parsers(sub) -> None:
+    comp = sub.add_parser("compress", help="compress a model: FLAT-LLM (or a low-rank baseline at matched size), "
+                                           "or TT / Saten layers from a `shapesearch layers` plan")
+    compress_options(comp)
     comp.add_argument("--out", type=Path, required=True,
                       help="directory for the compressed model and report.json (new or empty)")
     comp.add_argument("--overwrite", action="store_true", help="write into --out even if it is not empty")
@@ -70,16 +79,6 @@ def add_parsers(sub) -> None:
     ev.set_defaults(run=eval_command)
 
 
-def _parse_nm(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        n, m = (int(x) for x in text.split(":"))
-    except ValueError:
-        raise ArgumentError("nm", f"must look like 2:4 (keep n of every m inputs), got {text!r}") from None
-    return n, m
-
-
 def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     from compressors import FinetuneConfig
 
@@ -91,20 +90,18 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         raise
 
 
-def tensorize_command(args: argparse.Namespace) -> tuple[dict, str]:
-    from compressors import SatenConfig, TTConfig, compress_model
-    from compressors.tt_compress import read_plan
+def _config(args: argparse.Namespace) -> object:
+    from compressors.model_jobs import compression_config
 
-    if args.plan is None:
-        raise ShapesearchError(f"compress {args.compressor} needs --plan FILE.json "
-                               "(write one with `shapesearch layers`)")
-    if args.compressor == "tt" and (args.density is not None or args.nm is not None):
-        raise ShapesearchError("--density / --nm are for saten; tt has no sparse residual")
-    plan = read_plan(args.plan)
-    if args.compressor == "saten":
-        config = SatenConfig(plan=plan, density=args.density, nm=_parse_nm(args.nm))
-    else:
-        config = TTConfig(plan=plan)
+    return compression_config(args.compressor, ratio=args.ratio, method=args.method, uniform=args.uniform,
+                              plan=args.plan, density=args.density, nm=args.nm, finetune_steps=args.finetune_steps)
+
+
+def tensorize_command(args: argparse.Namespace) -> tuple[dict, str]:
+    from compressors import compress_model
+
+    config = _config(args)
+    plan = config.plan
     report = compress_model(args.model, config, args.out, calib=args.calib, samples=args.samples,
                             seqlen=args.seqlen, seed=args.seed, finetune_config=_finetune_config(args),
                             overwrite=args.overwrite)
@@ -129,14 +126,9 @@ def tensorize_command(args: argparse.Namespace) -> tuple[dict, str]:
 def compress_command(args: argparse.Namespace) -> tuple[dict, str]:
     if args.compressor in ("tt", "saten"):
         return tensorize_command(args)
-    if args.plan is not None or args.density is not None or args.nm is not None or args.finetune_steps:
-        raise ShapesearchError("--plan / --density / --nm / --finetune-steps are for tt and saten, not flat-llm")
-    from compressors import FlatLLMConfig, SVDConfig, compress_model
+    from compressors import compress_model
 
-    if args.method == "flat-llm":
-        config = FlatLLMConfig(ratio=args.ratio, uniform=args.uniform)
-    else:
-        config = SVDConfig(ratio=args.ratio, whiten=args.method == "svd-llm")
+    config = _config(args)
     report = compress_model(args.model, config, args.out, calib=args.calib, samples=args.samples,
                             seqlen=args.seqlen, seed=args.seed, overwrite=args.overwrite)
     rows = [

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 _SETTINGS = ("eps", "seed", "generations", "population", "stall", "time_limit")
 
 
-def _search_options(p: argparse.ArgumentParser) -> None:
+def search_settings(p: argparse.ArgumentParser) -> None:
+    """The search settings (also what a submitted job takes); left out, they are None."""
     d = SearchConfig()
     p.add_argument("--eps", type=float, help=f"relative Frobenius error bound (default {d.eps})")
     p.add_argument("--seed", type=int, help=f"makes a run reproducible (default {d.seed})")
@@ -27,12 +28,16 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--population", type=int, help=f"shapes kept (default {d.population})")
     p.add_argument("--stall", type=int, help=f"stop after this many generations without gain (default {d.stall})")
     p.add_argument("--time-limit", type=float, help="stop the search after this many wall seconds")
+    p.add_argument("--no-carry-over", dest="carry_over", action="store_const", const=False, default=None,
+                   help="uniform per-cut error budget (as in the seed paper's code)")
+
+
+def _search_options(p: argparse.ArgumentParser) -> None:
+    search_settings(p)
     p.add_argument("--workers", type=int, default=None,
                    help="Ray workers (default: one per CPU; 0 = in this process)")
     p.add_argument("--address", default=None,
                    help="join the Ray cluster whose head is at HOST:PORT (or set RAY_ADDRESS)")
-    p.add_argument("--no-carry-over", dest="carry_over", action="store_const", const=False, default=None,
-                   help="uniform per-cut error budget (as in the seed paper's code)")
     p.add_argument("--out", type=Path, default=None,
                    help="result directory (default shapesearch-out/NAME-epsEPS)")
     p.add_argument("--resume", type=Path, default=None, metavar="DIR",

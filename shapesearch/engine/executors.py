@@ -182,6 +182,71 @@ class RayExecutor:
         self.actors = []
 
 
+# per Ray worker process: the tensors of recent tasks by object id, so that tasks of one search
+# landing on the same worker cast the tensor once (workers are shared by every job on the cluster)
+_HELD: dict[str, HeldTensor] = {}
+_HELD_MAX = 4
+
+
+def _held(ref) -> HeldTensor:
+    import ray
+
+    key = ref.hex()
+    if key not in _HELD:
+        while len(_HELD) >= _HELD_MAX:
+            _HELD.pop(next(iter(_HELD)))
+        _HELD[key] = HeldTensor(ray.get(ref))  # zero-copy, read-only
+    return _HELD[key]
+
+
+def _run_chunk(refs: list, norm: float, func: Callable, indexed: list[tuple[int, object]]) -> list[tuple[int, object]]:
+    limit_threads()
+    held = _held(refs[0])
+    return [(i, func(held, norm, item)) for i, item in indexed]
+
+
+class RayTaskExecutor:
+    """Evaluations as plain Ray tasks on a cluster shared with other searches: no actors of
+    its own, so Ray's scheduler interleaves the tasks of every job by their resource requests.
+
+    ``cpus``: CPUs each task asks for; ``share``: at most this many tasks in flight at once (the
+    job's CPU share; None: as many as the chunks).  A task on a killed worker is retried, so the
+    loss is its in-flight evaluations and the result does not change."""
+
+    def __init__(self, tensor: np.ndarray, norm: float, share: int | None = None, cpus: float = 1.0,
+                 address: str | None = None) -> None:
+        import ray
+
+        if share is not None and share < 1:
+            raise ArgumentError("share", f"must be >= 1 task in flight, got {share}")
+        start_ray(address)
+        total = int(ray.cluster_resources().get("CPU", 1))
+        self.workers = max(1, min(share or total, total))
+        self.share, self.norm, self.spectra = share, norm, {}
+        self._refs = [ray.put(np.ascontiguousarray(tensor))]
+        self._task = ray.remote(num_cpus=cpus, max_retries=5)(_run_chunk)
+
+    def map(self, func: Callable, items: Sequence, chunks_per_worker: int = 4) -> list:
+        """Results in input order (items interleaved over about ``chunks_per_worker`` chunks per CPU)."""
+        import ray
+
+        out: list = [None] * len(items)
+        n_chunks = max(1, min(len(items), self.workers * chunks_per_worker))
+        chunks = [list(enumerate(items))[j::n_chunks] for j in range(n_chunks)]
+        window = self.share or len(chunks)
+        pending: list = []
+        while chunks or pending:
+            while chunks and len(pending) < window:
+                pending.append(self._task.remote(self._refs, self.norm, func, chunks.pop(0)))
+            done, pending = ray.wait(pending, num_returns=1)
+            for index, value in ray.get(done[0]):
+                out[index] = value
+        return out
+
+    def close(self) -> None:
+        self._refs = []
+
+
 def check_workers(workers: int | None) -> None:
     """``workers``: None (one per CPU), 0 (in process) or a positive count."""
     if workers is not None and workers < 0:

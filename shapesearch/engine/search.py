@@ -336,7 +336,7 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor: Executor, *,
     def record(phase: str = "ga") -> None:
         best = pop[0].fitness.values
         history.append({"generation": gen, "phase": phase, "best_params": int(best[0]),
-                        "best_cr": tensor.size / best[0],
+                        "best_cr": tensor.size / best[0], "best_error": float(best[1]),
                         "mean_cr": float(np.mean([tensor.size / i.fitness.values[0] for i in pop])),
                         "evaluations": engine.evaluations, "cache_hits": engine.cache_hits,
                         "elapsed": elapsed0 + time.perf_counter() - start})

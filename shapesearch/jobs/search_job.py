@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine import checkpoint
-from ..engine.executors import check_workers, make_executor
+from ..engine.executors import RayTaskExecutor, check_workers, make_executor
 from ..engine.search import SearchConfig, resume_state, run_search
 from ..errors import ArgumentError, ShapesearchError
 from ..paths import check_writable_dir, make_dir
@@ -36,6 +36,8 @@ class Job:
     workers: int | None = None
     address: str | None = None
     source: Source | None = None  # where ``data`` came from: recorded, so that a resume needs no input
+    shared: bool = False  # evaluations as Ray tasks on a cluster other jobs use too (no private workers)
+    share: int | None = None  # with ``shared``: at most this many evaluation tasks in flight (CPU share)
 
 
 def check_data(data: np.ndarray, name: str) -> np.ndarray:
@@ -107,7 +109,10 @@ def run_job(job: Job, config: SearchConfig,
         resume_state(job.out, searched, config)
     norm = float(np.linalg.norm(searched))
     workers = 0 if job.workers is None and data.size < TINY and not job.address else job.workers
-    executor = make_executor(searched, norm, workers, job.address)  # a bad cluster address fails here
+    if job.shared:
+        executor = RayTaskExecutor(searched, norm, job.share, address=job.address)
+    else:  # a bad cluster address fails here, before anything is written
+        executor = make_executor(searched, norm, workers, job.address)
     try:
         start_out(job)
         found = run_search(searched, config, executor, checkpoint_dir=job.out, resume=job.resume,

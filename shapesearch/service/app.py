@@ -1,0 +1,265 @@
+"""The HTTP API and web page of the job service (FastAPI; served by uvicorn).
+
+Routes read like Ray Jobs': submit, list, get, result, artifacts, logs, events (server-sent),
+stop, delete; OpenAPI at ``/docs``.  Job records live in the store (SQLAlchemy), files under
+``data/jobs/<id>/``, and the jobs themselves run on Ray (:mod:`.manager`).  A bad option is a
+422 with the command line's own one-line message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import shutil
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from ..errors import ArgumentError, ShapesearchError
+from .driver import INPUT, LOG, OUT
+from .manager import Manager
+from .specs import OPTIONS, SCHEDULING, check_params
+from .store import FINISHED, STATES, JobRecord, Store
+
+STATIC = Path(__file__).parent / "static"
+UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy", ".safetensors")
+# what a finished job's result is, by kind
+RESULT_FILES = {"image": "result.json", "tensor": "result.json", "layers": "plan.json", "compress": "report.json"}
+
+
+@dataclass
+class Settings:
+    """How the service runs; ``max_upload`` in bytes, ``inputs``: the directory under which jobs
+    may read server-side paths (None: uploads only)."""
+
+    data: Path
+    db: str | None = None  # SQLAlchemy URL; default: a SQLite file in ``data``
+    address: str | None = None
+    host: str = "127.0.0.1"
+    token: str | None = None
+    max_upload: int = 256 << 20
+    max_running: int = 16
+    inputs: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.data = Path(self.data)
+        if self.db is None:
+            self.db = f"sqlite:///{(self.data / 'jobs.db').absolute()}"
+        if not is_loopback(self.host) and not self.token:
+            raise ArgumentError("token", f"is required to serve on {self.host}, which is not a loopback address; "
+                                         "set one (or serve on 127.0.0.1)")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _problem(exc: ShapesearchError, kind: str) -> HTTPException:
+    """The command line's one-line message, as a 422."""
+    flags = set(OPTIONS.get(kind, {})) | set(SCHEDULING)
+    return HTTPException(422, exc.for_command_line(flags))
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The service: API, events and page, with its store and job manager started in the lifespan."""
+    settings.data.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.db)
+    manager = Manager(store, settings.db, settings.data, settings.address, settings.max_running)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        manager.start()
+        yield
+        manager.close()
+        store.close()
+
+    def authorized(request: Request) -> None:
+        if not settings.token:
+            return
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        given = given or request.query_params.get("token", "")
+        if not hmac.compare_digest(given.encode(), settings.token.encode()):
+            raise HTTPException(401, "a valid token is required (Authorization: Bearer TOKEN, or ?token=TOKEN)")
+
+    app = FastAPI(title="shapesearch", description="TT-shape search jobs on Ray", lifespan=lifespan,
+                  dependencies=[Depends(authorized)])
+    app.state.store, app.state.manager = store, manager
+
+    def record(job_id: str) -> JobRecord:
+        job = store.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return job
+
+    def view(job: JobRecord) -> dict:
+        return {**job.to_dict(), "artifacts": artifacts(job.id)}
+
+    def artifacts(job_id: str) -> list[str]:
+        root = manager.job_dir(job_id)
+        if not root.is_dir():
+            return []
+        found = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith("checkpoint")
+                 and p.suffix != ".tmp" and p.name != "source.json"]
+        return sorted(str(p.relative_to(root)) if p.parent != root / OUT else p.name for p in found)
+
+    def artifact_path(job_id: str, name: str) -> Path:
+        """``name`` inside the job's directory (or its out/), never outside it."""
+        root = manager.job_dir(job_id).resolve()
+        for base in (root / OUT, root):
+            path = (base / name).resolve()
+            if path.is_relative_to(root) and path.is_file():
+                return path
+        raise HTTPException(404, f"job {job_id} has no artifact {name!r}")
+
+    @app.post("/api/jobs/{kind}", status_code=201, summary="Submit a job (multipart: params JSON + file, or JSON)")
+    async def submit(kind: str, request: Request) -> dict:
+        size = int(request.headers.get("content-length") or 0)
+        if size > settings.max_upload:
+            raise HTTPException(413, f"the request is {size:,} bytes; this server takes at most "
+                                     f"{settings.max_upload:,}")
+        upload = None
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form(max_part_size=settings.max_upload)
+            raw, upload = form.get("params") or "{}", form.get("file")
+            try:
+                params = json.loads(raw)
+            except ValueError as exc:
+                raise HTTPException(422, f"params must be a JSON object ({exc})") from None
+        else:
+            try:
+                params = (await request.json()) if size else {}
+            except ValueError as exc:
+                raise HTTPException(422, f"the body must be a JSON object of options ({exc})") from None
+        try:
+            checked = check_params(kind, params)
+            if upload is not None and kind not in ("image", "tensor"):
+                raise ShapesearchError(f"{kind} jobs take no uploaded file")
+            if kind in ("image", "tensor"):
+                _check_input(kind, checked, upload, settings)
+        except ShapesearchError as exc:
+            raise _problem(exc, kind) from None
+        if upload is not None and (upload.size or 0) > settings.max_upload:  # sent without a length
+            raise HTTPException(413, f"the upload is {upload.size:,} bytes; this server takes at most "
+                                     f"{settings.max_upload:,}")
+        if upload is not None:
+            checked["upload"] = Path(upload.filename or "input").name  # the job's name, as a CLI run's
+        job = store.add(kind, checked, priority=checked.get("priority", 0), cpus=checked.get("cpus"))
+        job_dir = manager.job_dir(job.id)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        if upload is not None:
+            suffix = Path(upload.filename or "").suffix.lower()
+            with (job_dir / f"{INPUT}{suffix}").open("wb") as f:
+                shutil.copyfileobj(upload.file, f)
+        return {"id": job.id}
+
+    @app.get("/api/jobs", summary="List jobs, newest first")
+    def list_jobs(state: str | None = None) -> list[dict]:
+        if state is not None and state not in STATES:
+            raise HTTPException(422, f"state must be one of {', '.join(STATES)}")
+        return [view(j) for j in store.list(state)]
+
+    @app.get("/api/jobs/{job_id}", summary="A job: state and progress")
+    def get_job(job_id: str) -> dict:
+        return view(record(job_id))
+
+    @app.get("/api/jobs/{job_id}/result", summary="A finished job's result (result.json, plan or report)")
+    def result(job_id: str) -> JSONResponse:
+        job = record(job_id)
+        if job.state != "SUCCEEDED":
+            raise HTTPException(409, f"job {job_id} is {job.state}" + (f": {job.error}" if job.error else ""))
+        path = manager.job_dir(job_id) / OUT / RESULT_FILES[job.kind]
+        return JSONResponse(json.loads(path.read_text()))
+
+    @app.get("/api/jobs/{job_id}/artifacts", summary="The names of a job's files")
+    def list_artifacts(job_id: str) -> list[str]:
+        record(job_id)
+        return artifacts(job_id)
+
+    @app.get("/api/jobs/{job_id}/artifacts/{name:path}", summary="One of a job's files")
+    def artifact(job_id: str, name: str) -> FileResponse:
+        record(job_id)
+        return FileResponse(artifact_path(job_id, name))
+
+    @app.get("/api/jobs/{job_id}/logs", response_class=PlainTextResponse, summary="A job's log")
+    def logs(job_id: str) -> str:
+        record(job_id)
+        path = manager.job_dir(job_id) / LOG
+        return path.read_text() if path.is_file() else ""
+
+    @app.get("/api/jobs/{job_id}/events", summary="Server-sent events: the job whenever it changes")
+    async def events(job_id: str, request: Request) -> StreamingResponse:
+        record(job_id)
+
+        async def stream():
+            last = None
+            while not await request.is_disconnected():
+                job = store.get(job_id)
+                if job is None:
+                    return
+                now = json.dumps(view(job))
+                if now != last:
+                    last = now
+                    yield f"data: {now}\n\n"
+                if job.state in FINISHED:
+                    return
+                await asyncio.sleep(0.25)
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.post("/api/jobs/{job_id}/stop", summary="Stop a pending or running job")
+    def stop(job_id: str) -> dict:
+        record(job_id)
+        manager.stop(job_id)
+        return view(record(job_id))
+
+    @app.delete("/api/jobs/{job_id}", summary="Stop a job if needed and remove it with its files")
+    def delete(job_id: str) -> dict:
+        record(job_id)
+        manager.delete(job_id)
+        return {"deleted": job_id}
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _check_input(kind: str, params: dict, upload: object, settings: Settings) -> None:
+    """An image/tensor job needs an uploaded file or a ``path`` under ``settings.inputs``."""
+    if upload is not None:
+        suffix = Path(getattr(upload, "filename", "") or "").suffix.lower()
+        if suffix not in UPLOAD_SUFFIXES:
+            raise ShapesearchError(f"upload a {', '.join(UPLOAD_SUFFIXES)} file (got {suffix or 'no suffix'!r})")
+        if "path" in params:
+            raise ShapesearchError("give either an uploaded file or path, not both")
+        return
+    if "path" not in params:
+        raise ArgumentError("path", "or an uploaded file is needed")
+    if settings.inputs is None:
+        raise ArgumentError("path", "is not taken by this server (it takes uploads; start it with --inputs DIR to "
+                                    "let jobs read files under DIR)")
+    path = Path(params["path"]).resolve()
+    if not path.is_relative_to(settings.inputs.resolve()) or not path.is_file():
+        raise ArgumentError("path", f"{params['path']} is not a file under the server's inputs directory")
+    params["path"] = str(path)
+
+
+def serve(settings: Settings, port: int = 8000) -> None:
+    """Run the service with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=settings.host, port=port, log_level="warning")
