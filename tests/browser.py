@@ -221,10 +221,10 @@ def stop_service(svc: Service) -> None:
         proc.wait(timeout=10)
 
 
-@pytest.fixture
-def service(tmp_path) -> Iterator[Service]:
-    """`shapesearch serve` on a free port with a fresh data directory and a token."""
-    data = tmp_path / "data"
+@pytest.fixture(scope="module")
+def service(tmp_path_factory) -> Iterator[Service]:
+    """`shapesearch serve` on a free port with a fresh data directory and a token (one per test module)."""
+    data = tmp_path_factory.mktemp("service") / "data"
     data.mkdir()
     svc = start_service(data, token="page-test-token")
     try:

@@ -45,7 +45,7 @@ from .tiny_models import TEXT, small_array, small_png, tiny_bert_dir, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-SUBCOMMANDS = ("image", "tensor", "reconstruct", "layers", "compress", "eval")
+SUBCOMMANDS = ("image", "tensor", "reconstruct", "layers", "compress", "eval", "serve", "submit", "jobs", "result")
 # README command (as written, without its comment) → why it is not run; empty: all of them run
 SKIP: dict[str, str] = {}
 
@@ -54,7 +54,8 @@ QUICK = {"image": {"--generations": "2", "--population": "6", "--workers": "0"},
          "tensor": {"--generations": "2", "--population": "6", "--workers": "0"},
          "layers": {"--generations": "2", "--population": "4", "--workers": "0"},
          "compress": {"--samples": "4", "--seqlen": "128"},
-         "eval": {"--max-windows": "2"}}
+         "eval": {"--max-windows": "2"},
+         "submit": {"--generations": "2", "--population": "6"}}
 ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "MPLBACKEND": "Agg",
        "HF_HUB_OFFLINE": "1",
        # one BLAS/OpenMP thread: on a shared 2-core machine spinning thread pools make the tiny
@@ -99,11 +100,11 @@ def _wait_for_port(port: int, proc: subprocess.Popen, seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}")
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
             return
         time.sleep(0.5)
-    raise RuntimeError(f"the Ray head did not open port {port} within {seconds:g} s")
+    raise RuntimeError(f"{proc.args[0]} did not open port {port} within {seconds:g} s")
 
 
 @contextlib.contextmanager
@@ -168,9 +169,9 @@ def adapt(argv: list[str], cwd: Path, models: dict[str, str], text: Path, head: 
             args[i] = _address(args[i], head)
         elif prev == "--finetune-steps":
             args[i] = "3"
-    if sub in ("image", "tensor"):
+    if sub in ("image", "tensor", "submit"):
         positional = [a for i, a in enumerate(args[1:], 1) if not a.startswith("-")
-                      and not args[i - 1].startswith("-")]
+                      and not args[i - 1].startswith("-") and a not in SUBCOMMANDS]
         for p in positional:
             _input_file(cwd / p)
     quick = dict(QUICK.get(sub, {}))
@@ -210,12 +211,24 @@ def test_readme_commands_run(tmp_path):
     needs_ray = any("--address" in argv or "RAY_ADDRESS" in e for e, argv in commands)
 
     ran, failures, skipped, seen = [], [], [], set()
+    server: subprocess.Popen | None = None
+    job_id = ""
     with ray_head(env) if needs_ray else contextlib.nullcontext() as head:
         for (extra_env, argv), shown in zip(commands, texts):
             if shown in SKIP:
                 skipped.append(shown)
                 continue
             cmd = adapt(argv, cwd, models, text, head, seen)
+            if argv[1] == "serve":  # runs until stopped: in the background, on a free port
+                port = _free_port()
+                server = subprocess.Popen([*cmd, "--port", str(port)], cwd=cwd, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                _wait_for_port(port, server, 90)
+                env["SHAPESEARCH_SERVER"] = f"http://127.0.0.1:{port}"
+                ran.append(shown)
+                print(f"readme: serving on port {port}  {shown}")
+                continue
+            cmd = [job_id if a == "JOB_ID" else a for a in cmd]
             run_env = dict(env)
             for key, value in extra_env.items():
                 run_env[key] = _address(value, head) if key == "RAY_ADDRESS" and head else value
@@ -227,6 +240,14 @@ def test_readme_commands_run(tmp_path):
             if proc.returncode != 0:
                 tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
                 failures.append(f"{shown}\n  ran as: {shlex.join(cmd)}\n  exit {proc.returncode}:\n{tail}")
+            elif argv[1] == "submit":
+                job_id = proc.stdout.strip()
+    if server is not None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
     print(f"readme: {len(ran)} of {len(commands)} commands ran ({len(skipped)} skipped)")
     assert len(ran) + len(skipped) == len(commands)
     assert not failures, f"{len(failures)} of {len(ran)} README commands failed:\n\n" + "\n\n".join(failures)

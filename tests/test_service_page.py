@@ -40,6 +40,25 @@ def _submit(tab, png, eps: str, generations: str = "") -> None:
     tab.click("#submit-form button[type=submit]")
 
 
+def _submitted(tab, svc) -> str:
+    """The id of the job just submitted through the form (its row is shown)."""
+    try:
+        tab.wait_for_selector("#notice a", timeout=15_000)
+    except Exception:  # noqa: BLE001
+        _fail(f"no job after submitting (#error: {tab.text_content('#error')!r})", svc, tab)
+    assert tab.text_content("#error").strip() == ""
+    job_id = tab.get_attribute("#notice a", "href").rsplit("/", 1)[-1]
+    tab.wait_for_selector(f"#jobs tr.job[data-id='{job_id}']")
+    return job_id
+
+
+def _images_loaded(tab) -> None:
+    tab.wait_for_function(
+        """() => ['#original', '#reconstruction', '#convergence'].every(s => {
+                   const img = document.querySelector(s);
+                   return img && img.complete && img.naturalWidth > 0; })""", timeout=30_000)
+
+
 def test_page_runs_an_image_job(service, page, png):  # noqa: F811 - fixtures from .browser
     page.goto(service.page_url())
     page.wait_for_selector("#submit-form")
@@ -47,21 +66,17 @@ def test_page_runs_an_image_job(service, page, png):  # noqa: F811 - fixtures fr
     assert page.input_value("#eps") == "0.1"
 
     # a bad ε: the server's 422 detail line appears in #error and no job is made
+    before = len(service.get_json("/api/jobs"))
     _submit(page, png, "2")
     page.wait_for_function("() => document.querySelector('#error').textContent.trim().length > 0")
     detail = page.text_content("#error")
     assert "eps" in detail.lower(), detail
     assert "422" in detail, detail
-    assert service.get_json("/api/jobs") == []
+    assert len(service.get_json("/api/jobs")) == before
 
     # a good job: its row appears and reaches SUCCEEDED
     _submit(page, png, "0.1", "3")
-    try:
-        page.wait_for_selector("#jobs tr.job", timeout=15_000)
-    except Exception:  # noqa: BLE001
-        _fail(f"no job row after submitting (#error: {page.text_content('#error')!r})", service, page)
-    assert page.text_content("#error").strip() == ""
-    job_id = page.get_attribute("#jobs tr.job", "data-id")
+    job_id = _submitted(page, service)
     row = f"#jobs tr.job[data-id='{job_id}']"
     try:
         state = page.wait_for_function(
@@ -82,10 +97,7 @@ def test_page_runs_an_image_job(service, page, png):  # noqa: F811 - fixtures fr
     page.wait_for_selector("#job", state="visible")
     assert page.evaluate("location.hash") == f"#/jobs/{job_id}"
     assert page.text_content("#job-state").strip() == "SUCCEEDED"
-    page.wait_for_function(
-        """() => ['#original', '#reconstruction', '#convergence'].every(s => {
-                   const img = document.querySelector(s);
-                   return img && img.complete && img.naturalWidth > 0; })""", timeout=30_000)
+    _images_loaded(page)
     assert page.evaluate("[document.querySelector('#original').naturalWidth,"
                          " document.querySelector('#original').naturalHeight]") == [64, 48]
     page.wait_for_function("() => ['#shape', '#ranks', '#cr'].every("
@@ -112,4 +124,32 @@ def test_page_runs_an_image_job(service, page, png):  # noqa: F811 - fixtures fr
     # back to the list: the row is still there
     page.click("#job a.back")
     page.wait_for_selector(row, state="visible")
+    assert page.log.unexpected() == [], page.log.unexpected()
+
+
+def test_job_page_updates_live(service, page, png):  # noqa: F811 - fixtures from .browser
+    """Opened while the job runs, the job page follows it (server-sent events) to its results, no reload."""
+    page.goto(service.page_url())
+    _submit(page, png, "0.1", "4")
+    job_id = _submitted(page, service)
+    page.click("#notice a")
+    page.wait_for_selector("#job", state="visible")
+    page.wait_for_function("() => document.querySelector('#job-state').textContent.length > 0")
+    # record every state the page shows, from its first load on
+    page.evaluate("""() => { window.seenStates = [document.querySelector('#job-state').textContent];
+        new MutationObserver(() => window.seenStates.push(document.querySelector('#job-state').textContent))
+            .observe(document.querySelector('#job-state'), {childList: true, characterData: true, subtree: true}); }""")
+    try:
+        page.wait_for_function("() => ['SUCCEEDED', 'FAILED', 'STOPPED'].includes("
+                               "document.querySelector('#job-state').textContent)", timeout=JOB_TIMEOUT_MS)
+    except Exception:  # noqa: BLE001
+        _fail(f"job page of {job_id} did not reach a final state", service, page)
+    seen = page.evaluate("window.seenStates")
+    assert seen[-1] == "SUCCEEDED", (seen, service.get_json(f"/api/jobs/{job_id}").get("error"))
+    if seen[0] in FINISHED:
+        pytest.skip(f"job {job_id} finished before its page was read; nothing live to check")
+    assert page.evaluate("location.hash") == f"#/jobs/{job_id}"
+    _images_loaded(page)
+    page.wait_for_function("() => document.querySelector('#shape').textContent.trim().length > 0")
+    assert page.is_hidden("#job-stop")
     assert page.log.unexpected() == [], page.log.unexpected()
