@@ -13,9 +13,9 @@ to a temporary directory; every job has seed 0 and default settings.  Measured:
   then the 8 jobs submitted at once, total from the first submit to the last finish; each
   job's result compared with the CLI's (shape text and TT parameters);
 * fairness: a sampler thread polls GET /api/jobs every 0.1 s and records, per job, when
-  ``progress.evaluations`` went up while the job was RUNNING; the longest gap per job (the
-  first one from the job's start) — an upper bound on the gap between finished evaluations,
-  since a generation's evaluations are reported at its end;
+  ``progress.evaluated`` (evaluations finished, counted per Ray task and written at most every
+  0.5 s) went up while the job was RUNNING; per job the longest gap between two increases, and
+  separately the wait from the job's start to its first one (driver start-up, image loading);
 * latency: p50/p99 of GET /api/jobs/{id} for a random running job, requests back to back from
   one thread (httpx) while the jobs run;
 * a 2-node Ray cluster (`ray.cluster_utils.Cluster`, head and worker 1 CPU each, started here)
@@ -180,7 +180,9 @@ class Sampler(threading.Thread):
                 ids = set(self.ids)  # (added to by the submitting thread)
                 found = {j["id"]: j for j in self.http.get("/api/jobs").raise_for_status().json() if j["id"] in ids}
                 for job_id, job in found.items():
-                    evals = (job.get("progress") or {}).get("evaluations") or 0
+                    progress = job.get("progress") or {}
+                    # finished evaluation tasks (reported at most every 0.5 s), else per generation
+                    evals = progress.get("evaluated") or progress.get("evaluations") or 0
                     if job["state"] == "RUNNING" and evals > self.last_evals[job_id]:
                         self.ticks[job_id].append(now)
                     self.last_evals[job_id] = max(self.last_evals[job_id], evals)
@@ -388,14 +390,16 @@ def run(args) -> str:
         for r in clu["jobs"]:
             append_row(JSONL, {**base, "mode": "cluster", **r})
 
-    gaps = [(r["max_gap"], r["image"], r["eps"]) for r in svc["jobs"] if r["max_gap"] is not None]
+    gaps = [(r["between"], r["image"], r["eps"]) for r in svc["jobs"] if r["between"] is not None]
     max_gap = max(gaps) if gaps else (None, None, None)
+    firsts = [r["first"] for r in svc["jobs"] if r["first"] is not None]
     lat = svc["latency"]
     summary = {
         **base, "mode": "summary", "jobs": len(jobs), "cli_total": cli_total,
         "service_startup": server.startup, "service_submit": svc["submit_s"], "service_total": svc["total"],
         "ratio": svc["total"] / cli_total if svc["total"] else None, "service_all_equal": svc_equal,
         "max_gap": max_gap[0], "max_gap_job": f"{max_gap[1]} ε={max_gap[2]}" if max_gap[1] else None,
+        "max_first": max(firsts) if firsts else None,
         "latency_n": len(lat), "latency_errors": svc["latency_errors"],
         "latency_p50_ms": percentile_ms(lat, 50), "latency_p99_ms": percentile_ms(lat, 99),
         "latency_max_ms": percentile_ms(lat, 100),
@@ -456,9 +460,11 @@ def report() -> str:
         ["service total, first submit to last end", f"{num(s['service_total'], '.1f')} s "
          f"({num(s['ratio'])}× back to back)", f"≤ {TARGETS['ratio']} × back to back", met(ratio_ok)],
         ["service results equal to the CLI's", str(s["service_all_equal"]), "all equal", met(s["service_all_equal"])],
-        ["longest gap without an evaluation report (max over jobs)",
+        ["longest wait for a job's next finished evaluation (max over jobs)",
          f"{num(s['max_gap'])} s ({s['max_gap_job']})", f"≤ {TARGETS['max_gap_s']:g} s",
          met(None if s["max_gap"] is None else s["max_gap"] <= TARGETS["max_gap_s"])],
+        ["longest wait from a job's start to its first finished evaluation",
+         f"{num(s.get('max_first'))} s", "", ""],
         ["GET /api/jobs/{id} p50 / p99 / max", f"{num(s['latency_p50_ms'])} / {num(p99)} / "
          f"{num(s['latency_max_ms'])} ms ({s['latency_n']} requests, {s['latency_errors']} errors)",
          f"p99 < {TARGETS['p99_ms']:g} ms, ≥ {TARGETS['min_requests']} requests",
@@ -472,10 +478,10 @@ def report() -> str:
         ["job drivers alive on the cluster after every job ended", str(s.get("cluster_drivers_left")), "", ""],
     ]
     out += [table(["measure", "value", "target", "met"], summary), "",
-            "The gap is an upper bound on the longest time between two finished evaluations of a job: a "
-            "generation's evaluations are reported together at its end, and the sampler polls "
-            f"`GET /api/jobs` every {SAMPLE_S:g} s. Latency: one thread requesting back to back, wall time of "
-            "each request with httpx, while the jobs ran.", ""]
+            "The wait is measured on the job's count of finished evaluations, which its driver writes at "
+            "most every 0.5 s as Ray tasks finish, sampled from `GET /api/jobs` every "
+            f"{SAMPLE_S:g} s (so it is exact to about 0.6 s). Latency: one thread requesting back to back, "
+            "wall time of each request with httpx, while the jobs ran.", ""]
     return "\n".join(out)
 
 

@@ -211,10 +211,11 @@ class RayTaskExecutor:
 
     ``cpus``: CPUs each task asks for; ``share``: at most this many tasks in flight at once (the
     job's CPU share; None: as many as the chunks).  A task on a killed worker is retried, so the
-    loss is its in-flight evaluations and the result does not change."""
+    loss is its in-flight evaluations and the result does not change.  ``on_evaluated(n)``: told
+    as each task finishes (n items), for progress finer than a generation."""
 
     def __init__(self, tensor: np.ndarray, norm: float, share: int | None = None, cpus: float = 1.0,
-                 address: str | None = None) -> None:
+                 address: str | None = None, on_evaluated: Callable[[int], None] | None = None) -> None:
         import ray
 
         if share is not None and share < 1:
@@ -223,6 +224,7 @@ class RayTaskExecutor:
         total = int(ray.cluster_resources().get("CPU", 1))
         self.workers = max(1, min(share or total, total))
         self.share, self.norm, self.spectra = share, norm, {}
+        self.on_evaluated = on_evaluated  # called with the number of items each finished task scored
         self._refs = [ray.put(np.ascontiguousarray(tensor))]
         self._task = ray.remote(num_cpus=cpus, max_retries=5)(_run_chunk)
 
@@ -239,8 +241,11 @@ class RayTaskExecutor:
             while chunks and len(pending) < window:
                 pending.append(self._task.remote(self._refs, self.norm, func, chunks.pop(0)))
             done, pending = ray.wait(pending, num_returns=1)
-            for index, value in ray.get(done[0]):
+            finished = ray.get(done[0])
+            for index, value in finished:
                 out[index] = value
+            if self.on_evaluated is not None:
+                self.on_evaluated(len(finished))
         return out
 
     def close(self) -> None:

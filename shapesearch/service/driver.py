@@ -84,17 +84,29 @@ class JobRunner:
         data, name, bits = source.load()
         name = Path(p["upload"]).stem if "upload" in p else name
         out = self.dir / OUT
+        latest: dict = {}
+        tally = {"evaluated": 0, "sent": 0.0}
+
+        def evaluated(n: int) -> None:
+            # finer than a generation: every finished task counts, written at most twice a second
+            tally["evaluated"] += n
+            now = time.time()
+            if now - tally["sent"] >= 0.5:
+                tally["sent"] = now
+                self._report({**latest, "evaluated": tally["evaluated"], "last_evaluation": now})
+
         job = Job(data=data, name=name, out=out, kind=source.kind, bits=bits,
                   resume=(out / "checkpoint.json").is_file(), overwrite=True, source=source,
-                  shared=True, share=p.get("cpus"))
+                  shared=True, share=p.get("cpus"), on_evaluated=evaluated)
         if job.resume:
             self.log("resuming from the last checkpoint")
 
         def progress(h: dict) -> None:
-            report = {"generation": h["generation"], "generations": config.generations, "phase": h["phase"],
-                      "evaluations": h["evaluations"], "best_cr": h["best_cr"], "best_error": h.get("best_error"),
-                      "elapsed": h["elapsed"], "eta": _eta(h, config.generations)}
-            self._report(report)
+            latest.clear()
+            latest.update(generation=h["generation"], generations=config.generations, phase=h["phase"],
+                          evaluations=h["evaluations"], best_cr=h["best_cr"], best_error=h.get("best_error"),
+                          elapsed=h["elapsed"], eta=_eta(h, config.generations))
+            self._report({**latest, "evaluated": tally["evaluated"], "last_evaluation": tally["sent"] or None})
             self.log(f"generation {h['generation']} ({h['phase']}): best CR {h['best_cr']:.3f}, "
                      f"{h['evaluations']} evaluations, {h['elapsed']:.1f} s")
 

@@ -94,6 +94,7 @@ class Manager:
                     ray.get(run.done)
                 except Exception as exc:  # noqa: BLE001 - the driver died (not a bad input: it records those)
                     self._driver_died(job_id, exc)
+                ray.kill(run.actor, no_restart=True)  # a detached driver would otherwise outlive its job
             for job in self.store.pending():
                 if len(self.running) >= self.max_running:
                     break
