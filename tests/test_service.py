@@ -230,3 +230,32 @@ def test_a_killed_ray_worker_costs_only_its_evaluations(server, tmp_path):
     done = client.wait(job, timeout=240)
     assert done["state"] == "SUCCEEDED", done
     assert same_result(client.result(job), cli_result(tmp_path, image, **settings))
+
+
+def test_layers_and_compress_jobs_read_only_allowed_paths(tmp_path):
+    """A layers job on a model under --inputs writes a plan; a tt compress job takes that plan
+    (another job's output); a model outside --inputs is refused with the command's message."""
+    from .tiny_models import TEXT, tiny_llama_dir
+
+    inputs = tmp_path / "inputs"
+    model = tiny_llama_dir(inputs / "llama", hidden=64, intermediate=128)
+    (inputs / "calib.txt").write_text(TEXT * 3)
+    s = Server(tmp_path / "data", "--inputs", str(inputs)).start()
+    try:
+        client = Client(s.url)
+        plan_job = client.submit("layers", model=str(model), layers="layers.0.mlp", generations=2, population=4,
+                                 eps=0.5)
+        assert client.wait(plan_job, timeout=240)["state"] == "SUCCEEDED", client.logs(plan_job)
+        plan = client.result(plan_job)
+        assert plan["version"] == 1 and all("layers.0.mlp" in name for name in plan["layers"])
+        plan_path = tmp_path / "data" / "jobs" / plan_job / "out" / "plan.json"
+        comp = client.submit("compress", compressor="tt", model=str(model), plan=str(plan_path))
+        assert client.wait(comp, timeout=240)["state"] == "SUCCEEDED", client.logs(comp)
+        report = client.result(comp)
+        assert report["method"] == "tt" and report["replaced_layers"] == len(plan["layers"])
+        r = httpx.post(f"{s.url}/api/jobs/layers", json={"model": str(tmp_path)})
+        assert r.status_code == 422 and r.json()["detail"].startswith("--model "), r.text
+        r = httpx.post(f"{s.url}/api/jobs/compress", json={"compressor": "zip", "model": "smollm2"})
+        assert r.status_code == 422 and r.json()["detail"].startswith("--compressor"), r.text
+    finally:
+        s.stop()

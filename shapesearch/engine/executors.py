@@ -228,18 +228,19 @@ class RayTaskExecutor:
         self._refs = [ray.put(np.ascontiguousarray(tensor))]
         self._task = ray.remote(num_cpus=cpus, max_retries=5)(_run_chunk)
 
-    def map(self, func: Callable, items: Sequence, chunks_per_worker: int = 4) -> list:
-        """Results in input order (items interleaved over about ``chunks_per_worker`` chunks per CPU)."""
+    def map(self, func: Callable, items: Sequence) -> list:
+        """Results in input order.  One item per task, at most ``share`` (default: the cluster's
+        CPUs) in flight: short tasks and a short queue per job are what let Ray's scheduler
+        interleave the jobs finely (an owner with a long queue keeps its leased workers)."""
         import ray
 
         out: list = [None] * len(items)
-        n_chunks = max(1, min(len(items), self.workers * chunks_per_worker))
-        chunks = [list(enumerate(items))[j::n_chunks] for j in range(n_chunks)]
-        window = self.share or len(chunks)
+        todo = list(enumerate(items))
+        todo.reverse()  # popped from the end: the given order (longest first) is kept
         pending: list = []
-        while chunks or pending:
-            while chunks and len(pending) < window:
-                pending.append(self._task.remote(self._refs, self.norm, func, chunks.pop(0)))
+        while todo or pending:
+            while todo and len(pending) < self.workers:
+                pending.append(self._task.remote(self._refs, self.norm, func, [todo.pop()]))
             done, pending = ray.wait(pending, num_returns=1)
             finished = ray.get(done[0])
             for index, value in finished:

@@ -147,6 +147,8 @@ def create_app(settings: Settings) -> FastAPI:
                 raise ShapesearchError(f"{kind} jobs take no uploaded file")
             if kind in ("image", "tensor"):
                 _check_input(kind, checked, upload, settings)
+            else:
+                _check_model_paths(checked, settings)
         except ShapesearchError as exc:
             raise _problem(exc, kind) from None
         if upload is not None and (upload.size or 0) > settings.max_upload:  # sent without a length
@@ -252,10 +254,29 @@ def _check_input(kind: str, params: dict, upload: object, settings: Settings) ->
     if settings.inputs is None:
         raise ArgumentError("path", "is not taken by this server (it takes uploads; start it with --inputs DIR to "
                                     "let jobs read files under DIR)")
-    path = Path(params["path"]).resolve()
-    if not path.is_relative_to(settings.inputs.resolve()) or not path.is_file():
-        raise ArgumentError("path", f"{params['path']} is not a file under the server's inputs directory")
-    params["path"] = str(path)
+    params["path"] = _readable("path", params["path"], settings)
+
+
+BUILTIN_MODELS = ("smollm2", "minilm")  # compressors.model_loading.BUILTIN, without importing torch here
+
+
+def _readable(name: str, value: str, settings: Settings) -> str:
+    """A server-side path a job may read: under ``--inputs``, or another job's output in ``--data``."""
+    path = Path(value).resolve()
+    roots = [r.resolve() for r in (settings.inputs, settings.data / "jobs") if r is not None]
+    if not any(path.is_relative_to(r) for r in roots) or not path.exists():
+        where = "the server's --inputs directory or a job's output" if settings.inputs else "a job's output"
+        raise ArgumentError(name, f"{value} is not a path under {where} (this server reads no other files)")
+    return str(path)
+
+
+def _check_model_paths(params: dict, settings: Settings) -> None:
+    """A layers/compress job's model (a built-in name, else a path), plan and calibration text."""
+    if params["model"] not in BUILTIN_MODELS:
+        params["model"] = _readable("model", params["model"], settings)
+    for name in ("plan", "calib"):
+        if name in params:
+            params[name] = _readable(name, params[name], settings)
 
 
 def serve(settings: Settings, port: int = 8000) -> None:
