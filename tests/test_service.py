@@ -259,3 +259,21 @@ def test_layers_and_compress_jobs_read_only_allowed_paths(tmp_path):
         assert r.status_code == 422 and r.json()["detail"].startswith("--compressor"), r.text
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("argv", [
+    ["jobs", "--server", "http://127.0.0.1:1"], ["result", "abc", "--server", "http://127.0.0.1:1"],
+    ["jobs", "--server", "notaurl"], ["submit", "image", "missing.png"], ["submit", "tensor"],
+    ["submit", "compress", "tt"], ["serve", "--port", "0"], ["serve", "--port", "70000"],
+    ["serve", "--host", "10.1.2.3"], ["serve", "--data", "afile/sub"], ["serve", "--db", "mysql://u@h/db"],
+    ["serve", "--max-running", "0"], ["submit", "image", "p.png", "--eps", "x"],
+])
+def test_service_commands_refuse_bad_input_in_one_line(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    png(tmp_path / "p.png")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("shapesearch: error:"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written

@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from fastapi.staticfiles import StaticFiles
 
 from ..errors import ArgumentError, ShapesearchError
+from ..paths import check_writable_dir
 from .driver import INPUT, LOG, OUT
 from .manager import Manager
 from .specs import OPTIONS, SCHEDULING, check_params
@@ -49,6 +50,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
+        check_writable_dir(self.data, "data")
         if self.db is None:
             self.db = f"sqlite:///{(self.data / 'jobs.db').absolute()}"
         if not is_loopback(self.host) and not self.token:
@@ -73,8 +75,14 @@ def _problem(exc: ShapesearchError, kind: str) -> HTTPException:
 
 def create_app(settings: Settings) -> FastAPI:
     """The service: API, events and page, with its store and job manager started in the lifespan."""
-    settings.data.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.db)
+    created = not settings.data.exists()
+    settings.data.mkdir(parents=True, exist_ok=True)  # (the default store is a file in it)
+    try:
+        store = Store(settings.db)
+    except ShapesearchError:
+        if created:  # a refused start leaves nothing behind
+            shutil.rmtree(settings.data, ignore_errors=True)
+        raise
     manager = Manager(store, settings.db, settings.data, settings.address, settings.max_running)
 
     @asynccontextmanager
