@@ -209,46 +209,37 @@ class RayTaskExecutor:
     """Evaluations as plain Ray tasks on a cluster shared with other searches: no actors of
     its own, so Ray's scheduler interleaves the tasks of every job by their resource requests.
 
-    ``cpus``: CPUs each task asks for.  ``share``: tasks in flight at once — a number (the job's
-    CPU share), a function asked before each batch (e.g. the cluster's CPUs over the jobs
-    running now), or None (the cluster's CPUs).  A worker stays leased to a job while that job
-    has tasks queued, so a job with a deep queue holds its workers; with one task in flight per
-    job and one item per task, each job asks Ray for a worker anew after every evaluation and
-    the jobs take turns.  A task on a killed worker is retried, so the loss is its in-flight
-    evaluations and the result does not change.  ``on_evaluated(n)``: told as each task finishes."""
+    ``cpus``: CPUs each task asks for; ``share``: at most this many tasks in flight at once (the
+    job's CPU share; None: as many as the chunks).  A task on a killed worker is retried, so the
+    loss is its in-flight evaluations and the result does not change.  ``on_evaluated(n)``: told
+    as each task finishes (n items), for progress finer than a generation."""
 
-    def __init__(self, tensor: np.ndarray, norm: float, share: int | Callable[[], int] | None = None,
-                 cpus: float = 1.0, address: str | None = None,
-                 on_evaluated: Callable[[int], None] | None = None) -> None:
+    def __init__(self, tensor: np.ndarray, norm: float, share: int | None = None, cpus: float = 1.0,
+                 address: str | None = None, on_evaluated: Callable[[int], None] | None = None) -> None:
         import ray
 
-        if isinstance(share, int) and share < 1:
+        if share is not None and share < 1:
             raise ArgumentError("share", f"must be >= 1 task in flight, got {share}")
         start_ray(address)
-        self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        total = int(ray.cluster_resources().get("CPU", 1))
+        self.workers = max(1, min(share or total, total))
         self.share, self.norm, self.spectra = share, norm, {}
-        self.on_evaluated = on_evaluated
+        self.on_evaluated = on_evaluated  # called with the number of items each finished task scored
         self._refs = [ray.put(np.ascontiguousarray(tensor))]
         self._task = ray.remote(num_cpus=cpus, max_retries=5)(_run_chunk)
 
-    @property
-    def workers(self) -> int:
-        """Tasks in flight at once now."""
-        share = self.share() if callable(self.share) else self.share
-        return max(1, min(share or self.cpus, self.cpus))
-
-    def map(self, func: Callable, items: Sequence) -> list:
-        """Results in input order: one item per task, at most :attr:`workers` in flight."""
+    def map(self, func: Callable, items: Sequence, chunks_per_worker: int = 4) -> list:
+        """Results in input order (items interleaved over about ``chunks_per_worker`` chunks per CPU)."""
         import ray
 
         out: list = [None] * len(items)
-        todo = list(enumerate(items))
-        todo.reverse()  # popped from the end: the given order (longest first) is kept
-        window = self.workers
+        n_chunks = max(1, min(len(items), self.workers * chunks_per_worker))
+        chunks = [list(enumerate(items))[j::n_chunks] for j in range(n_chunks)]
+        window = self.share or len(chunks)
         pending: list = []
-        while todo or pending:
-            while todo and len(pending) < window:
-                pending.append(self._task.remote(self._refs, self.norm, func, [todo.pop()]))
+        while chunks or pending:
+            while chunks and len(pending) < window:
+                pending.append(self._task.remote(self._refs, self.norm, func, chunks.pop(0)))
             done, pending = ray.wait(pending, num_returns=1)
             finished = ray.get(done[0])
             for index, value in finished:

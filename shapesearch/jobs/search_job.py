@@ -37,7 +37,7 @@ class Job:
     address: str | None = None
     source: Source | None = None  # where ``data`` came from: recorded, so that a resume needs no input
     shared: bool = False  # evaluations as Ray tasks on a cluster other jobs use too (no private workers)
-    share: int | Callable[[], int] | None = None  # with ``shared``: tasks in flight (see RayTaskExecutor)
+    share: int | None = None  # with ``shared``: at most this many evaluation tasks in flight (CPU share)
     on_evaluated: Callable[[int], None] | None = None  # with ``shared``: told each task's finished items
 
 

@@ -70,15 +70,6 @@ class JobRunner:
         self.store.finish(self.job_id, "SUCCEEDED")
         return "SUCCEEDED"
 
-    def _fair_share(self) -> int:
-        """Tasks in flight for a job with no ``cpus`` of its own: the cluster's CPUs over the jobs
-        running now (at least 1), asked before every batch, so that a job alone uses every CPU and
-        many jobs take turns (see RayTaskExecutor)."""
-        import ray
-
-        running = max(1, len(self.store.list("RUNNING")))
-        return max(1, int(ray.cluster_resources().get("CPU", 1)) // running)
-
     def _report(self, progress: dict) -> None:
         self.store.report(self.job_id, progress)
 
@@ -106,7 +97,7 @@ class JobRunner:
 
         job = Job(data=data, name=name, out=out, kind=source.kind, bits=bits,
                   resume=(out / "checkpoint.json").is_file(), overwrite=True, source=source,
-                  shared=True, share=p.get("cpus") or self._fair_share, on_evaluated=evaluated)
+                  shared=True, share=p.get("cpus"), on_evaluated=evaluated)
         if job.resume:
             self.log("resuming from the last checkpoint")
 
