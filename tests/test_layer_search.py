@@ -210,7 +210,7 @@ def test_layers_cli_does_not_write_over_a_plan(tiny_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["saten"], "needs --plan"),
+    (["saten"], "--plan is needed"),
     (["saten", "--plan", "PLAN"], "exactly one of density"),
     (["saten", "--plan", "PLAN", "--density", "0.1", "--nm", "2:4"], "exactly one of density"),
     (["saten", "--plan", "PLAN", "--nm", "2-4"], "--nm must look like 2:4"),

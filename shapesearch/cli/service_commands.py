@@ -42,7 +42,7 @@ def add_parsers(sub) -> None:
     srv.set_defaults(run=serve_command)
 
     sm = sub.add_parser("submit", help="submit a job to a running service; prints its id")
-    kinds = sm.add_subparsers(dest="kind", required=True)
+    kinds = sm.add_subparsers(dest="kind", required=True, help="the job: a command run by the service")
     for kind in ("image", "tensor"):
         k = kinds.add_parser(kind, help=f"a `shapesearch {kind}` search as a job")
         k.add_argument("path", type=Path, help="the input file, uploaded to the service")
