@@ -115,6 +115,14 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         signal.signal(signal.SIGTERM, sigterm)
 
 
+def interleaved_chunks(items: Sequence, n: int) -> list[list[tuple[int, object]]]:
+    """(index, item) pairs dealt into at most ``n`` chunks, item j to chunk j mod n: fewer round
+    trips than one task per item, and each chunk mixes cheap and costly items."""
+    n = max(1, min(len(items), n))
+    indexed = list(enumerate(items))
+    return [indexed[j::n] for j in range(n)]
+
+
 def _worker_class():
     import ray
 
@@ -162,8 +170,7 @@ class RayExecutor:
         """Results in input order.  Items go out in interleaved chunks (item j to chunk j mod C,
         about ``chunks_per_worker`` chunks per actor): fewer round trips, mixed costs per chunk."""
         out: list = [None] * len(items)
-        n_chunks = max(1, min(len(items), self.workers * chunks_per_worker))
-        chunks = [list(enumerate(items))[j::n_chunks] for j in range(n_chunks)]
+        chunks = interleaved_chunks(items, self.workers * chunks_per_worker)
         for done in self.pool.map_unordered(lambda a, chunk: a.run.remote(self._refs, func, chunk), chunks):
             for index, value in done:
                 out[index] = value
@@ -233,8 +240,7 @@ class RayTaskExecutor:
         import ray
 
         out: list = [None] * len(items)
-        n_chunks = max(1, min(len(items), self.workers * chunks_per_worker))
-        chunks = [list(enumerate(items))[j::n_chunks] for j in range(n_chunks)]
+        chunks = interleaved_chunks(items, self.workers * chunks_per_worker)
         window = self.share or len(chunks)
         pending: list = []
         while chunks or pending:
