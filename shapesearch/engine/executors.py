@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -206,50 +207,91 @@ def _held(ref) -> HeldTensor:
     return _HELD[key]
 
 
-def _run_chunk(refs: list, norm: float, func: Callable, indexed: list[tuple[int, object]]) -> list[tuple[int, object]]:
+def _run_chunk(refs: list, norm: float, func: Callable, indexed: list[tuple[int, object]]
+               ) -> tuple[list[tuple[int, object]], float]:
+    """(index, result) pairs and the seconds the worker spent on them."""
+    start = time.perf_counter()
     limit_threads()
     held = _held(refs[0])
-    return [(i, func(held, norm, item)) for i, item in indexed]
+    return [(i, func(held, norm, item)) for i, item in indexed], time.perf_counter() - start
+
+
+def evaluation_task(cpus: float = 1.0):
+    """The Ray remote function that runs chunks of evaluations, asking for ``cpus`` each.
+
+    Ray makes every remote function a scheduling class of its own (a new id per
+    ``ray.remote`` call) and serves the classes unevenly; tasks of one class get workers in
+    the order they asked.  So searches that share a cluster must share this one object: the
+    service makes it once and hands it to every job (it pickles with its id)."""
+    import ray
+
+    return ray.remote(num_cpus=cpus, max_retries=5)(_run_chunk)
 
 
 class RayTaskExecutor:
     """Evaluations as plain Ray tasks on a cluster shared with other searches: no actors of
     its own, so Ray's scheduler interleaves the tasks of every job by their resource requests.
 
-    ``cpus``: CPUs each task asks for; ``share``: at most this many tasks in flight at once (the
-    job's CPU share; None: as many as the chunks).  A task on a killed worker is retried, so the
-    loss is its in-flight evaluations and the result does not change.  ``on_evaluated(n)``: told
-    as each task finishes (n items), for progress finer than a generation."""
+    Ray grants workers to the lease requests of one scheduling class in the order they came,
+    and an owner with queued tasks keeps a granted worker for up to half a second; so a job
+    that queued many tasks would make every other job wait behind them.  Each job therefore
+    keeps only ``share`` short tasks in flight (about ``task_s`` seconds of work each, sized
+    from the seconds its last tasks took on the workers): every finished task puts its next
+    one at the back of Ray's queue, and the jobs take turns.
 
-    def __init__(self, tensor: np.ndarray, norm: float, share: int | None = None, cpus: float = 1.0,
-                 address: str | None = None, on_evaluated: Callable[[int], None] | None = None) -> None:
+    ``share``: a number (the job's CPU share), a function asked as tasks are sent (e.g. the
+    cluster's CPUs over the jobs running now), or None (the cluster's CPUs).  ``task``: the
+    remote function to run (:func:`evaluation_task`), the same object for every job on the
+    cluster; default: one of its own.  A task on a killed worker is retried, so the loss is
+    its in-flight evaluations and the result does not change (results never depend on how
+    items were grouped).  ``on_evaluated(n)``: told as each task finishes."""
+
+    def __init__(self, tensor: np.ndarray, norm: float, share: int | Callable[[], int] | None = None,
+                 task=None, address: str | None = None,
+                 on_evaluated: Callable[[int], None] | None = None, task_s: float = 0.25) -> None:
         import ray
 
-        if share is not None and share < 1:
+        if isinstance(share, int) and share < 1:
             raise ArgumentError("share", f"must be >= 1 task in flight, got {share}")
         start_ray(address)
-        total = int(ray.cluster_resources().get("CPU", 1))
-        self.workers = max(1, min(share or total, total))
-        self.share, self.norm, self.spectra = share, norm, {}
-        self.on_evaluated = on_evaluated  # called with the number of items each finished task scored
+        self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.share, self.norm, self.spectra, self.task_s = share, norm, {}, task_s
+        self.on_evaluated = on_evaluated
+        self._item_s: dict[Callable, float] = {}  # per function: recent worker seconds per item
         self._refs = [ray.put(np.ascontiguousarray(tensor))]
-        self._task = ray.remote(num_cpus=cpus, max_retries=5)(_run_chunk)
+        self._task = task or evaluation_task()
 
-    def map(self, func: Callable, items: Sequence, chunks_per_worker: int = 4) -> list:
-        """Results in input order (items interleaved over about ``chunks_per_worker`` chunks per CPU)."""
+    @property
+    def workers(self) -> int:
+        """Tasks in flight at once now."""
+        share = self.share() if callable(self.share) else self.share
+        return max(1, min(share or self.cpus, self.cpus))
+
+    def _chunk_size(self, func: Callable) -> int:
+        per_item = self._item_s.get(func)
+        return 1 if not per_item else max(1, int(self.task_s / per_item))
+
+    def map(self, func: Callable, items: Sequence) -> list:
+        """Results in input order; items go out in the given order (the search sends its
+        costliest first), in tasks of about ``task_s`` seconds, ``workers`` at a time."""
         import ray
 
         out: list = [None] * len(items)
-        chunks = interleaved_chunks(items, self.workers * chunks_per_worker)
-        window = self.share or len(chunks)
+        todo = list(enumerate(items))
+        todo.reverse()  # popped from the end: the given order is kept
         pending: list = []
-        while chunks or pending:
-            while chunks and len(pending) < window:
-                pending.append(self._task.remote(self._refs, self.norm, func, chunks.pop(0)))
+        while todo or pending:
+            window = self.workers
+            while todo and len(pending) < window:
+                chunk = [todo.pop() for _ in range(min(self._chunk_size(func), len(todo)))]
+                pending.append(self._task.remote(self._refs, self.norm, func, chunk))
             done, pending = ray.wait(pending, num_returns=1)
-            finished = ray.get(done[0])
+            finished, seconds = ray.get(done[0])
             for index, value in finished:
                 out[index] = value
+            # recent tasks weigh most: items are sent costliest first
+            per_item = seconds / len(finished)
+            self._item_s[func] = (per_item + self._item_s[func]) / 2 if func in self._item_s else per_item
             if self.on_evaluated is not None:
                 self.on_evaluated(len(finished))
         return out

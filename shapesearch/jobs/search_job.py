@@ -39,6 +39,7 @@ class Job:
     shared: bool = False  # evaluations as Ray tasks on a cluster other jobs use too (no private workers)
     share: int | None = None  # with ``shared``: at most this many evaluation tasks in flight (CPU share)
     on_evaluated: Callable[[int], None] | None = None  # with ``shared``: told each task's finished items
+    task: object | None = None  # with ``shared``: the Ray remote function all jobs share (evaluation_task)
 
 
 def check_data(data: np.ndarray, name: str) -> np.ndarray:
@@ -111,7 +112,8 @@ def run_job(job: Job, config: SearchConfig,
     norm = float(np.linalg.norm(searched))
     workers = 0 if job.workers is None and data.size < TINY and not job.address else job.workers
     if job.shared:
-        executor = RayTaskExecutor(searched, norm, job.share, address=job.address, on_evaluated=job.on_evaluated)
+        executor = RayTaskExecutor(searched, norm, job.share, job.task, address=job.address,
+                                   on_evaluated=job.on_evaluated)
     else:  # a bad cluster address fails here, before anything is written
         executor = make_executor(searched, norm, workers, job.address)
     try:

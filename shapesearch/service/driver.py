@@ -41,10 +41,11 @@ def _eta(h: dict, generations: int) -> float | None:
 class JobRunner:
     """Runs one job (``kind``, checked ``params``) in ``job_dir``, reporting to ``store``."""
 
-    def __init__(self, job_id: str, kind: str, params: dict, job_dir: str, db_url: str) -> None:
-        self.job_id, self.kind, self.params = job_id, kind, params
+    def __init__(self, job_id: str, kind: str, params: dict, job_dir: str, db_url: str, task=None) -> None:
+        self.job_id, self.kind, self.params, self.task = job_id, kind, params, task
         self.dir = Path(job_dir)
         self.store = Store(db_url)
+        self._share = (1, -float("inf"))  # (tasks in flight, when it was looked up)
 
     def log(self, line: str) -> None:
         with (self.dir / LOG).open("a") as f:
@@ -69,6 +70,19 @@ class JobRunner:
         self.log("succeeded")
         self.store.finish(self.job_id, "SUCCEEDED")
         return "SUCCEEDED"
+
+    def _fair_share(self) -> int:
+        """Tasks in flight for a job with no ``cpus`` of its own: the cluster's CPUs over the jobs
+        running now, rounded up (a job alone uses every CPU; many take turns, see
+        RayTaskExecutor).  Looked up at most once a second."""
+        import ray
+
+        now = time.monotonic()
+        if now - self._share[1] >= 1.0:
+            running = max(1, self.store.count("RUNNING"))
+            cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            self._share = (-(-cpus // running), now)
+        return self._share[0]
 
     def _report(self, progress: dict) -> None:
         self.store.report(self.job_id, progress)
@@ -97,7 +111,7 @@ class JobRunner:
 
         job = Job(data=data, name=name, out=out, kind=source.kind, bits=bits,
                   resume=(out / "checkpoint.json").is_file(), overwrite=True, source=source,
-                  shared=True, share=p.get("cpus"), on_evaluated=evaluated)
+                  shared=True, share=p.get("cpus") or self._fair_share, on_evaluated=evaluated, task=self.task)
         if job.resume:
             self.log("resuming from the last checkpoint")
 
@@ -150,8 +164,8 @@ def driver_class():
     class JobDriver:
         """Starts its job in a thread at once; ``join`` waits for the final state."""
 
-        def __init__(self, job_id: str, kind: str, params: dict, job_dir: str, db_url: str) -> None:
-            self.runner = JobRunner(job_id, kind, params, job_dir, db_url)
+        def __init__(self, job_id: str, kind: str, params: dict, job_dir: str, db_url: str, task=None) -> None:
+            self.runner = JobRunner(job_id, kind, params, job_dir, db_url, task)
             self.state: str | None = None
             self.thread = threading.Thread(target=self._run, daemon=True)
             self.thread.start()

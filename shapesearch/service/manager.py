@@ -2,10 +2,12 @@
 
 One supervisor thread of the server: it starts a driver (a Ray actor, see :mod:`.driver`) for
 PENDING jobs, highest priority first, up to ``max_running`` at once, and notices when one ends.
-On start it takes over what a killed server left: a RUNNING job whose driver still lives on the
-cluster (a detached actor, when the server joined an existing cluster) is watched again; any
-other is started again on its directory, where a search resumes from its checkpoint — so every
-job finishes once, with the result of an uninterrupted run.
+Drivers belong to the server's Ray job, so they end with the server, on one machine or on a
+cluster.  (Detached drivers would outlive it, but Ray then starts a fresh worker process for
+nearly every evaluation task they send: 4.3x slower on a 2-node cluster in
+``benchmarks/service.py``.)  On start the server takes over what a killed one left: every
+RUNNING job is started again on its directory, where a search resumes from its checkpoint — so
+every job finishes once, with the result of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Manager:
         self.store, self.db_url, self.data = store, db_url, Path(data)
         self.address, self.max_running, self.poll = address, max_running, poll
         self.running: dict[str, Running] = {}
+        self.task = None  # the Ray remote function every job's evaluations run as (made in start)
         self._lock = threading.Lock()
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
@@ -48,9 +51,10 @@ class Manager:
     # -- life cycle -----------------------------------------------------------------------------
     def start(self) -> None:
         """Join (or start) Ray, take over what a previous server left, and supervise."""
-        from ..engine.executors import start_ray
+        from ..engine.executors import evaluation_task, start_ray
 
         start_ray(self.address)
+        self.task = evaluation_task()  # one scheduling class for every job's evaluations
         self._recover()
         self._thread = threading.Thread(target=self._loop, name="shapesearch-jobs", daemon=True)
         self._thread.start()
@@ -62,17 +66,9 @@ class Manager:
             self._thread.join(timeout=10)
 
     def _recover(self) -> None:
-        import ray
-
         for job in self.store.unfinished():
-            if job.state != "RUNNING":
-                continue
-            try:
-                actor = ray.get_actor(f"job-{job.id}", namespace=NAMESPACE)
-            except ValueError:  # gone with the old server's Ray: run it again from its directory
+            if job.state == "RUNNING":  # its driver ended with the old server
                 self._launch(job.id)
-            else:
-                self.running[job.id] = Running(actor, actor.join.remote())
 
     # -- supervision ----------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -94,7 +90,7 @@ class Manager:
                     ray.get(run.done)
                 except Exception as exc:  # noqa: BLE001 - the driver died (not a bad input: it records those)
                     self._driver_died(job_id, exc)
-                ray.kill(run.actor, no_restart=True)  # a detached driver would otherwise outlive its job
+                ray.kill(run.actor, no_restart=True)  # its process, at once
             for job in self.store.pending():
                 if len(self.running) >= self.max_running:
                     break
@@ -111,14 +107,15 @@ class Manager:
             self._launch(job_id)
 
     def _launch(self, job_id: str) -> None:
-        job = self.store.get(job_id)
-        if job is None or not self.store.start(job_id):
+        if not self.store.start(job_id):
             return
-        options = {"name": f"job-{job_id}", "namespace": NAMESPACE}
-        if self.address:  # on a cluster of its own the driver outlives this server
-            options["lifetime"] = "detached"
+        job = self.store.get(job_id)
+        if job is None:  # deleted meanwhile
+            return
+        # named per attempt: the name of a driver that died with an old server may not be free yet
+        options = {"name": f"job-{job_id}-{job.attempts}", "namespace": NAMESPACE}
         actor = driver_class().options(**options).remote(job_id, job.kind, job.params, str(self.job_dir(job_id)),
-                                                         self.db_url)
+                                                         self.db_url, self.task)
         self.running[job_id] = Running(actor, actor.join.remote())
 
     # -- requests -------------------------------------------------------------------------------

@@ -204,6 +204,12 @@ class Store:
             query = query.where(jobs_table.c.state == _check_state(state))
         return self._select(query)
 
+    def count(self, state: str) -> int:
+        """How many jobs are in ``state``."""
+        query = sa.select(sa.func.count()).select_from(jobs_table).where(jobs_table.c.state == _check_state(state))
+        with self._begin() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def pending(self) -> list[JobRecord]:
         """PENDING jobs in the order to run them: highest priority first, then oldest first."""
         return self._select(sa.select(jobs_table).where(jobs_table.c.state == "PENDING")
