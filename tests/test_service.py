@@ -216,7 +216,7 @@ def test_a_server_killed_mid_run_resumes_every_job_to_the_uninterrupted_result(t
 
 def test_a_killed_ray_worker_costs_only_its_evaluations(server, tmp_path):
     settings = {"eps": 0.1, "generations": 25, "stall": 25, "population": 12, "seed": 2}
-    image = png(tmp_path / "w.png", 64, 96, seed=4)
+    image = png(tmp_path / "w.png", 192, 256, seed=4)  # big enough that a task runs long enough to be seen
     client = Client(server.url)
     job = client.submit("image", image, **settings)
     killed, deadline = 0, time.time() + 120
