@@ -46,3 +46,15 @@ def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def main_with_report(p, run, report, markdown: Path) -> None:
+    """Parse ``p`` (given --report-only here), ``run(args)`` unless only reporting, then write
+    ``report()`` to ``markdown`` and print it."""
+    p.add_argument("--report-only", action="store_true", help="rewrite the table from the stored rows")
+    args = p.parse_args()
+    if not args.report_only:
+        run(args)
+    text = report()
+    markdown.write_text(text + "\n")
+    print(text)

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import skimage.data
-from _report import RESULTS, append_row, load_rows, machine, table
+from _report import RESULTS, append_row, load_rows, machine, main_with_report, table
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -496,13 +496,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: {len(QUICK_IMAGES)} images × ε = {QUICK_EPS[0]}, "
                         f"--generations {QUICK_GENERATIONS}")
-    p.add_argument("--report-only", action="store_true")
-    args = p.parse_args()
-    if not args.report_only:
-        run(args)
-    text = report()
-    MARKDOWN.write_text(text + "\n")
-    print(text)
+    main_with_report(p, run, report, MARKDOWN)
 
 
 if __name__ == "__main__":

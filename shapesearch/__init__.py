@@ -14,7 +14,9 @@ from .engine import (
     SearchResult,
     Tensorization,
     TTResult,
+    eps_grid,
     make_executor,
+    run_pareto,
     run_search,
     tt_svd,
 )
@@ -22,4 +24,5 @@ from .errors import ArgumentError, ShapesearchError
 from .service.client import Client
 
 __all__ = ["ArgumentError", "AxisSplit", "Client", "LocalExecutor", "RayExecutor", "SearchConfig", "SearchResult",
-           "ShapesearchError", "TTResult", "Tensorization", "make_executor", "run_search", "tt_svd"]
+           "ShapesearchError", "TTResult", "Tensorization", "eps_grid", "make_executor", "run_pareto", "run_search",
+           "tt_svd"]

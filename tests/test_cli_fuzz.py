@@ -373,7 +373,16 @@ def _check_success(case: Case, r: dict, outs: list[str], case_dir: Path) -> list
     out = case_dir / outs[0] if outs else None
     if out is not None and outs[0] == "shapesearch-out" and out.is_dir():  # the default: shapesearch-out/NAME-epsE
         out = next((d for d in out.iterdir() if (d / "result.json").is_file()), out)
-    if case.command in ("image", "tensor"):
+    if case.command in ("image", "tensor") and "--pareto" in " ".join(case.argv):
+        if out is not None and outs[0] == "shapesearch-out" and out.is_dir():
+            out = next((d for d in out.iterdir() if (d / "pareto.json").is_file()), out)
+        res = out / "pareto.json"
+        points = json.loads(res.read_text())["points"] if res.is_file() else []
+        if not points or not all((out / p["file"]).is_file() for p in points):
+            problems.append(f"exit 0 but {outs[0]}/pareto.json or a point's TT file is missing")
+        elif not all(p["rel_error"] <= p["eps"] * (1 + 1e-9) for p in points):
+            problems.append("exit 0 but a Pareto point's rel_error is not ≤ its eps")
+    elif case.command in ("image", "tensor"):
         res = out / "result.json"
         if not (res.is_file() and (out / "tt.safetensors").is_file()):
             problems.append(f"exit 0 but {outs[0]}/result.json or tt.safetensors is missing")
@@ -1014,6 +1023,9 @@ SEARCH_VALID = {"--eps": ["0.05", "0.1", "0.3", "0.5", "0.9"], "--seed": ["0", "
 SEARCH_ODD = {"--eps": ODD_FLOATS + ["0.9999999999", "1e-300"], "--time-limit": ODD_FLOATS,
               "--seed": ODD_INTS, "--generations": ODD_INTS, "--population": ODD_INTS + ["1"],
               "--stall": ODD_INTS, "--workers": [v for v in ODD_INTS if not v.lstrip("+").isdigit()] + ["-1", "-9"]}
+PARETO_VALID = ["0.05:0.3:2", "0.1:0.5:3", "0.05:0.2"]
+PARETO_ODD = ["0.3:0.05", "0:0.1", "0.1:1", "a:b", "0.1", "0.1:0.2:1", "0.1:0.2:99", "nan:0.2", "", "0.1:0.2:3:4",
+              "1e-300:0.1", "0.1:0.1", "-0.1:0.2", "0.1:0.2:2.5"]
 # values the search must refuse before doing any work
 REFUSED = {"--eps": ["0", "1", "-0.1", "1.5", "nan", "inf", "-inf", "1e308"], "--population": ["1", "0", "-1"],
            "--workers": ["-1", "-9"], "--time-limit": ["0", "-1", "-inf"], "--generations": ["-1", "-7"]}
@@ -1143,6 +1155,12 @@ def search_case(rnd: random.Random, command: str) -> Case:
         if not any(values[f] in REFUSED[f] for f in REFUSED):
             values["--eps"] = rnd.choice(REFUSED["--eps"])
             labels.append("forced-refusal")
+    if "--resume" not in argv and rnd.randint(0, 5) == 0:  # the front instead of one ε
+        spec = rnd.choice(PARETO_VALID if clean or rnd.randint(0, 1) else PARETO_ODD)
+        _add(argv, "--pareto", spec)
+        labels.append(f"--pareto={spec}")
+        if clean or rnd.randint(0, 2):
+            values.pop("--eps")
     for flag, value in values.items():
         _add(argv, flag, value)
         if _is_odd(value, valid[flag]):

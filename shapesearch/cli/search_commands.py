@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..engine.search import SearchConfig
-from ..errors import ShapesearchError
+from ..errors import ArgumentError, ShapesearchError
 from .output import LazyBar, table
 
 if TYPE_CHECKING:
@@ -44,6 +44,9 @@ def _search_options(p: argparse.ArgumentParser) -> None:
                    help="continue the checkpointed run in DIR, on its input and with its settings")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (its files are removed)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    p.add_argument("--pareto", default=None, metavar="LOW:HIGH[:POINTS]",
+                   help="the CR–ε front from one search: the best shape at POINTS values of ε from LOW to "
+                        "HIGH (default 6, evenly spaced in log), each verified; instead of --eps")
 
 
 def add_parsers(sub) -> None:
@@ -61,6 +64,8 @@ def add_parsers(sub) -> None:
     rec = sub.add_parser("reconstruct", help="rebuild the data from a run's tt.safetensors alone")
     rec.add_argument("dir", type=Path, help="a run's --out directory (or its tt.safetensors)")
     rec.add_argument("--out", type=Path, required=True, help="FILE.png, FILE.npy or FILE.safetensors")
+    rec.add_argument("--eps", type=float, default=None,
+                     help="from a --pareto run: the point with the largest ε at most this")
     rec.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     rec.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     rec.set_defaults(run=_reconstruct)
@@ -88,6 +93,8 @@ def _search(args: argparse.Namespace) -> tuple[dict, str]:
     from ..engine.search import checkpointed_config
     from ..jobs import Job, run_job
 
+    if args.pareto is not None:
+        return _pareto(args)
     if args.resume is not None and args.out is not None and args.out != args.resume:
         raise ShapesearchError("--resume DIR continues in DIR; drop --out or make it the same directory")
     given = {k: getattr(args, k) for k in (*_SETTINGS, "carry_over") if getattr(args, k) is not None}
@@ -106,6 +113,43 @@ def _search(args: argparse.Namespace) -> tuple[dict, str]:
         result = run_job(job, config, on_generation=progress)
     result["out"] = str(out)
     return result, _summary(result)
+
+
+def _pareto(args: argparse.Namespace) -> tuple[dict, str]:
+    from ..engine.pareto import parse_pareto
+    from ..jobs import Job
+    from ..jobs.pareto_job import run_pareto_job
+
+    if args.eps is not None:
+        raise ArgumentError("pareto", "searches a range of ε; drop --eps")
+    if args.resume is not None:
+        raise ArgumentError("pareto", "runs cannot be resumed yet; drop --resume")
+    grid = parse_pareto(args.pareto)
+    given = {k: getattr(args, k) for k in (*_SETTINGS, "carry_over") if getattr(args, k) is not None}
+    config = SearchConfig(**{**given, "eps": grid[-1]})
+    source = _source(args)
+    data, name, bits = source.load()
+    out = args.out or Path("shapesearch-out") / f"{name}-pareto{grid[0]:g}-{grid[-1]:g}"
+    job = Job(data=data, name=name, out=out, kind=source.kind, bits=bits, overwrite=args.overwrite,
+              workers=args.workers, address=args.address, source=source)
+    with LazyBar(desc=f"{name} ε={grid[0]:g}…{grid[-1]:g}", unit="gen", dynamic_ncols=True) as bar:
+        def progress(h: dict) -> None:
+            b = bar.open(config.generations)
+            b.n = h["generation"]
+            b.set_postfix(evals=h["evaluations"], hits=h["cache_hits"])
+
+        result = run_pareto_job(job, config, grid, on_generation=progress)
+    result["out"] = str(out)
+    rows = [("input", f"{result['input']} {tuple(result['input_shape'])}")]
+    for p in result["points"]:
+        quality = "exact" if p["psnr"] is None else f"{p['psnr']:.2f} dB"
+        rows.append((f"ε = {p['eps']:g}", f"CR {p['cr']:.2f}, error {p['rel_error']:.5f}, PSNR {quality}, "
+                                         f"{p['shape']['text']}{'' if p['front'] else ' (dominated)'}"))
+    rows += [("evaluations", f"{result['evaluations']} TT-SVD grids, {result['cache_hits']} cache hits, "
+                             f"{result['generations']} generations, {result['workers']} worker(s)"),
+             ("wall time", f"{result['wall_seconds']:.1f} s"),
+             ("output", f"{out} (pick a point with `shapesearch reconstruct {out} --eps E --out FILE`)")]
+    return result, table(rows)
 
 
 def _summary(r: dict) -> str:
@@ -138,7 +182,19 @@ def _summary(r: dict) -> str:
 def _reconstruct(args: argparse.Namespace) -> tuple[dict, str]:
     from ..jobs import artifacts
 
-    cores, shape, meta = artifacts.load_tt(args.dir)
+    source = args.dir
+    pareto_run = args.dir.is_dir() and (args.dir / artifacts.PARETO_FILE).is_file()
+    if args.eps is not None:
+        if not pareto_run:
+            raise ArgumentError("eps", f"picks a point of a --pareto run; {args.dir} is not one (no "
+                                       f"{artifacts.PARETO_FILE}); drop --eps")
+        from ..jobs.pareto_job import pick_point
+
+        source = pick_point(args.dir, args.eps)
+    elif pareto_run:
+        raise ArgumentError("eps", f"is needed: {args.dir} is a --pareto run with one TT per ε "
+                                   f"(see its {artifacts.PARETO_FILE})")
+    cores, shape, meta = artifacts.load_tt(source)
     data = artifacts.reconstruct(cores, shape)
     artifacts.save_data(data, args.out, meta, overwrite=args.overwrite)
     result = {"output": str(args.out), "shape": list(data.shape), "kind": meta.get("kind"),

@@ -124,6 +124,14 @@ class _Engine:
         self.evaluations = self.cache_hits = 0
         self.rng = random.Random(config.seed)
 
+    # -- individuals and selection (a subclass may score and rank them otherwise) ---------------
+    def individual(self, shape: Tensorization):
+        return _individual(shape)
+
+    def select(self, individuals: list, k: int) -> list:
+        """The ``k`` to keep: the fewest parameters (truncation selection, so the best survive)."""
+        return tools.selBest(individuals, k)
+
     # -- DEAP operator wrappers (individuals hold one tensorization) ---------------------------
     def _mate(self, a, b):
         a[0], b[0] = crossover(a[0], b[0], self.rng, self.space), crossover(b[0], a[0], self.rng, self.space)
@@ -151,12 +159,19 @@ class _Engine:
                 new[key] = ind[0]
         # longest first, so no worker is left with one slow shape at the end of a generation
         todo = sorted(new, key=lambda k: -cost_estimate(new[k]))
-        results = self.executor.map(score, [(k, self.settings) for k in todo])
+        results = self.executor.map(self.scorer, [self.work_item(k) for k in todo])
         self.evaluations += len(todo)
         self.cache.update(zip(todo, results))
         for ind in individuals:
-            rec = self.cache[ind[0].key]
-            ind.fitness.values = (rec["params"], rec["rel_error"])
+            ind.fitness.values = self.fitness_values(self.cache[ind[0].key])
+
+    scorer = staticmethod(score)  # runs on the executor: (tensor, norm, work item) -> record
+
+    def work_item(self, key: tuple) -> tuple:
+        return (key, self.settings)
+
+    def fitness_values(self, rec: dict) -> tuple:
+        return (rec["params"], rec["rel_error"])
 
     # -- start ---------------------------------------------------------------------------------
     def reference_shapes(self) -> dict[str, Tensorization]:
@@ -194,9 +209,9 @@ class _Engine:
 
     def initial_population(self, seeds: list[Tensorization]) -> list:
         mu = self.config.population
-        pop = [_individual(s) for s in seeds]
+        pop = [self.individual(s) for s in seeds]
         self.evaluate(pop)
-        pop = tools.selBest(pop, mu)
+        pop = self.select(pop, mu)
         keys = {ind[0].key for ind in pop}
         tries = 0
         while len(pop) < mu and tries < 50 * mu:
@@ -206,7 +221,7 @@ class _Engine:
                 shape = mutate(shape, self.rng, self.space)
             if shape.key not in keys:
                 keys.add(shape.key)
-                pop.append(_individual(shape))
+                pop.append(self.individual(shape))
         self.evaluate(pop)
         return pop
 
@@ -214,7 +229,7 @@ class _Engine:
         offspring = var_or(pop, len(pop), self.config.cxpb, self.config.mutpb, self.rng, self._mate, self._mutate)
         self.evaluate(offspring)
         unique = list({ind[0].key: ind for ind in pop + offspring}.values())
-        return tools.selBest(unique, self.config.population)
+        return self.select(unique, self.config.population)
 
     def polish(self, pop: list, rounds: int) -> list:
         """Steepest descent from the best shape over its one-move neighbourhood."""

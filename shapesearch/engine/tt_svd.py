@@ -22,12 +22,14 @@ from ..errors import ArgumentError
 @dataclass
 class TTResult:
     """Cores (backend tensors), TT ranks (with the two boundary 1s), parameter count and
-    relative Frobenius error predicted from the discarded tails."""
+    relative Frobenius error predicted from the discarded tails.  ``complete`` is False for a
+    sweep stopped at a parameter limit: ``params`` is then a lower bound, the rest partial."""
 
     cores: list
     ranks: tuple[int, ...]
     params: int
     rel_error: float
+    complete: bool = True
 
     def to_tensor(self):
         return tl.tt_to_tensor(TTTensor(self.cores))
@@ -50,26 +52,35 @@ def truncation_rank(eigs: np.ndarray, delta2: float, energy: float | None = None
     return r, float(tails[r - 1])
 
 
-def _split(mat, delta2: float, method: str):
-    """Truncated factorisation mat ≈ U @ C with orthonormal U.  Returns (U, C, tail²)."""
+def _decompose(mat, method: str) -> tuple:
+    """The full factorisation of an unfolding that :func:`_truncate` cuts at any rank: (method,
+    squared singular values descending as float64, ‖mat‖², factors)."""
     m, n = tl.shape(mat)
     if method == "svd":
         energy = float(tl.to_numpy(tl.norm(mat))) ** 2
         u, s, vt = tl.svd(mat, full_matrices=False)
-        s_np = tl.to_numpy(s).astype(np.float64)
-        r, tail = truncation_rank(s_np**2, delta2, energy)
-        return u[:, :r], tl.reshape(s[:r], (r, 1)) * vt[:r, :], tail
+        return method, tl.to_numpy(s).astype(np.float64) ** 2, energy, (u, s, vt)
     if method != "gram":
         raise ArgumentError("method", f"{method!r} is unknown; use 'gram' or 'svd'")
     gram = tl.dot(mat, tl.transpose(mat)) if m <= n else tl.dot(tl.transpose(mat), mat)
     energy = float(np.trace(tl.to_numpy(gram).astype(np.float64)))  # = ‖mat‖²
     w, v = tl.eigh(gram)  # ascending
-    w_np = tl.to_numpy(w)[::-1].astype(np.float64)
+    return method, tl.to_numpy(w)[::-1].astype(np.float64), energy, (w, v)
+
+
+def _truncate(mat, decomposition: tuple, delta2: float):
+    """Truncated factorisation mat ≈ U @ C with orthonormal U, from :func:`_decompose`.
+    Returns (U, C, tail²)."""
+    method, eigs, energy, factors = decomposition
+    r, tail = truncation_rank(eigs, delta2, energy)
+    if method == "svd":
+        u, s, vt = factors
+        return u[:, :r], tl.reshape(s[:r], (r, 1)) * vt[:r, :], tail
+    w, v = factors
+    m, n = tl.shape(mat)
     if m <= n:
-        r, tail = truncation_rank(w_np, delta2, energy)
         u = tl.flip(v, axis=1)[:, :r]
         return u, tl.dot(tl.transpose(u), mat), tail
-    r, tail = truncation_rank(w_np, delta2, energy)
     v = tl.flip(v, axis=1)[:, :r]
     s = tl.sqrt(tl.clip(tl.flip(w)[:r], 1e-300, None))
     u = tl.dot(mat, v) / tl.reshape(s, (1, r))
@@ -84,28 +95,57 @@ def tt_svd(tensor, eps: float, *, norm: float | None = None, carry_over: bool = 
     pass the unpadded norm for a zero-padded tensor so the bound holds on the original data).
     ``reverse`` sweeps right to left: same guarantee, often other ranks.
     """
-    if not 0.0 <= eps < 1.0:
-        raise ArgumentError("eps", f"must be in [0, 1) (relative Frobenius error), got {eps}")
+    return tt_svd_grid(tensor, (eps,), norm=norm, carry_over=carry_over, method=method, reverse=reverse)[0]
+
+
+def tt_svd_grid(tensor, eps_grid, *, norm: float | None = None, carry_over: bool = True,
+                method: str = "gram", reverse: bool = False, limits=None) -> list[TTResult]:
+    """:func:`tt_svd` at each ε of ``eps_grid``; the first unfolding (the costliest: the whole
+    tensor) is factorised once for all of them.  ``limits``: per ε, None or a parameter count
+    past which that sweep stops (cores only add parameters), returning an incomplete result."""
+    for eps in eps_grid:
+        if not 0.0 <= eps < 1.0:
+            raise ArgumentError("eps", f"must be in [0, 1) (relative Frobenius error), got {eps}")
     if reverse:
         order = tuple(range(tl.ndim(tensor)))[::-1]
-        tt = tt_svd(tl.transpose(tensor, order), eps, norm=norm, carry_over=carry_over, method=method)
-        cores = [tl.transpose(c, (2, 1, 0)) for c in reversed(tt.cores)]
-        return TTResult(cores, tt.ranks[::-1], tt.params, tt.rel_error)
+        tts = tt_svd_grid(tl.transpose(tensor, order), eps_grid, norm=norm, carry_over=carry_over, method=method,
+                          limits=limits)
+        return [TTResult([tl.transpose(c, (2, 1, 0)) for c in reversed(tt.cores)], tt.ranks[::-1], tt.params,
+                         tt.rel_error, tt.complete) for tt in tts]
     shape = tl.shape(tensor)
-    d = len(shape)
     ref = float(tl.to_numpy(tl.norm(tensor))) if norm is None else float(norm)
-    budget = (eps * ref) ** 2
+    if len(shape) == 1:
+        return [TTResult([tl.reshape(tensor, (1, shape[0], 1))], (1, 1), shape[0], 0.0) for _ in eps_grid]
+    first = tl.reshape(tensor, (shape[0], -1))
+    decomposition = _decompose(first, method)
+    limits = limits or [None] * len(eps_grid)
+    return [_sweep(first, decomposition, shape, (eps * ref) ** 2, ref, carry_over, method, limit)
+            for eps, limit in zip(eps_grid, limits)]
+
+
+def _sweep(first, decomposition: tuple, shape: tuple, budget: float, ref: float, carry_over: bool,
+           method: str, limit: int | None = None) -> TTResult:
+    """The left-to-right sweep with squared error budget ``budget``, from the first unfolding
+    and its factorisation; stopped once its cores hold more than ``limit`` parameters."""
+    d = len(shape)
     spent = 0.0
     cores, ranks = [], [1]
-    carry = tensor
+    mat = carry = first
     for k in range(d - 1):
-        mat = tl.reshape(carry, (ranks[-1] * shape[k], -1))
+        if k:
+            mat = tl.reshape(carry, (ranks[-1] * shape[k], -1))
+            decomposition = _decompose(mat, method)
         delta2 = (budget - spent) / (d - 1 - k) if carry_over else budget / (d - 1)
-        u, carry, tail = _split(mat, max(delta2, 0.0), method)
+        u, carry, tail = _truncate(mat, decomposition, max(delta2, 0.0))
         r = tl.shape(u)[1]
         spent += tail
         cores.append(tl.reshape(u, (ranks[-1], shape[k], r)))
         ranks.append(r)
+        if limit is not None:
+            # later cores hold at least r·n_{k+1}, then n_j each (every rank is ≥ 1)
+            partial = sum(int(math.prod(tl.shape(c))) for c in cores) + r * shape[k + 1] + sum(shape[k + 2:])
+            if partial > limit:
+                return TTResult(cores, tuple(ranks), partial, math.sqrt(spent) / ref if ref > 0 else 0.0, False)
     cores.append(tl.reshape(carry, (ranks[-1], shape[-1], 1)))
     ranks.append(1)
     params = sum(int(math.prod(tl.shape(c))) for c in cores)

@@ -19,6 +19,9 @@ from ..paths import check_writable_file, readable_mode
 
 TT_FILE = "tt.safetensors"
 RESULT_FILE = "result.json"
+PARETO_FILE = "pareto.json"  # a --pareto run's result; its points are in PARETO_TT files
+PARETO_TT = "tt-eps{eps:g}.safetensors"
+PARETO_PLOT = "pareto.png"
 FORMAT = "shapesearch-tt/1"
 
 

@@ -58,7 +58,8 @@ def check_data(data: np.ndarray, name: str) -> np.ndarray:
 
 # every file a run may leave; an overwritten run loses them all, so none is stale
 RUN_FILES = (artifacts.RESULT_FILE, artifacts.TT_FILE, checkpoint.CHECKPOINT, checkpoint.CACHE_LOG,
-             SOURCE_FILE, "reconstruction.png", "reconstruction.npy", "convergence.png")
+             SOURCE_FILE, "reconstruction.png", "reconstruction.npy", "convergence.png",
+             artifacts.PARETO_FILE, artifacts.PARETO_PLOT)
 
 
 SAFE_RANGE = (1e-6, 1e6)  # max |x| the float32 Gram of the search handles without under/overflow
@@ -81,7 +82,7 @@ def check_out(job: Job) -> None:
     check_writable_dir(job.out)
     if job.resume:
         return
-    taken = [f for f in (artifacts.RESULT_FILE, artifacts.TT_FILE, checkpoint.CHECKPOINT)
+    taken = [f for f in (artifacts.RESULT_FILE, artifacts.TT_FILE, checkpoint.CHECKPOINT, artifacts.PARETO_FILE)
              if (job.out / f).exists()]
     if taken and not job.overwrite:
         raise ArgumentError("out", f"{job.out} already holds a run ({taken[0]}); pick another out directory, "
@@ -95,6 +96,8 @@ def start_out(job: Job) -> None:
         return
     for name in RUN_FILES:
         (job.out / name).unlink(missing_ok=True)
+    for point in job.out.glob(artifacts.PARETO_TT.replace("{eps:g}", "*")):
+        point.unlink()
     if job.source is not None:
         job.source.save(job.out)
 
