@@ -200,3 +200,15 @@ def test_a_signal_leaves_a_usable_checkpoint_no_traceback_and_no_ray(tmp_path, s
                            "--json"], capture_output=True, text=True, env=CHILD_ENV, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["rel_error"] <= 0.1
+
+
+def test_a_search_that_would_not_fit_in_memory_is_refused(tmp_path, capsys, monkeypatch):
+    import shapesearch.jobs.memory as memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 100_000)  # bytes
+    src = _png(tmp_path)
+    for extra in ([], ["--pareto", "0.05:0.2"]):
+        line = _error(["image", src, *FAST, *extra, "--out", tmp_path / "run"], capsys)
+        assert "GiB is available" in line and "--workers" in line, line
+        assert not (tmp_path / "run").exists()
+    assert memory.search_memory(1_000_000, 2) == 80_000_000

@@ -68,23 +68,21 @@ def _decompose(mat, method: str) -> tuple:
     return method, tl.to_numpy(w)[::-1].astype(np.float64), energy, (w, v)
 
 
-def _truncate(mat, decomposition: tuple, delta2: float):
-    """Truncated factorisation mat ≈ U @ C with orthonormal U, from :func:`_decompose`.
-    Returns (U, C, tail²)."""
-    method, eigs, energy, factors = decomposition
-    r, tail = truncation_rank(eigs, delta2, energy)
+def _truncate(mat, decomposition: tuple, r: int):
+    """mat ≈ U @ C with orthonormal U of rank ``r``, from :func:`_decompose`.  Returns (U, C)."""
+    method, _, _, factors = decomposition
     if method == "svd":
         u, s, vt = factors
-        return u[:, :r], tl.reshape(s[:r], (r, 1)) * vt[:r, :], tail
+        return u[:, :r], tl.reshape(s[:r], (r, 1)) * vt[:r, :]
     w, v = factors
     m, n = tl.shape(mat)
     if m <= n:
         u = tl.flip(v, axis=1)[:, :r]
-        return u, tl.dot(tl.transpose(u), mat), tail
+        return u, tl.dot(tl.transpose(u), mat)
     v = tl.flip(v, axis=1)[:, :r]
     s = tl.sqrt(tl.clip(tl.flip(w)[:r], 1e-300, None))
     u = tl.dot(mat, v) / tl.reshape(s, (1, r))
-    return u, tl.reshape(s, (r, 1)) * tl.transpose(v), tail
+    return u, tl.reshape(s, (r, 1)) * tl.transpose(v)
 
 
 def tt_svd(tensor, eps: float, *, norm: float | None = None, carry_over: bool = True,
@@ -100,9 +98,11 @@ def tt_svd(tensor, eps: float, *, norm: float | None = None, carry_over: bool = 
 
 def tt_svd_grid(tensor, eps_grid, *, norm: float | None = None, carry_over: bool = True,
                 method: str = "gram", reverse: bool = False, limits=None) -> list[TTResult]:
-    """:func:`tt_svd` at each ε of ``eps_grid``; the first unfolding (the costliest: the whole
-    tensor) is factorised once for all of them.  ``limits``: per ε, None or a parameter count
-    past which that sweep stops (cores only add parameters), returning an incomplete result."""
+    """:func:`tt_svd` at each ε of ``eps_grid``.  Sweeps share what they have in common: the
+    first unfolding (the whole tensor) is factorised once, and sweeps that kept the same ranks
+    so far share the next unfoldings' factorisations too (same ranks, same carried matrix).
+    ``limits``: per ε, None or a parameter count past which that sweep stops (cores only add
+    parameters), returning an incomplete result."""
     for eps in eps_grid:
         if not 0.0 <= eps < 1.0:
             raise ArgumentError("eps", f"must be in [0, 1) (relative Frobenius error), got {eps}")
@@ -116,28 +116,37 @@ def tt_svd_grid(tensor, eps_grid, *, norm: float | None = None, carry_over: bool
     ref = float(tl.to_numpy(tl.norm(tensor))) if norm is None else float(norm)
     if len(shape) == 1:
         return [TTResult([tl.reshape(tensor, (1, shape[0], 1))], (1, 1), shape[0], 0.0) for _ in eps_grid]
-    first = tl.reshape(tensor, (shape[0], -1))
-    decomposition = _decompose(first, method)
-    limits = limits or [None] * len(eps_grid)
-    return [_sweep(first, decomposition, shape, (eps * ref) ** 2, ref, carry_over, method, limit)
-            for eps, limit in zip(eps_grid, limits)]
+    memo: dict = {(): (tl.reshape(tensor, (shape[0], -1)), None)}
+    out = []
+    for eps, limit in zip(eps_grid, limits or [None] * len(eps_grid)):
+        tt, memo = _sweep(memo, shape, (eps * ref) ** 2, ref, carry_over, method, limit)
+        out.append(tt)
+    return out
 
 
-def _sweep(first, decomposition: tuple, shape: tuple, budget: float, ref: float, carry_over: bool,
-           method: str, limit: int | None = None) -> TTResult:
-    """The left-to-right sweep with squared error budget ``budget``, from the first unfolding
-    and its factorisation; stopped once its cores hold more than ``limit`` parameters."""
+def _sweep(memo: dict, shape: tuple, budget: float, ref: float, carry_over: bool, method: str,
+           limit: int | None = None) -> tuple[TTResult, dict]:
+    """The left-to-right sweep with squared error budget ``budget``; stopped once its cores
+    hold more than ``limit`` parameters.  ``memo``: the previous sweep's steps — by the ranks
+    kept so far, the unfolding and its factorisation; by those ranks and the next one, the
+    truncation.  Returns the TT and this sweep's steps (the grid is sorted, so neighbours share
+    the most; keeping one path bounds the memory)."""
     d = len(shape)
     spent = 0.0
     cores, ranks = [], [1]
-    mat = carry = first
+    path: dict = {}
+    carry = None
     for k in range(d - 1):
-        if k:
-            mat = tl.reshape(carry, (ranks[-1] * shape[k], -1))
+        prefix = tuple(ranks[1:])
+        mat, decomposition = memo.get(prefix) or (tl.reshape(carry, (ranks[-1] * shape[k], -1)), None)
+        if decomposition is None:
             decomposition = _decompose(mat, method)
+        path[prefix] = (mat, decomposition)
         delta2 = (budget - spent) / (d - 1 - k) if carry_over else budget / (d - 1)
-        u, carry, tail = _truncate(mat, decomposition, max(delta2, 0.0))
-        r = tl.shape(u)[1]
+        r, tail = truncation_rank(decomposition[1], max(delta2, 0.0), decomposition[2])
+        cut = ("cut", *prefix, r)
+        u, carry = memo.get(cut) or _truncate(mat, decomposition, r)
+        path[cut] = (u, carry)
         spent += tail
         cores.append(tl.reshape(u, (ranks[-1], shape[k], r)))
         ranks.append(r)
@@ -145,12 +154,13 @@ def _sweep(first, decomposition: tuple, shape: tuple, budget: float, ref: float,
             # later cores hold at least r·n_{k+1}, then n_j each (every rank is ≥ 1)
             partial = sum(int(math.prod(tl.shape(c))) for c in cores) + r * shape[k + 1] + sum(shape[k + 2:])
             if partial > limit:
-                return TTResult(cores, tuple(ranks), partial, math.sqrt(spent) / ref if ref > 0 else 0.0, False)
+                rel = math.sqrt(spent) / ref if ref > 0 else 0.0
+                return TTResult(cores, tuple(ranks), partial, rel, False), path
     cores.append(tl.reshape(carry, (ranks[-1], shape[-1], 1)))
     ranks.append(1)
     params = sum(int(math.prod(tl.shape(c))) for c in cores)
     rel = math.sqrt(spent) / ref if ref > 0 else 0.0
-    return TTResult(cores, tuple(ranks), params, rel)
+    return TTResult(cores, tuple(ranks), params, rel), path
 
 
 def tt_params(ranks: tuple[int, ...], mode_sizes: tuple[int, ...]) -> int:

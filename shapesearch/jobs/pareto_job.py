@@ -15,6 +15,7 @@ from ..engine.search import SearchConfig
 from ..errors import ArgumentError, ShapesearchError
 from . import artifacts
 from .images import psnr
+from .memory import check_memory
 from .search_job import TINY, Job, check_data, check_out, start_out, unit_scale
 
 PARETO_FILE, PLOT_FILE = artifacts.PARETO_FILE, artifacts.PARETO_PLOT
@@ -55,6 +56,7 @@ def run_pareto_job(job: Job, config: SearchConfig, grid: tuple[float, ...],
     searched, exponent = unit_scale(data)
     norm = float(np.linalg.norm(searched))
     workers = 0 if job.workers is None and data.size < TINY and not job.address else job.workers
+    check_memory(data.size, workers, job.name, local=job.address is None)
     executor = make_executor(searched, norm, workers, job.address)
     try:
         start_out(job)

@@ -17,6 +17,7 @@ from ..errors import ArgumentError, ShapesearchError
 from ..paths import check_writable_dir, make_dir
 from . import artifacts
 from .images import psnr
+from .memory import check_memory
 from .sources import SOURCE_FILE, Source
 
 TINY = 20_000  # below this many entries, evaluate in process (Ray start-up would dominate)
@@ -114,6 +115,7 @@ def run_job(job: Job, config: SearchConfig,
         resume_state(job.out, searched, config)
     norm = float(np.linalg.norm(searched))
     workers = 0 if job.workers is None and data.size < TINY and not job.address else job.workers
+    check_memory(data.size, workers, job.name, local=job.address is None)
     if job.shared:
         executor = RayTaskExecutor(searched, norm, job.share, job.task, address=job.address,
                                    on_evaluated=job.on_evaluated)
