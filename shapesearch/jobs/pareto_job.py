@@ -9,14 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.executors import check_workers, make_executor
 from ..engine.pareto import run_pareto
 from ..engine.search import SearchConfig
 from ..errors import ArgumentError, ShapesearchError
 from . import artifacts
 from .images import psnr
-from .memory import check_memory
-from .search_job import TINY, Job, check_data, check_out, start_out, unit_scale
+from .search_job import Job, checked_input, executor_for, start_out
 
 PARETO_FILE, PLOT_FILE = artifacts.PARETO_FILE, artifacts.PARETO_PLOT
 
@@ -50,14 +48,8 @@ def run_pareto_job(job: Job, config: SearchConfig, grid: tuple[float, ...],
     start = time.perf_counter()
     if job.resume:
         raise ArgumentError("pareto", "runs cannot be resumed yet; start it again")
-    check_workers(job.workers)
-    data = check_data(job.data, job.name)
-    check_out(job)
-    searched, exponent = unit_scale(data)
-    norm = float(np.linalg.norm(searched))
-    workers = 0 if job.workers is None and data.size < TINY and not job.address else job.workers
-    check_memory(data.size, workers, job.name, local=job.address is None)
-    executor = make_executor(searched, norm, workers, job.address)
+    data, searched, exponent, workers = checked_input(job)
+    executor = executor_for(job, searched, workers)
     try:
         start_out(job)
         found = run_pareto(searched, config, grid, executor, on_generation=on_generation)

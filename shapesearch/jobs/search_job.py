@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine import checkpoint
-from ..engine.executors import RayTaskExecutor, check_workers, make_executor
+from ..engine.executors import Executor, RayTaskExecutor, check_workers, make_executor
 from ..engine.search import SearchConfig, resume_state, run_search
 from ..errors import ArgumentError, ShapesearchError
 from ..paths import check_writable_dir, make_dir
@@ -38,7 +38,7 @@ class Job:
     address: str | None = None
     source: Source | None = None  # where ``data`` came from: recorded, so that a resume needs no input
     shared: bool = False  # evaluations as Ray tasks on a cluster other jobs use too (no private workers)
-    share: int | None = None  # with ``shared``: at most this many evaluation tasks in flight (CPU share)
+    share: int | Callable[[], int] | None = None  # with ``shared``: tasks in flight (see RayTaskExecutor)
     on_evaluated: Callable[[int], None] | None = None  # with ``shared``: told each task's finished items
     task: object | None = None  # with ``shared``: the Ray remote function all jobs share (evaluation_task)
 
@@ -103,24 +103,36 @@ def start_out(job: Job) -> None:
         job.source.save(job.out)
 
 
-def run_job(job: Job, config: SearchConfig,
-            on_generation: Callable[[dict], None] | None = None) -> dict:
-    """Search, confirm and write ``result.json``, ``tt.safetensors``, a reconstruction and a plot."""
-    start = time.perf_counter()
+def checked_input(job: Job) -> tuple[np.ndarray, np.ndarray, int, int | None]:
+    """Everything checked before any search starts: (data as float64, the data searched,
+    its power-of-two scaling exponent, the workers to use)."""
     check_workers(job.workers)
     data = check_data(job.data, job.name)
     check_out(job)
     searched, exponent = unit_scale(data)
-    if job.resume:  # before Ray starts: a wrong input or changed settings fail at once
-        resume_state(job.out, searched, config)
-    norm = float(np.linalg.norm(searched))
     workers = 0 if job.workers is None and data.size < TINY and not job.address else job.workers
     check_memory(data.size, workers, job.name, local=job.address is None)
+    return data, searched, exponent, workers
+
+
+def executor_for(job: Job, searched: np.ndarray, workers: int | None) -> Executor:
+    """Shared Ray tasks for a service job, else this job's own executor (a bad cluster address
+    fails here, before anything is written)."""
+    norm = float(np.linalg.norm(searched))
     if job.shared:
-        executor = RayTaskExecutor(searched, norm, job.share, job.task, address=job.address,
-                                   on_evaluated=job.on_evaluated)
-    else:  # a bad cluster address fails here, before anything is written
-        executor = make_executor(searched, norm, workers, job.address)
+        return RayTaskExecutor(searched, norm, job.share, job.task, address=job.address,
+                               on_evaluated=job.on_evaluated)
+    return make_executor(searched, norm, workers, job.address)
+
+
+def run_job(job: Job, config: SearchConfig,
+            on_generation: Callable[[dict], None] | None = None) -> dict:
+    """Search, confirm and write ``result.json``, ``tt.safetensors``, a reconstruction and a plot."""
+    start = time.perf_counter()
+    data, searched, exponent, workers = checked_input(job)
+    if job.resume:  # before Ray starts: a wrong input or changed settings fail at once
+        resume_state(job.out, searched, config)
+    executor = executor_for(job, searched, workers)
     try:
         start_out(job)
         found = run_search(searched, config, executor, checkpoint_dir=job.out, resume=job.resume,
