@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from shapesearch.cli import main
 from shapesearch.engine.executors import LocalExecutor
 from shapesearch.engine.fitness import confirm
 from shapesearch.engine.pareto import eps_grid, parse_pareto, run_pareto
@@ -20,6 +19,7 @@ from shapesearch.jobs import artifacts
 from shapesearch.jobs.images import load_image
 
 from .conftest import smooth_image
+from .test_cli import _run
 
 GRID = (0.03, 0.08, 0.2)
 CFG = dict(population=12, generations=6, stall=100, seed=3, polish_rounds=2)
@@ -103,12 +103,6 @@ def test_the_caller_s_config_is_left_alone(front):
     config = SearchConfig(**CFG)
     run_pareto(img, config, (0.1, 0.2), LocalExecutor(img, float(np.linalg.norm(img))))
     assert config.eps == SearchConfig().eps
-
-
-def _run(args, capsys):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _error(args, capsys):

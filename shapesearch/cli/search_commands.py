@@ -71,6 +71,11 @@ def add_parsers(sub) -> None:
     rec.set_defaults(run=_reconstruct)
 
 
+def _given(args: argparse.Namespace) -> dict:
+    """The search settings given as flags (left out: None, so they are not passed on)."""
+    return {k: getattr(args, k) for k in (*_SETTINGS, "carry_over") if getattr(args, k) is not None}
+
+
 def _source(args: argparse.Namespace) -> Source:
     """The input: the path given, else (resuming) the run's recorded input, else the default image."""
     from ..jobs.sources import Source
@@ -97,7 +102,7 @@ def _search(args: argparse.Namespace) -> tuple[dict, str]:
         return _pareto(args)
     if args.resume is not None and args.out is not None and args.out != args.resume:
         raise ShapesearchError("--resume DIR continues in DIR; drop --out or make it the same directory")
-    given = {k: getattr(args, k) for k in (*_SETTINGS, "carry_over") if getattr(args, k) is not None}
+    given = _given(args)
     config = checkpointed_config(args.resume, **given) if args.resume is not None else SearchConfig(**given)
     source = _source(args)
     data, name, bits = source.load()
@@ -125,7 +130,7 @@ def _pareto(args: argparse.Namespace) -> tuple[dict, str]:
     if args.resume is not None:
         raise ArgumentError("pareto", "runs cannot be resumed yet; drop --resume")
     grid = parse_pareto(args.pareto)
-    given = {k: getattr(args, k) for k in (*_SETTINGS, "carry_over") if getattr(args, k) is not None}
+    given = _given(args)
     config = SearchConfig(**{**given, "eps": grid[-1]})
     source = _source(args)
     data, name, bits = source.load()

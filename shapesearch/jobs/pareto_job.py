@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -27,8 +28,6 @@ def tt_file(eps: float) -> str:
 def pick_point(directory: Path, eps: float) -> Path:
     """The TT file of the Pareto run in ``directory`` for an error bound of ``eps``: the
     point with the largest grid ε ≤ ``eps`` (the most compressed one that meets it)."""
-    import json
-
     try:
         points = json.loads((Path(directory) / PARETO_FILE).read_text())["points"]
         grid = sorted(float(p["eps"]) for p in points)
