@@ -81,9 +81,9 @@ def run_seed_ga(img, eps, seed=0) -> dict:
     from tensorlearn.shape_search.tensor_shape_search import shape_search_auto_rank_tt
 
     np.random.seed(seed)  # the seed GA draws from numpy's global RNG
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     sol, _ = shape_search_auto_rank_tt(img, eps, SEED_GA_ORDER, 1, tensor_resize, dict(SEED_GA))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     shape = [int(x) for x in sol["variable"]]
     cores = tensor_train.auto_rank_tt(tensor_resize(img, np.array(shape)), eps)
     params = sum(c.size for c in cores)
@@ -95,7 +95,7 @@ def run_seed_ga(img, eps, seed=0) -> dict:
     evals = SEED_GA["population_size"] + SEED_GA["max_num_iteration"] * (
         SEED_GA["population_size"] - int(SEED_GA["parents_portion"] * SEED_GA["population_size"]))
     return {"cr": img.size / params, "rel_error": err, "psnr": p, "evaluations": evals,
-            "wall": wall, "shape": "×".join(map(str, shape))}
+            "wall": wall, "cpu": cpu, "shape": "×".join(map(str, shape))}
 
 
 def suggest_shape(trial, space: ShapeSpace, max_order: int = 12) -> Tensorization:
@@ -261,12 +261,14 @@ def main() -> None:
     p.add_argument("--eps", nargs="+", type=float, default=[0.05, 0.1, 0.2])
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     p.add_argument("--fresh", action="store_true", help="forget earlier rows")
+    p.add_argument("--rerun", action="store_true",
+                   help="run the chosen rows again (the newest row of each kind is reported)")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     if args.fresh and JSONL.exists():
         JSONL.unlink()
     if not args.report_only:
-        done = {(r["image"], r["eps"], r["method"]) for r in load_rows(JSONL)}
+        done = set() if args.rerun else {(r["image"], r["eps"], r["method"]) for r in load_rows(JSONL)}
         for eps in args.eps:
             for name in args.images:
                 run(name, eps, args.methods, done)

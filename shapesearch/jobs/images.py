@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ShapesearchError
+from .memory import available_memory
 
 DEFAULT_IMAGE = "astronaut.png"  # NASA photograph (public domain), as bundled in scikit-image
 
@@ -39,7 +40,8 @@ def default_image_path() -> Path:
 
 
 def load_image(path: str | Path | None) -> ImageData:
-    """Load PNG/JPEG/... (gray, RGB, alpha, palette, 16-bit gray); clear errors otherwise."""
+    """Load PNG/JPEG/... (gray, RGB, alpha, palette, 16-bit gray) as H×W or H×W×C, and an
+    animation (GIF, APNG, multi-page TIFF) as frames × H × W × C; clear errors otherwise."""
     path = default_image_path() if path is None else Path(path)
     if not path.is_file():
         raise ShapesearchError(f"image {path} not found; give an existing PNG/JPEG file")
@@ -57,20 +59,11 @@ def load_image(path: str | Path | None) -> ImageData:
         raise ShapesearchError(f"{path} could not be opened ({exc})") from exc
     try:
         with im:
-            if getattr(im, "n_frames", 1) > 1:
-                raise ShapesearchError(f"{path} has {im.n_frames} frames; save one frame as its own image")
-            mode = im.mode
-            if mode == "P":
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-                mode = im.mode
-            if mode not in _MODES:
-                raise ShapesearchError(f"{path}: image mode {mode!r} is not supported; convert it to 8-bit "
-                                       "RGB/RGBA/gray or 16-bit gray, or save it as a .npy array and "
-                                       "compress that")
-            target, bits = _MODES[mode]
-            if target != mode and target not in ("I;16", "I"):
-                im = im.convert(target)
-            arr = np.array(im)
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                arr, bits = _read_frames(im, path, frames)
+            else:
+                arr, bits = _read_frame(im, path)
     except OSError as exc:
         raise ShapesearchError(f"{path} could not be decoded ({exc}); is the file truncated?") from exc
     if bits == 16 and arr.max(initial=0) > 65535:
@@ -81,10 +74,59 @@ def load_image(path: str | Path | None) -> ImageData:
     return ImageData(pixels, bits, path.stem)
 
 
+def _read_frame(im: Image.Image, path: Path, mode: str | None = None) -> tuple[np.ndarray, int]:
+    """The current frame as an array in ``mode`` (default: the one its own mode maps to) and
+    its bit depth."""
+    own = im.mode
+    if own == "P":
+        own = "RGBA" if "transparency" in im.info else "RGB"
+    if own not in _MODES:
+        raise ShapesearchError(f"{path}: image mode {im.mode!r} is not supported; convert it to 8-bit "
+                               "RGB/RGBA/gray or 16-bit gray, or save it as a .npy array and "
+                               "compress that")
+    target, bits = _MODES[mode or own]
+    if target != im.mode and target not in ("I;16", "I"):
+        im = im.convert(target)
+    return np.array(im), bits
+
+
+def _read_frames(im: Image.Image, path: Path, count: int) -> tuple[np.ndarray, int]:
+    """Every frame of an animation (GIF, APNG, multi-page TIFF) as frames × H × W × C, each
+    converted to the first frame's mode (a later frame may carry its own palette)."""
+    arr0, bits = _read_frame(im, path)
+    if bits != 8:
+        raise ShapesearchError(f"{path}: animations are read with 8-bit frames, this one has {bits}-bit "
+                               "frames; save the frames as a .npy array (frames × H × W × C)")
+    mode = "L" if arr0.ndim == 2 else {3: "RGB", 4: "RGBA"}[arr0.shape[2]]
+    need, have = count * arr0.size * 9, available_memory()  # the uint8 frames, then float64 pixels
+    if have is not None and need > have:
+        raise ShapesearchError(f"{path}: {count} frames of {arr0.size:,} values need about "
+                               f"{need / 2**30:.1f} GiB to read, {have / 2**30:.1f} GiB is available; "
+                               "use fewer or smaller frames")
+    out = np.empty((count, *arr0.shape), np.uint8)
+    for i in range(count):
+        im.seek(i)
+        if im.size[::-1] != arr0.shape[:2]:
+            raise ShapesearchError(f"{path}: frame {i} is {im.size[0]}×{im.size[1]}, frame 0 "
+                                   f"{arr0.shape[1]}×{arr0.shape[0]}; give frames of one size")
+        frame, _ = _read_frame(im, path, mode)
+        out[i] = frame
+    return (out[..., None] if out.ndim == 3 else out), bits
+
+
 def save_image(pixels: np.ndarray, bits: int, path: str | Path) -> None:
-    """Write [0, 1] pixels (H×W or H×W×C, C ≤ 4) as an 8- or 16-bit image, clipped and rounded."""
+    """Write [0, 1] pixels (H×W or H×W×C, C ≤ 4) as an 8- or 16-bit image, clipped and rounded;
+    frames × H × W × C as an animated PNG (lossless)."""
     peak = 2**bits - 1
     values = np.rint(np.clip(pixels, 0.0, 1.0) * peak)
+    if pixels.ndim == 4:
+        if bits != 8 or pixels.shape[3] > 4 or Path(path).suffix.lower() != ".png":
+            raise ShapesearchError("frames are written as an 8-bit animated .png (≤ 4 channels); "
+                                   "write .npy instead")
+        data = values.astype(np.uint8)
+        frames = [Image.fromarray(f[..., 0] if f.shape[2] == 1 else f) for f in data]
+        frames[0].save(path, format="PNG", save_all=True, append_images=frames[1:])
+        return
     if bits == 16:
         if pixels.ndim != 2:
             raise ShapesearchError("16-bit output is only supported for gray images")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import resource
+import sys
 from pathlib import Path
 
 from ..errors import ShapesearchError
@@ -46,3 +48,16 @@ def check_memory(entries: int, workers: int | None, name: str, local: bool = Tru
             f"({DRIVER_BYTES} + {WORKER_BYTES} bytes an entry per worker, {max(count, 1)} worker(s)) but "
             f"{have / gib:.1f} GiB is available; use fewer --workers, crop or resize the data, or a "
             "machine (or cluster) with more memory")
+
+
+def peak_rss() -> int:
+    """Bytes: the most resident memory this process has held so far."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+def memory_report(entries: int, workers: int) -> dict:
+    """For a result file: the estimate the check used and what this process actually peaked
+    at (with ``workers`` 0 the search ran in it; Ray workers are separate processes)."""
+    return {"estimated_bytes": search_memory(entries, workers), "this_process_peak_bytes": peak_rss(),
+            "workers": workers}

@@ -15,6 +15,7 @@ from ..engine.search import SearchConfig
 from ..errors import ArgumentError, ShapesearchError
 from . import artifacts
 from .images import psnr
+from .memory import memory_report
 from .search_job import Job, checked_input, executor_for, start_out
 
 PARETO_FILE, PLOT_FILE = artifacts.PARETO_FILE, artifacts.PARETO_PLOT
@@ -80,6 +81,7 @@ def run_pareto_job(job: Job, config: SearchConfig, grid: tuple[float, ...],
         "search_seconds": found.seconds,
         "wall_seconds": time.perf_counter() - start,
         "workers": n_workers,
+        "memory": memory_report(data.size, n_workers),
         "generations": found.history[-1]["generation"],
         "history": found.history,
         "files": {"result": PARETO_FILE, "plot": PLOT_FILE},

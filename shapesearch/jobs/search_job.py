@@ -17,7 +17,7 @@ from ..errors import ArgumentError, ShapesearchError
 from ..paths import check_writable_dir, make_dir
 from . import artifacts
 from .images import psnr
-from .memory import check_memory
+from .memory import check_memory, memory_report
 from .sources import SOURCE_FILE, Source
 
 TINY = 20_000  # below this many entries, evaluate in process (Ray start-up would dominate)
@@ -167,6 +167,7 @@ def run_job(job: Job, config: SearchConfig,
         "search_seconds": found.seconds,
         "wall_seconds": time.perf_counter() - start,
         "workers": executor.workers,
+        "memory": memory_report(data.size, executor.workers),
         "generations": found.history[-1]["generation"],
         "reference": found.reference,
         "surrogate": found.surrogate,
