@@ -1019,16 +1019,19 @@ def mangle(rnd: random.Random, argv: list[str], required: list[str], clean: bool
 
 SEARCH_VALID = {"--eps": ["0.05", "0.1", "0.3", "0.5", "0.9"], "--seed": ["0", "1", "7"],
                 "--generations": ["0", "1", "2", "3"], "--population": ["2", "3", "4", "6"],
-                "--stall": ["1", "2", "3", "12"], "--time-limit": ["30", "0.5", "1e9"], "--workers": ["0"]}
+                "--stall": ["1", "2", "3", "12"], "--restarts": ["0", "1", "2"], "--time-limit": ["30", "0.5", "1e9"],
+                "--workers": ["0"]}
 SEARCH_ODD = {"--eps": ODD_FLOATS + ["0.9999999999", "1e-300"], "--time-limit": ODD_FLOATS,
               "--seed": ODD_INTS, "--generations": ODD_INTS, "--population": ODD_INTS + ["1"],
-              "--stall": ODD_INTS, "--workers": [v for v in ODD_INTS if not v.lstrip("+").isdigit()] + ["-1", "-9"]}
+              "--stall": ODD_INTS, "--restarts": ODD_INTS,
+              "--workers": [v for v in ODD_INTS if not v.lstrip("+").isdigit()] + ["-1", "-9"]}
 PARETO_VALID = ["0.05:0.3:2", "0.1:0.5:3", "0.05:0.2"]
 PARETO_ODD = ["0.3:0.05", "0:0.1", "0.1:1", "a:b", "0.1", "0.1:0.2:1", "0.1:0.2:99", "nan:0.2", "", "0.1:0.2:3:4",
               "1e-300:0.1", "0.1:0.1", "-0.1:0.2", "0.1:0.2:2.5"]
 # values the search must refuse before doing any work
 REFUSED = {"--eps": ["0", "1", "-0.1", "1.5", "nan", "inf", "-inf", "1e308"], "--population": ["1", "0", "-1"],
-           "--workers": ["-1", "-9"], "--time-limit": ["0", "-1", "-inf"], "--generations": ["-1", "-7"]}
+           "--workers": ["-1", "-9"], "--time-limit": ["0", "-1", "-inf"], "--generations": ["-1", "-7"],
+           "--restarts": ["-1", "-7"]}
 
 
 def _out_spec(rnd: random.Random, files: list[FileSpec], kind_list: list[str], default_name: str,

@@ -88,3 +88,17 @@ def test_stall_stops_early(image):
 def test_bad_settings(image, kw, msg):
     with pytest.raises(ShapesearchError, match=msg):
         _search(image, **kw)
+
+
+def test_restarts_continue_a_stalled_search_reproducibly_and_keep_its_best(image, tmp_path):
+    plain = _search(image, seed=2, generations=30, stall=2)
+    assert plain.history[-1]["generation"] < 30  # it stalled
+    again = _search(image, seed=2, generations=30, stall=2, restarts=2)
+    assert _summary(again) == _summary(_search(image, seed=2, generations=30, stall=2, restarts=2))
+    assert again.evaluations > plain.evaluations
+    assert again.history[-1]["generation"] > plain.history[-1]["generation"]
+    assert again.params <= plain.params  # the elite survives every restart
+    # a run checkpointed before its restarts resumes to the same end
+    _search(image, tmp_path / "run", seed=2, generations=4, stall=2, restarts=2)
+    resumed = _search(image, tmp_path / "run", resume=True, seed=2, generations=30, stall=2, restarts=2)
+    assert _summary(resumed)[:4] == _summary(again)[:4]

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 # search settings a flag can set; left out, a fresh run takes SearchConfig's default and a
 # resumed run the checkpointed value
-_SETTINGS = ("eps", "seed", "generations", "population", "stall", "time_limit")
+_SETTINGS = ("eps", "seed", "generations", "population", "stall", "restarts", "time_limit")
 
 
 def search_settings(p: argparse.ArgumentParser) -> None:
@@ -27,6 +27,9 @@ def search_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generations", type=int, help=f"at most this many (default {d.generations})")
     p.add_argument("--population", type=int, help=f"shapes kept (default {d.population})")
     p.add_argument("--stall", type=int, help=f"stop after this many generations without gain (default {d.stall})")
+    p.add_argument("--restarts", type=int,
+                   help="when the search stalls, re-diversify around its best shapes this many times before "
+                        f"stopping (default {d.restarts})")
     p.add_argument("--time-limit", type=float, help="stop the search after this many wall seconds")
     p.add_argument("--no-carry-over", dest="carry_over", action="store_const", const=False, default=None,
                    help="uniform per-cut error budget (as in the seed paper's code)")

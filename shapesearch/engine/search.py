@@ -61,6 +61,7 @@ class SearchConfig:
     population: int = 32
     generations: int = 60
     stall: int = 12
+    restarts: int = 0  # times a stalled population is re-diversified around its elite before stopping
     time_limit: float | None = None
     seed: int = 0
     cxpb: float = 0.4
@@ -79,6 +80,8 @@ class SearchConfig:
                                        f"{MIN_EPS:g} float64 rounding alone can exceed it), got {self.eps}")
         if self.population < 2:
             raise ArgumentError("population", f"must be at least 2, got {self.population}")
+        if self.restarts < 0:
+            raise ArgumentError("restarts", f"must be >= 0, got {self.restarts}")
         if self.generations < 0:
             raise ArgumentError("generations", f"must be >= 0, got {self.generations}")
         if self.time_limit is not None and self.time_limit <= 0:
@@ -231,6 +234,24 @@ class _Engine:
         unique = list({ind[0].key: ind for ind in pop + offspring}.values())
         return self.select(unique, self.config.population)
 
+    def restart(self, pop: list) -> list:
+        """A stalled population re-diversified: its best eighth kept, the rest replaced by shapes
+        2–5 random moves away from its members (unseen ones where possible)."""
+        mu = self.config.population
+        elite = pop[:max(1, mu // 8)]
+        keys = {ind[0].key for ind in elite}
+        fresh, tries = [], 0
+        while len(elite) + len(fresh) < mu and tries < 50 * mu:
+            tries += 1
+            shape = self.rng.choice(pop)[0]
+            for _ in range(self.rng.randint(2, 5)):
+                shape = mutate(shape, self.rng, self.space)
+            if shape.key not in keys and (shape.key not in self.cache or tries > 25 * mu):
+                keys.add(shape.key)
+                fresh.append(self.individual(shape))
+        self.evaluate(fresh)
+        return self.select(elite + fresh, mu)
+
     def polish(self, pop: list, rounds: int) -> list:
         """Steepest descent from the best shape over its one-move neighbourhood."""
         for _ in range(rounds):
@@ -258,7 +279,7 @@ class _Engine:
 
 
 # settings a resumed run may change; every other one decides what the cache's entries mean
-RESUMABLE = ("generations", "stall", "time_limit", "polish_rounds", "confirm_top")
+RESUMABLE = ("generations", "stall", "restarts", "time_limit", "polish_rounds", "confirm_top")
 
 
 def checkpointed_config(directory: Path, **changes) -> SearchConfig:
@@ -295,9 +316,9 @@ def resume_state(directory: Path, tensor: np.ndarray, config: SearchConfig) -> d
     return state
 
 
-def _restore(engine: _Engine, state: dict) -> tuple[list, list, list, int, int, float]:
+def _restore(engine: _Engine, state: dict) -> tuple[list, list, list, int, int, int, float]:
     """Put a checkpoint's cache, counters and RNG into ``engine``; (population, history,
-    surrogate notes, generation, stall count, elapsed seconds)."""
+    surrogate notes, generation, stall count, restarts used, elapsed seconds)."""
     engine.cache = {checkpoint.key_from_json(k): {**v, "params": int(v["params"]), "rel_error": float(v["rel_error"])}
                     for k, v in state["cache"]}
     if len(engine.cache) != len(state["cache"]):
@@ -319,7 +340,8 @@ def _restore(engine: _Engine, state: dict) -> tuple[list, list, list, int, int, 
     history, surrogate = list(state["history"]), list(state["surrogate"])
     if not all(isinstance(h, dict) for h in history) or not all(isinstance(n, dict) for n in surrogate):
         raise TypeError("history and surrogate notes must be lists of objects")
-    return pop, history, surrogate, int(state["generation"]), int(state["stall"]), float(state["elapsed"])
+    return (pop, history, surrogate, int(state["generation"]), int(state["stall"]), int(state.get("restarts", 0)),
+            float(state["elapsed"]))
 
 
 def run_search(tensor: np.ndarray, config: SearchConfig, executor: Executor, *,
@@ -336,7 +358,7 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor: Executor, *,
     if resume:
         state = resume_state(checkpoint_dir, tensor, config)
         try:
-            pop, history, surrogate, gen, stall, elapsed0 = _restore(engine, state)
+            pop, history, surrogate, gen, stall, restarts, elapsed0 = _restore(engine, state)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ShapesearchError(f"{checkpoint_dir / checkpoint.CHECKPOINT} is not a valid checkpoint "
                                    f"(bad {exc.__class__.__name__}: {exc}); start a new run instead") from exc
@@ -344,7 +366,7 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor: Executor, *,
     else:
         seeds, surrogate = engine.seeds()
         pop = engine.initial_population(seeds)
-        history, gen, stall, elapsed0 = [], 0, 0, 0.0
+        history, gen, stall, restarts, elapsed0 = [], 0, 0, 0, 0.0
 
     saved = [len(engine.cache) if resume else 0]  # cache entries already in the log
 
@@ -366,7 +388,7 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor: Executor, *,
                 "cache_entries": len(entries),
                 "rng": checkpoint.rng_state(engine.rng), "history": history, "surrogate": surrogate,
                 "evaluations": engine.evaluations, "cache_hits": engine.cache_hits,
-                "stall": stall, "elapsed": history[-1]["elapsed"]},
+                "stall": stall, "restarts": restarts, "elapsed": history[-1]["elapsed"]},
                 entries[saved[0]:], fresh=saved[0] == 0)
             saved[0] = len(entries)
 
@@ -374,12 +396,14 @@ def run_search(tensor: np.ndarray, config: SearchConfig, executor: Executor, *,
         pop = tools.selBest(pop, config.population)
         record()
     last_gen_time = 0.0
-    while gen < config.generations and stall < config.stall:
+    while gen < config.generations and (stall < config.stall or restarts < config.restarts):
         elapsed = elapsed0 + time.perf_counter() - start
         if config.time_limit is not None and elapsed + last_gen_time > config.time_limit:
             break
         t0 = time.perf_counter()
         before = pop[0].fitness.values
+        if stall >= config.stall:
+            pop, stall, restarts = engine.restart(pop), 0, restarts + 1
         pop = engine.step(pop)
         gen += 1
         stall = stall + 1 if pop[0].fitness.values >= before else 0

@@ -19,8 +19,8 @@ KINDS = ("image", "tensor", "layers", "compress")
 # options every job takes besides its command's: scheduling
 SCHEDULING = {"priority": int, "cpus": int}
 
-_SEARCH = {"eps": float, "seed": int, "generations": int, "population": int, "stall": int, "time_limit": float,
-           "no_carry_over": bool}
+_SEARCH = {"eps": float, "seed": int, "generations": int, "population": int, "stall": int, "restarts": int,
+           "time_limit": float, "no_carry_over": bool}
 OPTIONS: dict[str, dict[str, type]] = {
     "image": {**_SEARCH, "path": str},
     "tensor": {**_SEARCH, "path": str, "key": str},
