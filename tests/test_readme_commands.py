@@ -147,6 +147,14 @@ def _input_file(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
         small_png(path, 24, 30, "RGB")
+    elif path.suffix.lower() == ".gif":  # an animation: three frames
+        from PIL import Image
+
+        small_png(path.with_suffix(".png"), 24, 30, "RGB")
+        frame = Image.open(path.with_suffix(".png")).convert("RGB")
+        frames = [frame, frame.rotate(90), frame.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+        frames[0].save(path, save_all=True, append_images=frames[1:])
+        path.with_suffix(".png").unlink()
     elif path.suffix == ".npy":
         np.save(path, small_array((12, 10, 3)))
     elif path.suffix == ".safetensors":
