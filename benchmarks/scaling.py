@@ -29,6 +29,8 @@ import skimage.transform
 from _report import RESULTS, append_row, load_rows, machine, main_with_report, table
 from PIL import Image
 
+from shapesearch.jobs.memory import DRIVER_BYTES, WORKER_BYTES, search_memory
+
 JSONL = RESULTS / "scaling.jsonl"
 MARKDOWN = Path(__file__).parent / "scaling.md"
 BOUNDED_LIMIT = 420  # seconds of search for the case the default budget would not finish in time
@@ -153,7 +155,7 @@ def report() -> str:
     gib = 2**30
     body = [[name, r["entries"] / 1e6, "×".join(map(str, r["shape"])), r["cr"], r["rel_error"], r["evaluations"],
              r["generations"], r["search_s"], r["wall"], r["peak_tree_bytes"] / gib,
-             r["reported_memory"]["estimated_bytes"] / gib,
+             search_memory(r["entries"], r["reported_memory"]["workers"]) / gib,
              f"≤ {r['bounded_s']} s search" if r["bounded_s"] else "default"]
             for name in CASES if (r := rows.get(name))]
     first = next(iter(rows.values()), {"eps": 0.1, "machine": machine()})
@@ -162,7 +164,7 @@ def report() -> str:
            f"ε = {first['eps']}; wall = the whole CLI run (reading, Ray start, "
            "search, float64 confirmation, writing); peak GiB = the largest summed PSS of the CLI and every "
            "process under it, sampled every 0.25 s; estimate = what the memory check assumes "
-           f"(16 + 32 bytes an entry per worker). Machine: {first['machine']}.",
+           f"({DRIVER_BYTES} + {WORKER_BYTES} bytes an entry per worker). Machine: {first['machine']}.",
            "", table(["case", "M entries", "shape", "CR", "error", "evaluations", "generations", "search s",
                       "wall s", "peak GiB", "estimate GiB", "budget"], body), ""]
     fit = [(r["entries"], r["search_s"] / max(r["evaluations"], 1)) for n, r in rows.items()

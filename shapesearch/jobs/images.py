@@ -68,7 +68,8 @@ def load_image(path: str | Path | None) -> ImageData:
         raise ShapesearchError(f"{path} could not be decoded ({exc}); is the file truncated?") from exc
     if bits == 16 and arr.max(initial=0) > 65535:
         raise ShapesearchError(f"{path}: pixel values exceed 16 bits; save it as a .npy array and compress that")
-    pixels = arr.astype(np.float64) / (2**bits - 1)
+    pixels = arr.astype(np.float64)
+    pixels /= 2**bits - 1  # in place: a second float64 copy would double the peak for a large image
     if pixels.size < 4:
         raise ShapesearchError(f"{path} has only {pixels.size} values; nothing to compress")
     return ImageData(pixels, bits, path.stem)
@@ -142,5 +143,6 @@ def save_image(pixels: np.ndarray, bits: int, path: str | Path) -> None:
 
 def psnr(reference: np.ndarray, approx: np.ndarray, peak: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB for data scaled to [0, peak]."""
-    mse = float(np.mean((reference - approx) ** 2))
+    diff = (reference - approx).ravel()
+    mse = float(diff @ diff) / max(diff.size, 1)  # one temporary, not three
     return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
