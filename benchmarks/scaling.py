@@ -18,18 +18,16 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import skimage.data
 import skimage.transform
 from _report import RESULTS, append_row, load_rows, machine, main_with_report, table
 from PIL import Image
 
-from shapesearch.jobs.memory import DRIVER_BYTES, WORKER_BYTES, search_memory
+from shapesearch.jobs.memory import DRIVER_BYTES, WORKER_BYTES, PeakMemory, search_memory
 
 JSONL = RESULTS / "scaling.jsonl"
 MARKDOWN = Path(__file__).parent / "scaling.md"
@@ -83,36 +81,6 @@ CASES = {
 }
 
 
-class TreeMemory:
-    """The peak of the summed PSS of a process and all its descendants, sampled in a thread."""
-
-    def __init__(self, pid: int, every: float = 0.25) -> None:
-        self.root, self.every, self.peak = psutil.Process(pid), every, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            total = 0
-            try:
-                procs = [self.root, *self.root.children(recursive=True)]
-            except psutil.Error:
-                break
-            for p in procs:
-                try:
-                    total += p.memory_full_info().pss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            self._stop.wait(self.every)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
-
-
 def run_case(name: str, eps: float) -> dict:
     build, kind, bounded = CASES[name]
     data = build()
@@ -128,7 +96,7 @@ def run_case(name: str, eps: float) -> dict:
             cmd += ["--time-limit", str(BOUNDED_LIMIT)]
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        memory = TreeMemory(proc.pid)
+        memory = PeakMemory(every=0.25, pid=proc.pid)
         out, err = proc.communicate()
         wall = time.perf_counter() - t0
         peak = memory.stop()

@@ -118,19 +118,21 @@ def tt_svd_grid(tensor, eps_grid, *, norm: float | None = None, carry_over: bool
         return [TTResult([tl.reshape(tensor, (1, shape[0], 1))], (1, 1), shape[0], 0.0) for _ in eps_grid]
     memo: dict = {(): (tl.reshape(tensor, (shape[0], -1)), None)}
     out = []
-    for eps, limit in zip(eps_grid, limits or [None] * len(eps_grid)):
-        tt, memo = _sweep(memo, shape, (eps * ref) ** 2, ref, carry_over, method, limit)
+    for i, (eps, limit) in enumerate(zip(eps_grid, limits or [None] * len(eps_grid))):
+        last = i == len(eps_grid) - 1
+        tt, memo = _sweep(memo, shape, (eps * ref) ** 2, ref, carry_over, method, limit, keep=not last)
         out.append(tt)
     return out
 
 
 def _sweep(memo: dict, shape: tuple, budget: float, ref: float, carry_over: bool, method: str,
-           limit: int | None = None) -> tuple[TTResult, dict]:
+           limit: int | None = None, keep: bool = True) -> tuple[TTResult, dict]:
     """The left-to-right sweep with squared error budget ``budget``; stopped once its cores
     hold more than ``limit`` parameters.  ``memo``: the previous sweep's steps — by the ranks
     kept so far, the unfolding and its factorisation; by those ranks and the next one, the
     truncation.  Returns the TT and this sweep's steps (the grid is sorted, so neighbours share
-    the most; keeping one path bounds the memory)."""
+    the most; keeping one path bounds the memory).  ``keep`` False (the last sweep) records
+    nothing, so each step's unfolding and factors are freed as the sweep moves on."""
     d = len(shape)
     spent = 0.0
     cores, ranks = [], [1]
@@ -141,12 +143,14 @@ def _sweep(memo: dict, shape: tuple, budget: float, ref: float, carry_over: bool
         mat, decomposition = memo.get(prefix) or (tl.reshape(carry, (ranks[-1] * shape[k], -1)), None)
         if decomposition is None:
             decomposition = _decompose(mat, method)
-        path[prefix] = (mat, decomposition)
+        if keep:
+            path[prefix] = (mat, decomposition)
         delta2 = (budget - spent) / (d - 1 - k) if carry_over else budget / (d - 1)
         r, tail = truncation_rank(decomposition[1], max(delta2, 0.0), decomposition[2])
         cut = ("cut", *prefix, r)
         u, carry = memo.get(cut) or _truncate(mat, decomposition, r)
-        path[cut] = (u, carry)
+        if keep:
+            path[cut] = (u, carry)
         spent += tail
         cores.append(tl.reshape(u, (ranks[-1], shape[k], r)))
         ranks.append(r)

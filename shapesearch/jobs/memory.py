@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-import resource
-import sys
+import threading
 from pathlib import Path
 
 from ..errors import ShapesearchError
@@ -50,14 +49,53 @@ def check_memory(entries: int, workers: int | None, name: str, local: bool = Tru
             "machine (or cluster) with more memory")
 
 
-def peak_rss() -> int:
-    """Bytes: the most resident memory this process has held so far."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+class PeakMemory:
+    """The peak of the summed proportional set size (PSS) of this process and every process
+    under it — on a local Ray cluster the head, raylet, object store and workers — sampled in
+    a thread every ``every`` seconds from start to :meth:`stop`.  Shared pages (the object
+    store) count once in all, split among the processes that map them."""
+
+    def __init__(self, every: float = 0.5, pid: int | None = None) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.root = psutil.Process(pid)
+        self.every, self.peak = every, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="peak-memory")
+        self._thread.start()
+
+    def sample(self) -> int:
+        """Bytes held now by the process tree."""
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except self._psutil.Error:
+            return 0
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_full_info().pss
+            except (self._psutil.Error, AttributeError):  # gone, not ours, or no PSS on this OS
+                try:
+                    total += p.memory_info().rss
+                except self._psutil.Error:
+                    pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.sample())
+            self._stop.wait(self.every)
+
+    def stop(self) -> int:
+        """Stop sampling; the peak in bytes."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak
 
 
-def memory_report(entries: int, workers: int) -> dict:
-    """For a result file: the estimate the check used and what this process actually peaked
-    at (with ``workers`` 0 the search ran in it; Ray workers are separate processes)."""
-    return {"estimated_bytes": search_memory(entries, workers), "this_process_peak_bytes": peak_rss(),
-            "workers": workers}
+def memory_report(entries: int, workers: int, peak: int) -> dict:
+    """For a result file: the estimate the memory check used and the measured ``peak`` of
+    this machine's processes (:class:`PeakMemory`; on a remote cluster, its workers are not
+    counted)."""
+    return {"estimated_bytes": search_memory(entries, workers), "peak_bytes": peak, "workers": workers}

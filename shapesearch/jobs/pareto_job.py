@@ -15,7 +15,7 @@ from ..engine.search import SearchConfig
 from ..errors import ArgumentError, ShapesearchError
 from . import artifacts
 from .images import psnr
-from .memory import memory_report
+from .memory import PeakMemory, memory_report
 from .search_job import Job, checked_input, executor_for, start_out
 
 PARETO_FILE, PLOT_FILE = artifacts.PARETO_FILE, artifacts.PARETO_PLOT
@@ -45,6 +45,15 @@ def pick_point(directory: Path, eps: float) -> Path:
 def run_pareto_job(job: Job, config: SearchConfig, grid: tuple[float, ...],
                    on_generation: Callable[[dict], None] | None = None) -> dict:
     """Search the front, confirm every point, write its TT file, ``pareto.json`` and the plot."""
+    memory = PeakMemory()
+    try:
+        return _run_pareto_job(job, config, grid, on_generation, memory)
+    finally:
+        memory.stop()
+
+
+def _run_pareto_job(job: Job, config: SearchConfig, grid: tuple[float, ...], on_generation,
+                    memory: PeakMemory) -> dict:
     start = time.perf_counter()
     if job.resume:
         raise ArgumentError("pareto", "runs cannot be resumed yet; start it again")
@@ -81,7 +90,7 @@ def run_pareto_job(job: Job, config: SearchConfig, grid: tuple[float, ...],
         "search_seconds": found.seconds,
         "wall_seconds": time.perf_counter() - start,
         "workers": n_workers,
-        "memory": memory_report(data.size, n_workers),
+        "memory": memory_report(data.size, n_workers, memory.stop()),
         "generations": found.history[-1]["generation"],
         "history": found.history,
         "files": {"result": PARETO_FILE, "plot": PLOT_FILE},

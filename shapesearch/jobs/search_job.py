@@ -17,7 +17,7 @@ from ..errors import ArgumentError, ShapesearchError
 from ..paths import check_writable_dir, make_dir
 from . import artifacts
 from .images import psnr
-from .memory import check_memory, memory_report
+from .memory import PeakMemory, check_memory, memory_report
 from .sources import SOURCE_FILE, Source
 
 TINY = 20_000  # below this many entries, evaluate in process (Ray start-up would dominate)
@@ -128,6 +128,14 @@ def executor_for(job: Job, searched: np.ndarray, workers: int | None) -> Executo
 def run_job(job: Job, config: SearchConfig,
             on_generation: Callable[[dict], None] | None = None) -> dict:
     """Search, confirm and write ``result.json``, ``tt.safetensors``, a reconstruction and a plot."""
+    memory = PeakMemory()
+    try:
+        return _run_job(job, config, on_generation, memory)
+    finally:
+        memory.stop()
+
+
+def _run_job(job: Job, config: SearchConfig, on_generation, memory: PeakMemory) -> dict:
     start = time.perf_counter()
     data, searched, exponent, workers = checked_input(job)
     if job.resume:  # before Ray starts: a wrong input or changed settings fail at once
@@ -167,7 +175,7 @@ def run_job(job: Job, config: SearchConfig,
         "search_seconds": found.seconds,
         "wall_seconds": time.perf_counter() - start,
         "workers": executor.workers,
-        "memory": memory_report(data.size, executor.workers),
+        "memory": memory_report(data.size, executor.workers, memory.stop()),
         "generations": found.history[-1]["generation"],
         "reference": found.reference,
         "surrogate": found.surrogate,
