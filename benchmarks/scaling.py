@@ -27,7 +27,7 @@ import skimage.transform
 from _report import RESULTS, append_row, load_rows, machine, main_with_report, table
 from PIL import Image
 
-from shapesearch.jobs.memory import DRIVER_BYTES, WORKER_BYTES, PeakMemory, search_memory
+from shapesearch.jobs.memory import DRIVER_BYTES, RAY_BYTES, WORKER_BYTES, PeakMemory, search_memory
 
 JSONL = RESULTS / "scaling.jsonl"
 MARKDOWN = Path(__file__).parent / "scaling.md"
@@ -119,7 +119,8 @@ def run(args) -> None:
 
 
 def report() -> str:
-    rows = {r["case"]: r for r in load_rows(JSONL)}  # the newest row of each case
+    stored = load_rows(JSONL)
+    rows = {r["case"]: r for r in stored}  # the newest row of each case
     gib = 2**30
     body = [[name, r["entries"] / 1e6, "×".join(map(str, r["shape"])), r["cr"], r["rel_error"], r["evaluations"],
              r["generations"], r["search_s"], r["wall"], r["peak_tree_bytes"] / gib,
@@ -132,9 +133,15 @@ def report() -> str:
            f"ε = {first['eps']}; wall = the whole CLI run (reading, Ray start, "
            "search, float64 confirmation, writing); peak GiB = the largest summed PSS of the CLI and every "
            "process under it, sampled every 0.25 s; estimate = what the memory check assumes "
-           f"({DRIVER_BYTES} + {WORKER_BYTES} bytes an entry per worker). Machine: {first['machine']}.",
+           f"({DRIVER_BYTES} + {WORKER_BYTES} bytes an entry per worker, plus {RAY_BYTES // 2**20} MiB for a local "
+           f"Ray). The newest row of each case is shown, earlier runs below. Machine: {first['machine']}.",
            "", table(["case", "M entries", "shape", "CR", "error", "evaluations", "generations", "search s",
                       "wall s", "peak GiB", "estimate GiB", "budget"], body), ""]
+    earlier = [[r["case"], r["cr"], r["search_s"], r["wall"], r["peak_tree_bytes"] / gib] for r in stored
+               if r is not rows[r["case"]]]
+    if earlier:
+        out += ["Earlier runs of the same cases (older code):", "",
+                table(["case", "CR", "search s", "wall s", "peak GiB"], earlier), ""]
     fit = [(r["entries"], r["search_s"] / max(r["evaluations"], 1)) for n, r in rows.items()
            if n.startswith("retina") and not r["bounded_s"]]
     if len(fit) >= 2:

@@ -211,4 +211,28 @@ def test_a_search_that_would_not_fit_in_memory_is_refused(tmp_path, capsys, monk
         line = _error(["image", src, *FAST, *extra, "--out", tmp_path / "run"], capsys)
         assert "GiB is available" in line and "--workers" in line, line
         assert not (tmp_path / "run").exists()
-    assert memory.search_memory(1_000_000, 2) == 80_000_000
+    assert memory.search_memory(1_000_000, 2) == memory.RAY_BYTES + 1_000_000 * (memory.DRIVER_BYTES
+                                                                                + 2 * memory.WORKER_BYTES)
+    assert memory.search_memory(1_000_000, 0) == 1_000_000 * (memory.DRIVER_BYTES + memory.WORKER_BYTES)
+
+
+def test_result_reports_the_measured_peak_memory(tmp_path, capsys):
+    from shapesearch.jobs.memory import PeakMemory
+
+    big = np.random.default_rng(0).standard_normal((300, 400, 8))  # 7.7 MB of float64
+    np.save(tmp_path / "big.npy", big)
+    code, out, _ = _run(["tensor", tmp_path / "big.npy", *FAST, "--out", tmp_path / "run", "--json"], capsys)
+    assert code == 0
+    memory = json.loads(out)["memory"]
+    # in process: the run held the data itself, and the sampler saw it
+    assert memory["peak_bytes"] >= big.nbytes and memory["workers"] == 0
+    assert memory["estimated_bytes"] > 0
+    # the sampler counts child processes too
+    held = PeakMemory(every=0.05)
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = b'x' * 200_000_000; time.sleep(1.5)"])
+    try:
+        time.sleep(1.0)
+        assert held.sample() >= 200_000_000
+    finally:
+        child.wait()
+        held.stop()

@@ -8,11 +8,13 @@ from pathlib import Path
 
 from ..errors import ShapesearchError
 
-# bytes per tensor entry: the driver's float64 data and the object store's copy; per worker,
-# its float32 cast, the tensorized copy and the sweep's first carry, and in the float64
-# confirmation the tensorized copy, the SVD factors and the reconstruction
-DRIVER_BYTES = 16
-WORKER_BYTES = 32
+# bytes per tensor entry: the driver's float64 data, the object store's copy and the
+# reconstruction; per worker, its float32 cast, the tensorized copies and the sweep's first
+# factors, and in the float64 confirmation the tensorized copy and its factors.  Set above the
+# peaks benchmarks/scaling.py measured (25 M and 100 M entries, 2 workers, 2.35 and 7.7 GB).
+DRIVER_BYTES = 24
+WORKER_BYTES = 40
+RAY_BYTES = 768 * 2**20  # a local Ray head, raylet and idle workers, before any data
 
 
 def available_memory() -> int | None:
@@ -27,8 +29,9 @@ def available_memory() -> int | None:
 
 
 def search_memory(entries: int, workers: int) -> int:
-    """Bytes a search of ``entries`` entries needs on one machine with ``workers`` workers."""
-    return entries * (DRIVER_BYTES + WORKER_BYTES * max(workers, 1))
+    """Bytes a search of ``entries`` entries needs on one machine with ``workers`` workers
+    (0: in process, no Ray)."""
+    return (RAY_BYTES if workers else 0) + entries * (DRIVER_BYTES + WORKER_BYTES * max(workers, 1))
 
 
 def check_memory(entries: int, workers: int | None, name: str, local: bool = True) -> None:

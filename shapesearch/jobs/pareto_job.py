@@ -90,7 +90,7 @@ def _run_pareto_job(job: Job, config: SearchConfig, grid: tuple[float, ...], on_
         "search_seconds": found.seconds,
         "wall_seconds": time.perf_counter() - start,
         "workers": n_workers,
-        "memory": memory_report(data.size, n_workers, memory.stop()),
+        "memory": memory_report(data.size, 0 if workers == 0 else n_workers, memory.stop()),
         "generations": found.history[-1]["generation"],
         "history": found.history,
         "files": {"result": PARETO_FILE, "plot": PLOT_FILE},

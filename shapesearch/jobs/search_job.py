@@ -175,7 +175,7 @@ def _run_job(job: Job, config: SearchConfig, on_generation, memory: PeakMemory) 
         "search_seconds": found.seconds,
         "wall_seconds": time.perf_counter() - start,
         "workers": executor.workers,
-        "memory": memory_report(data.size, executor.workers, memory.stop()),
+        "memory": memory_report(data.size, 0 if workers == 0 else executor.workers, memory.stop()),
         "generations": found.history[-1]["generation"],
         "reference": found.reference,
         "surrogate": found.surrogate,
