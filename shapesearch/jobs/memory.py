@@ -87,13 +87,17 @@ class PeakMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.sample())
+            try:
+                self.peak = max(self.peak, self.sample())
+            except Exception:  # noqa: BLE001 — a failed sample must never end a run; the next one counts
+                pass
             self._stop.wait(self.every)
 
     def stop(self) -> int:
-        """Stop sampling; the peak in bytes."""
+        """Stop sampling; the peak in bytes.  Never waits long: an interrupted run's cleanup
+        must not hang on a sample of processes Ray is tearing down."""
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=2.0)
         return self.peak
 
 
