@@ -177,6 +177,7 @@ def run_tuned(img, eps) -> dict:
     (wall time from starting Ray to the confirmed result, as the CLI's)."""
     from shapesearch.engine.executors import make_executor
     from shapesearch.engine.search import SearchConfig, run_search
+    from shapesearch.jobs.artifacts import reconstruct
 
     settings = _tuned()
     t0 = time.perf_counter()
@@ -186,7 +187,7 @@ def run_tuned(img, eps) -> dict:
     finally:
         ex.close()
     wall = time.perf_counter() - t0
-    err, p = measured(img, found.shape.invert(np.asarray(_tt_full(found.cores))))
+    err, p = measured(img, reconstruct(found.cores, found.shape))
     return {"cr": found.cr, "rel_error": err, "psnr": p, "evaluations": found.evaluations, "wall": wall,
             "shape": found.shape.describe(), "settings": settings}
 
@@ -195,13 +196,6 @@ def _tuned() -> dict | None:
     from tune_ga import tuned_settings
 
     return tuned_settings()
-
-
-def _tt_full(cores):
-    full = cores[0]
-    for c in cores[1:]:
-        full = np.tensordot(full, c, axes=1)
-    return full[0, ..., 0]
 
 
 METHODS = ["original", "ket_augmentation", "surrogate", "ours", "tuned", "random", "tpe", "seed_ga"]
