@@ -15,7 +15,7 @@ from ..engine.search import SearchConfig
 from ..errors import ArgumentError, ShapesearchError
 from . import artifacts
 from .images import psnr
-from .memory import PeakMemory, memory_report
+from .memory import children_peak, memory_report
 from .search_job import Job, checked_input, executor_for, start_out
 
 PARETO_FILE, PLOT_FILE = artifacts.PARETO_FILE, artifacts.PARETO_PLOT
@@ -45,15 +45,6 @@ def pick_point(directory: Path, eps: float) -> Path:
 def run_pareto_job(job: Job, config: SearchConfig, grid: tuple[float, ...],
                    on_generation: Callable[[dict], None] | None = None) -> dict:
     """Search the front, confirm every point, write its TT file, ``pareto.json`` and the plot."""
-    memory = PeakMemory()
-    try:
-        return _run_pareto_job(job, config, grid, on_generation, memory)
-    finally:
-        memory.stop()
-
-
-def _run_pareto_job(job: Job, config: SearchConfig, grid: tuple[float, ...], on_generation,
-                    memory: PeakMemory) -> dict:
     start = time.perf_counter()
     if job.resume:
         raise ArgumentError("pareto", "runs cannot be resumed yet; start it again")
@@ -63,6 +54,7 @@ def _run_pareto_job(job: Job, config: SearchConfig, grid: tuple[float, ...], on_
         start_out(job)
         found = run_pareto(searched, config, grid, executor, on_generation=on_generation)
         n_workers = executor.workers
+        children = children_peak()  # the workers' peaks, before they stop
     finally:
         executor.close()
 
@@ -90,7 +82,7 @@ def _run_pareto_job(job: Job, config: SearchConfig, grid: tuple[float, ...], on_
         "search_seconds": found.seconds,
         "wall_seconds": time.perf_counter() - start,
         "workers": n_workers,
-        "memory": memory_report(data.size, 0 if workers == 0 else n_workers, memory.stop()),
+        "memory": memory_report(data.size, 0 if workers == 0 else n_workers, children),
         "generations": found.history[-1]["generation"],
         "history": found.history,
         "files": {"result": PARETO_FILE, "plot": PLOT_FILE},

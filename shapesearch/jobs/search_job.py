@@ -17,7 +17,7 @@ from ..errors import ArgumentError, ShapesearchError
 from ..paths import check_writable_dir, make_dir
 from . import artifacts
 from .images import psnr
-from .memory import PeakMemory, check_memory, memory_report
+from .memory import check_memory, children_peak, memory_report
 from .sources import SOURCE_FILE, Source
 
 TINY = 20_000  # below this many entries, evaluate in process (Ray start-up would dominate)
@@ -128,14 +128,6 @@ def executor_for(job: Job, searched: np.ndarray, workers: int | None) -> Executo
 def run_job(job: Job, config: SearchConfig,
             on_generation: Callable[[dict], None] | None = None) -> dict:
     """Search, confirm and write ``result.json``, ``tt.safetensors``, a reconstruction and a plot."""
-    memory = PeakMemory()
-    try:
-        return _run_job(job, config, on_generation, memory)
-    finally:
-        memory.stop()
-
-
-def _run_job(job: Job, config: SearchConfig, on_generation, memory: PeakMemory) -> dict:
     start = time.perf_counter()
     data, searched, exponent, workers = checked_input(job)
     if job.resume:  # before Ray starts: a wrong input or changed settings fail at once
@@ -145,6 +137,7 @@ def _run_job(job: Job, config: SearchConfig, on_generation, memory: PeakMemory) 
         start_out(job)
         found = run_search(searched, config, executor, checkpoint_dir=job.out, resume=job.resume,
                            on_generation=on_generation)
+        children = children_peak()  # the workers' peaks, before they stop
     finally:
         executor.close()
 
@@ -175,7 +168,7 @@ def _run_job(job: Job, config: SearchConfig, on_generation, memory: PeakMemory) 
         "search_seconds": found.seconds,
         "wall_seconds": time.perf_counter() - start,
         "workers": executor.workers,
-        "memory": memory_report(data.size, 0 if workers == 0 else executor.workers, memory.stop()),
+        "memory": memory_report(data.size, 0 if workers == 0 else executor.workers, children),
         "generations": found.history[-1]["generation"],
         "reference": found.reference,
         "surrogate": found.surrogate,
