@@ -238,3 +238,23 @@ def test_result_reports_the_measured_peak_memory(tmp_path, capsys):
     finally:
         child.wait()
         held.stop()
+
+
+def test_sigint_stops_a_run_whose_parent_ignores_it(tmp_path):
+    """A CLI started with SIGINT ignored (a background job, a test runner after some library
+    set SIG_IGN) still stops on it, with its checkpoint, instead of running on."""
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "shapesearch.cli", "image", str(_png(tmp_path)), "--out", str(out), "--workers", "0",
+           "--generations", "10000", "--stall", "10000", "--population", "8"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.time() + 120
+    while not (out / "checkpoint.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the run ignored SIGINT") from None
+    assert proc.returncode == 130, err

@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C / SIGTERM: finally blocks close the Ray workers, the last checkpoint stays usable
     # (written atomically every generation), and one line replaces the traceback
     previous = signal.signal(signal.SIGTERM, _terminate)
+    # Python leaves SIGINT ignored when the parent ignored it (a background job, a test runner
+    # after some library set SIG_IGN); `kill -INT` must still stop the run with its checkpoint
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _run(args)
     except (KeyboardInterrupt, _Terminated) as exc:
@@ -84,3 +87,4 @@ def main(argv: list[str] | None = None) -> int:
         return code
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
