@@ -53,10 +53,11 @@ def check_memory(entries: int, workers: int | None, name: str, local: bool = Tru
 
 
 class PeakMemory:
-    """The peak of the summed proportional set size (PSS) of this process and every process
-    under it — on a local Ray cluster the head, raylet, object store and workers — sampled in
-    a thread every ``every`` seconds from start to :meth:`stop`.  Shared pages (the object
-    store) count once in all, split among the processes that map them."""
+    """The peak of the summed proportional set size (PSS) of a process (default: this one) and
+    every process under it — on a local Ray cluster the head, raylet, object store and workers —
+    sampled in a thread every ``every`` seconds from start to :meth:`stop`; benchmarks watch a
+    CLI run with it from outside (a run itself reports :func:`children_peak`).  Shared pages
+    (the object store) count once in all, split among the processes that map them."""
 
     def __init__(self, every: float = 0.5, pid: int | None = None) -> None:
         import psutil
@@ -70,12 +71,8 @@ class PeakMemory:
 
     def sample(self) -> int:
         """Bytes held now by the process tree."""
-        try:
-            procs = [self.root, *self.root.children(recursive=True)]
-        except self._psutil.Error:
-            return 0
         total = 0
-        for p in procs:
+        for p in [self.root, *_descendants(self.root)]:
             try:
                 total += p.memory_full_info().pss
             except (self._psutil.Error, AttributeError):  # gone, not ours, or no PSS on this OS
@@ -87,18 +84,24 @@ class PeakMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.peak = max(self.peak, self.sample())
-            except Exception:  # noqa: BLE001 — a failed sample must never end a run; the next one counts
-                pass
+            self.peak = max(self.peak, self.sample())
             self._stop.wait(self.every)
 
     def stop(self) -> int:
-        """Stop sampling; the peak in bytes.  Never waits long: an interrupted run's cleanup
-        must not hang on a sample of processes Ray is tearing down."""
+        """Stop sampling; the peak in bytes."""
         self._stop.set()
-        self._thread.join(timeout=2.0)
+        self._thread.join()
         return self.peak
+
+
+def _descendants(root) -> list:
+    """The living processes under ``root`` (a psutil.Process); none if it is gone."""
+    import psutil
+
+    try:
+        return root.children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 def _high_water(pid: int) -> int:
@@ -117,10 +120,7 @@ def children_peak() -> int:
     Ray's head, raylet and workers).  Read before they stop; no thread samples anything."""
     import psutil
 
-    try:
-        return sum(_high_water(p.pid) for p in psutil.Process().children(recursive=True))
-    except psutil.Error:
-        return 0
+    return sum(_high_water(p.pid) for p in _descendants(psutil.Process()))
 
 
 def memory_report(entries: int, workers: int, children: int) -> dict:
