@@ -19,13 +19,16 @@ from .layer_plans import plan_layers
 from .low_rank import LowRankLinear, SVDConfig, SVDLLMConfig
 from .model_jobs import compress_model, evaluate_model
 from .model_loading import load_model
+from .ptnn import PTNNConfig
 from .saten import SatenLinear, SparseResidual
 from .serialization import load, save
 from .tt_compress import SatenConfig, TTConfig, read_plan
+from .tt_embedding import TiedLMHead, TTEmbedding
 from .tt_linear import TTLinear, TTMatrixLinear
 
 _register_auto_classes()  # compressed directories then load through AutoModel*.from_pretrained too
 
-__all__ = ["FinetuneConfig", "FlatLLMConfig", "LowRankLinear", "SVDConfig", "SVDLLMConfig", "SatenConfig",
-           "SatenLinear", "SparseResidual", "TTConfig", "TTLinear", "TTMatrixLinear", "compress", "compress_model",
+__all__ = ["FinetuneConfig", "FlatLLMConfig", "LowRankLinear", "PTNNConfig", "SVDConfig", "SVDLLMConfig",
+           "SatenConfig", "SatenLinear", "SparseResidual", "TTConfig", "TTEmbedding", "TTLinear", "TTMatrixLinear",
+           "TiedLMHead", "compress", "compress_model",
            "evaluate_model", "finetune", "load", "load_model", "plan_layers", "read_plan", "save"]

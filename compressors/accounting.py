@@ -14,14 +14,15 @@ import math
 from torch import nn
 
 from .saten import SatenLinear, SparseResidual
+from .tt_embedding import TTEmbedding
 from .tt_linear import TTLinear, TTMatrixLinear
 
 INDEX_BYTES = 4  # int32 CSR column indices and row pointers
 
 
 def _unsupported(module: nn.Module) -> TypeError:
-    return TypeError(f"no accounting for {type(module).__name__}; supported: nn.Linear, TTMatrixLinear, TTLinear, "
-                     "SparseResidual, SatenLinear")
+    return TypeError(f"no accounting for {type(module).__name__}; supported: nn.Linear, nn.Embedding, TTMatrixLinear, "
+                     "TTLinear, SparseResidual, SatenLinear, TTEmbedding")
 
 
 def _bias(module: nn.Module) -> int:
@@ -30,8 +31,11 @@ def _bias(module: nn.Module) -> int:
 
 def layer_params(module: nn.Module) -> int:
     """Stored values: TT cores + nnz + bias (dense weight + bias for nn.Linear)."""
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear | nn.Embedding):
         return module.weight.numel() + _bias(module)
+    if isinstance(module, TTEmbedding):
+        return (layer_params(module.tt) + (0 if module.residual is None else module.residual.nnz)
+                + (0 if module.row_scale is None else module.row_scale.numel()))
     if isinstance(module, TTMatrixLinear | TTLinear):
         return sum(c.numel() for c in module.cores) + _bias(module)
     if isinstance(module, SparseResidual):
@@ -42,7 +46,10 @@ def layer_params(module: nn.Module) -> int:
 
 
 def dense_params(module: nn.Module) -> int:
-    """Parameters of the dense nn.Linear the layer replaces: out·in + bias."""
+    """Parameters of the dense nn.Linear the layer replaces: out·in + bias (V·D for an
+    embedding table: its padded rows are not part of the original)."""
+    if isinstance(module, nn.Embedding | TTEmbedding):
+        return module.num_embeddings * module.embedding_dim
     if not isinstance(module, nn.Linear | TTMatrixLinear | TTLinear | SparseResidual | SatenLinear):
         raise _unsupported(module)
     return module.out_features * module.in_features + _bias(module)
@@ -65,8 +72,12 @@ def layer_bytes(module: nn.Module, value_bytes: int | None = None) -> int:
         return t.numel() * (t.element_size() if value_bytes is None else value_bytes)
 
     bias = 0 if getattr(module, "bias", None) is None else values(module.bias)
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear | nn.Embedding):
         return values(module.weight) + bias
+    if isinstance(module, TTEmbedding):
+        residual = 0 if module.residual is None else layer_bytes(module.residual, value_bytes)
+        scale = 0 if module.row_scale is None else values(module.row_scale)
+        return layer_bytes(module.tt, value_bytes) + residual + scale
     if isinstance(module, TTMatrixLinear | TTLinear):
         return sum(values(c) for c in module.cores) + bias
     if isinstance(module, SparseResidual):

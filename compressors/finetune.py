@@ -21,9 +21,10 @@ from shapesearch.errors import ArgumentError, ShapesearchError
 from .low_rank import LowRankLinear
 from .model_loading import is_causal_lm
 from .saten import SatenLinear
+from .tt_embedding import TTEmbedding
 from .tt_linear import TTLinear, TTMatrixLinear
 
-COMPRESSED = (TTMatrixLinear, TTLinear, SatenLinear, LowRankLinear)
+COMPRESSED = (TTMatrixLinear, TTLinear, SatenLinear, LowRankLinear, TTEmbedding)
 
 
 @dataclass

@@ -20,12 +20,13 @@ from shapesearch.paths import check_writable_dir
 
 from . import lm_metrics
 from .compress import compress, handler_for
-from .corpus import calibration_windows, read_text
+from .corpus import calibration_windows, read_text, token_ids
 from .finetune import FinetuneConfig, finetune
 from .flat_llm import FlatLLMConfig
 from .low_rank import SVDConfig
 from .model_loading import first_line, is_causal_lm, load_model
 from .serialization import save
+from .tt_embedding import frequency_weights
 
 REPORT = "report.json"
 CALIBRATED = (FlatLLMConfig, SVDConfig)  # rank reduction, calibrated layer by layer
@@ -95,13 +96,15 @@ def _check_windows(samples: int, seqlen: int) -> None:
 def compress_model(model: str, config: object, out: str | Path, *, calib: str | Path | None = None,
                    samples: int = 32, seqlen: int = 512, seed: int = 0,
                    finetune_config: FinetuneConfig | None = None, overwrite: bool = False,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, embedding_weights: bool = True) -> dict:
     """Load ``model`` (``smollm2``, ``minilm``, a model directory or a .gguf file), compress it
     as ``config`` says, optionally fine-tune it, and save it to ``out`` with ``report.json``.
 
     FLAT-LLM and the SVD baselines calibrate on ``samples`` windows of ``seqlen`` tokens at
     ``seed``-ed offsets of the text file ``calib`` (default: the Wikipedia calibration split);
-    a fine-tune with ``finetune_config.steps`` > 0 trains on the same windows.  ``progress``:
+    a fine-tune with ``finetune_config.steps`` > 0 trains on the same windows.  A TT / Saten plan
+    that holds the token embedding fits it to rows weighted by the tokens' frequency in that
+    text unless ``embedding_weights`` is False.  ``progress``:
     tqdm bars on stderr.  Returns the report (also written to ``out/report.json``).
 
     Everything that can be checked is checked before the work it would waste: the arguments
@@ -123,6 +126,11 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
     teacher = copy.deepcopy(net) if tune else None  # the dense model, before compress rewrites it
     if calibrated:
         report = _compress_with_bar(net, config, windows, progress)
+    elif embedding_weights and _plans_embedding(config):
+        counts = token_ids(tok, read_text(calib, "calibration", "calib"))
+        vocab = net.get_input_embeddings().num_embeddings
+        report = compress(net, config, embedding_weights=frequency_weights(counts, vocab))
+        report["embedding_weights"] = "frequency"
     else:
         report = compress(net, config)
     if tune:
@@ -133,6 +141,11 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
         report["seqlen"] = seqlen
     (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _plans_embedding(config: object) -> bool:
+    plan = getattr(config, "plan", None)
+    return plan is not None and any(rec.type == "embedding" for rec in plan.layers.values())
 
 
 def _compress_with_bar(net: nn.Module, config: FlatLLMConfig | SVDConfig, windows: list[torch.Tensor],
@@ -151,12 +164,15 @@ def _compress_with_bar(net: nn.Module, config: FlatLLMConfig | SVDConfig, window
 
 
 def evaluate_model(model: str, text: str | Path | None = None, window: int = 512, max_windows: int | None = None,
-                   speed: bool = True) -> dict:
+                   speed: bool = True, *, task: str | None = None, test: str | Path | None = None,
+                   text_column: str = "text", label_column: str = "label") -> dict:
     """Perplexity of the causal LM ``model`` (a name, model directory or .gguf file) on the text
     file ``text`` (default: the Wikipedia evaluation split) in non-overlapping windows of
     ``window`` tokens (at most ``max_windows``); with ``speed``, also CPU prefill and decode
     throughput in tokens/s (if that measurement fails, ``speed_error`` says why and the
-    perplexity is still returned).  Returns one flat dict."""
+    perplexity is still returned).  An encoder gets its word-similarity Spearman ρ, a text
+    classifier its accuracy on ``task``'s test split or the labelled ``test`` file
+    (:func:`~.classifier_jobs.evaluate_encoder`).  Returns one flat dict."""
     if window < 2:
         raise ArgumentError("window", "must be at least 2 tokens")
     if max_windows is not None and max_windows < 1:
@@ -164,9 +180,12 @@ def evaluate_model(model: str, text: str | Path | None = None, window: int = 512
     body = read_text(text, "evaluation", "text")
     net, tok = load_model(model)
     if not is_causal_lm(net):
-        raise ArgumentError("model", f"{model} is an encoder ({type(net).__name__}); eval measures a causal LM's "
-                                     "perplexity (compare its embeddings to the dense model's, as "
-                                     "benchmarks/minilm.py does)")
+        from .classifier_jobs import evaluate_encoder
+
+        return evaluate_encoder(model, net, tok, task, None if test is None else Path(test), text_column,
+                                label_column)
+    if task is not None or test is not None:
+        raise ArgumentError("task", f"{model} is a causal LM: eval measures its perplexity on --text")
     result = {"model": model, **lm_metrics.perplexity(net, tok, body, window, max_windows)}
     if speed:
         try:

@@ -97,9 +97,10 @@ class SparseResidual(_CachedModule):
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def top_k(cls, residual: torch.Tensor, density: float) -> SparseResidual:
-        """Keep exactly K = round(density·numel) (half up) entries of largest |E|, ties to the lower
-        flat index; values = E there.  Density 0 keeps nothing, 1 keeps everything."""
+    def top_k(cls, residual: torch.Tensor, density: float, scores: torch.Tensor | None = None) -> SparseResidual:
+        """Keep exactly K = round(density·numel) (half up) entries of largest |E| (or of |scores|,
+        same shape, e.g. a weighted error), ties to the lower flat index; values = E there.
+        Density 0 keeps nothing, 1 keeps everything."""
         if residual.dim() != 2:
             raise ValueError(f"the residual must be a 2-D [out, in] matrix, got shape {tuple(residual.shape)}")
         try:
@@ -110,15 +111,18 @@ class SparseResidual(_CachedModule):
             raise ValueError(f"density must be in [0, 1] (fraction of entries kept), got {density}")
         flat = residual.detach().reshape(-1)
         k = math.floor(density * flat.numel() + 0.5)
+        rank = flat if scores is None else scores.detach().reshape(-1)
         # a stable descending sort keeps equal |E| in index order: ties go to the lower index
-        order = torch.sort(flat.abs(), descending=True, stable=True).indices
+        order = torch.sort(rank.abs(), descending=True, stable=True).indices
         idx = torch.sort(order[:k]).values
         return cls(idx, flat[idx].clone(), tuple(residual.shape), "topk")
 
     @classmethod
-    def n_m(cls, residual: torch.Tensor, n_keep: int, group: int) -> SparseResidual:
-        """In every output row, keep the ``n_keep`` largest |E| of each ``group`` consecutive input
-        weights (ties to the lower index), e.g. (2, 4) = 2:4 along the reduction dimension."""
+    def n_m(cls, residual: torch.Tensor, n_keep: int, group: int,
+            scores: torch.Tensor | None = None) -> SparseResidual:
+        """In every output row, keep the ``n_keep`` largest |E| (or |scores|) of each ``group``
+        consecutive input weights (ties to the lower index), e.g. (2, 4) = 2:4 along the
+        reduction dimension."""
         if residual.dim() != 2:
             raise ValueError(f"the residual must be a 2-D [out, in] matrix, got shape {tuple(residual.shape)}")
         out_f, in_f = residual.shape
@@ -127,7 +131,7 @@ class SparseResidual(_CachedModule):
         if in_f % group:
             raise ValueError(f"N:M sparsity groups consecutive inputs: in_features {in_f} is not a multiple of "
                              f"group {group}; pick a group size that divides it or use density (top-k) instead")
-        e = residual.detach().reshape(out_f, in_f // group, group)
+        e = (residual if scores is None else scores).detach().reshape(out_f, in_f // group, group)
         keep = torch.sort(e.abs(), dim=-1, descending=True, stable=True).indices[..., :n_keep]
         base = torch.arange(out_f * (in_f // group), device=e.device).reshape(out_f, in_f // group, 1) * group
         idx = torch.sort((base + keep).reshape(-1)).values
@@ -189,6 +193,22 @@ class SparseResidual(_CachedModule):
         y = _SparseMatmul.apply(self.values, x.reshape(-1, self.in_features), *structure,
                                 (self.out_features, self.in_features))
         return y.reshape(*lead, self.out_features)
+
+    def take_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows ``rows`` (1-D output indices) of S, [n, in], gathered from the CSR segments
+        (an embedding lookup: S is never made dense)."""
+        n = rows.numel()
+        out = self.values.new_zeros(n * self.in_features)
+        if self.nnz == 0 or n == 0:
+            return out.reshape(n, self.in_features)
+        crow, cols = self._derived.get([self.indices], None, self._structure)[:2]
+        start, counts = crow[rows], crow[rows + 1] - crow[rows]
+        token = torch.repeat_interleave(torch.arange(n, device=rows.device), counts)
+        offset = torch.arange(int(counts.sum()), device=rows.device) - torch.repeat_interleave(
+            counts.cumsum(0) - counts, counts)
+        pos = torch.repeat_interleave(start, counts) + offset
+        out = out.index_add(0, token * self.in_features + cols[pos], self.values[pos])
+        return out.reshape(n, self.in_features)
 
     def extra_repr(self) -> str:
         pat = self.pattern if self.pattern == "topk" else f"{self.n_keep}:{self.group}"

@@ -23,7 +23,7 @@ from shapesearch.errors import ShapesearchError
 from . import attention
 from .architectures import decoder_layers
 from .low_rank import LowRankLinear
-from .tt_compress import module_from_spec
+from .tt_compress import module_from_spec, tie_head
 
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig, PreTrainedTokenizerBase
@@ -95,10 +95,11 @@ def _resize(model: nn.Module, record: dict) -> None:
     """Give a freshly built dense model the module shapes ``record`` describes."""
     method = record["method"]
     c = model.config
-    if method in ("tt", "saten"):
+    if method in ("tt", "saten", "ptnn"):
         dtype = next(model.parameters()).dtype
         for name, spec in record["layers"].items():
             model.set_submodule(name, module_from_spec(spec, dtype))
+        tie_head(model, record)
         return
     for i, (layer, spec) in enumerate(zip(decoder_layers(model), record["layers"])):
         if method == "flat-llm":
@@ -167,10 +168,14 @@ def read_config(directory: str | Path) -> PreTrainedConfig:
 
 
 def _auto_class(config: PreTrainedConfig) -> type:
-    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    causal = any(a.endswith("ForCausalLM") for a in config.architectures or [])
-    return AutoModelForCausalLM if causal else AutoModel
+    names = config.architectures or []
+    if any(a.endswith("ForCausalLM") for a in names):
+        return AutoModelForCausalLM
+    if any(a.endswith("ForSequenceClassification") for a in names):
+        return AutoModelForSequenceClassification
+    return AutoModel
 
 
 def build(config: PreTrainedConfig, dtype: torch.dtype | None = None,

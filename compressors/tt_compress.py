@@ -24,9 +24,11 @@ from shapesearch.matrix.plan import LayerPlan, Plan
 from .accounting import dense_params, layer_bytes, layer_params
 from .compress import register_handler
 from .saten import SatenLinear
+from .targets import tied_output
+from .tt_embedding import TiedLMHead, TTEmbedding
 from .tt_linear import TT_LAYERS, tt_layer
 
-SPEC_CLASSES: dict[str, type[nn.Module]] = {**TT_LAYERS, "saten": SatenLinear}
+SPEC_CLASSES: dict[str, type[nn.Module]] = {**TT_LAYERS, "saten": SatenLinear, "tt-embedding": TTEmbedding}
 
 
 def read_plan(plan: Plan | dict | str | Path) -> Plan:
@@ -88,8 +90,15 @@ def module_from_spec(spec: dict, dtype: torch.dtype) -> nn.Module:
     return cls.from_spec(spec, dtype)
 
 
-def _build(linear: nn.Linear, rec: LayerPlan, config: TTConfig | SatenConfig) -> nn.Module:
-    if isinstance(config, SatenConfig):
+def _build(linear: nn.Linear | nn.Embedding, rec: LayerPlan, config: TTConfig | SatenConfig,
+           embedding_weights: torch.Tensor | None = None) -> nn.Module:
+    saten = isinstance(config, SatenConfig)
+    if isinstance(linear, nn.Embedding):
+        return TTEmbedding.from_embedding(linear, rec.format, rec.out_modes, rec.in_modes, rec.eps,
+                                          density=config.density if saten else None,
+                                          nm=config.nm if saten else None, reverse=rec.reverse_sweep,
+                                          row_weights=embedding_weights)
+    if saten:
         return SatenLinear.from_linear(linear, rec.format, rec.out_modes, rec.in_modes, rec.eps,
                                        density=config.density, nm=config.nm, reverse=rec.reverse_sweep)
     return tt_layer(linear.weight, rec.format, rec.out_modes, rec.in_modes, rec.eps, rec.reverse_sweep, linear.bias)
@@ -99,9 +108,11 @@ def _build(linear: nn.Linear, rec: LayerPlan, config: TTConfig | SatenConfig) ->
 @register_handler(SatenConfig)
 @torch.no_grad()
 def tensorize(model: nn.Module, config: TTConfig | SatenConfig,
-              progress: Callable[[int], None] | None = None) -> dict:
-    """Replace every planned nn.Linear in place; returns the accounting report
-    (``progress(i)`` after the i-th layer)."""
+              progress: Callable[[int], None] | None = None, embedding_weights: torch.Tensor | None = None) -> dict:
+    """Replace every planned nn.Linear (and nn.Embedding: a :class:`TTEmbedding`, which also
+    serves a tied ``lm_head``) in place; returns the accounting report (``progress(i)`` after
+    the i-th layer).  ``embedding_weights``: per-token row weights of the embedding's fit (e.g.
+    ``tt_embedding.frequency_weights`` of calibration text), so ε bounds the weighted error."""
     plan = config.plan
     if getattr(model.config, "shapesearch_compression", None):
         raise ShapesearchError("this model is already compressed; start from the dense model")
@@ -112,33 +123,57 @@ def tensorize(model: nn.Module, config: TTConfig | SatenConfig,
         except AttributeError:
             raise ShapesearchError(f"the plan's layer {name} is not in this {type(model).__name__}; "
                                    "make the plan from the same model") from None
-        if not isinstance(linear, nn.Linear) or (linear.out_features, linear.in_features) != (
-                rec.out_features, rec.in_features):
+        if not _fits(linear, rec):
             raise ShapesearchError(f"the plan's layer {name} does not match this model's {linear}; "
                                    "make the plan from the same model")
         targets[name] = linear
     total_before = sum(p.numel() for p in model.parameters())
     start = time.perf_counter()
-    layers, rows = {}, []
+    layers, rows, tied = {}, [], None
     for i, (name, linear) in enumerate(targets.items()):
         rec = plan.layers[name]
         try:
-            new = _build(linear, rec, config)
+            new = _build(linear, rec, config, embedding_weights)
         except ValueError as exc:
             raise ShapesearchError(f"layer {name}: {exc}") from exc
         new.train(linear.training)  # a fresh module is in training mode; an eval model must stay eval
         rows.append({"name": name, "dense_params": dense_params(linear), "params": layer_params(new),
                      "dense_bytes": layer_bytes(linear), "bytes": layer_bytes(new), "eps": rec.eps})
+        head = tied_output(model, linear) if isinstance(linear, nn.Embedding) else None
         model.set_submodule(name, new)
         layers[name] = new.spec()
+        if head is not None:
+            tied = [head, name]
+            model.set_submodule(head, TiedLMHead(new))
         if progress:
             progress(i)
     method = "saten" if isinstance(config, SatenConfig) else "tt"
     record = {"method": method, "format": None if plan.format is None else plan.format.value, "layers": layers}
+    if tied is not None:
+        # the TT embedding now serves lm_head itself; transformers' tying would look for a weight
+        record["tied_head"] = tied
+        model.config.tie_word_embeddings = False
     if isinstance(config, SatenConfig):
         record.update(density=config.density, nm=None if config.nm is None else list(config.nm))
     model.config.shapesearch_compression = record
     return accounting_report(model, rows, total_before, method, time.perf_counter() - start)
+
+
+def _fits(module: nn.Module, rec: LayerPlan) -> bool:
+    """Whether a plan record describes ``module``: a linear's [out, in], or an embedding table
+    [V, D] padded to at least V rows."""
+    if isinstance(module, nn.Linear):
+        return (module.out_features, module.in_features) == (rec.out_features, rec.in_features)
+    if isinstance(module, nn.Embedding):
+        return rec.in_features == module.embedding_dim and rec.out_features >= module.num_embeddings
+    return False
+
+
+def tie_head(model: nn.Module, record: dict) -> None:
+    """Serve the recorded tied ``lm_head`` from the model's TT embedding (after a load)."""
+    if record.get("tied_head"):
+        head, embedding = record["tied_head"]
+        model.set_submodule(head, TiedLMHead(model.get_submodule(embedding)))
 
 
 def accounting_report(model: nn.Module, rows: list[dict], total_before: int, method: str, seconds: float) -> dict:

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import csv
 import importlib
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -163,6 +165,24 @@ def _input_file(path: Path) -> None:
         save_file({"data": small_array((12, 10, 3))}, str(path))
 
 
+def _labelled_file(path: Path, argv: list[str]) -> None:
+    """A small labelled stand-in (CSV or JSONL) with the columns the command names."""
+    if path.exists():
+        return
+    text_col = argv[argv.index("--text-column") + 1] if "--text-column" in argv else "text"
+    label_col = argv[argv.index("--label-column") + 1] if "--label-column" in argv else "label"
+    rows = [{text_col: f"{word} film number {i}", label_col: label}
+            for i in range(12) for word, label in (("great", "good"), ("awful", "bad"))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[text_col, label_col])
+            writer.writeheader()
+            writer.writerows(rows)
+
+
 def adapt(argv: list[str], cwd: Path, models: dict[str, str], text: Path, head: dict[str, str] | None,
           seen: set[str]) -> list[str]:
     """The README command with small inputs and quick settings (see the module docstring)."""
@@ -177,6 +197,8 @@ def adapt(argv: list[str], cwd: Path, models: dict[str, str], text: Path, head: 
             args[i] = _address(args[i], head)
         elif prev == "--finetune-steps":
             args[i] = "3"
+        elif prev in ("--train", "--dev", "--test"):
+            _labelled_file(cwd / args[i], args)
     if sub in ("image", "tensor", "submit"):
         positional = [a for i, a in enumerate(args[1:], 1) if not a.startswith("-")
                       and not args[i - 1].startswith("-") and a not in SUBCOMMANDS]

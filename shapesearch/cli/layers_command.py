@@ -27,6 +27,9 @@ _OPTIONS: list[tuple[str, dict]] = [
     ("--eps-grid", {"type": float, "nargs": "+", "default": list(DEFAULT_EPS_GRID),
                     "help": "per-layer ε choices with --budget (default %(default)s)"}),
     ("--layers", {"default": None, "help": "only layers whose name contains this text (e.g. 'layers.0.')"}),
+    ("--embeddings", {"action": "store_true",
+                      "help": "also the token embedding table (padded to a product of small factors; a tied "
+                              "lm_head is served by the same compressed table); with --layers embed, only it"}),
     ("--generations", {"type": int, "default": 20, "help": "GA generations per layer (default %(default)s)"}),
     ("--population", {"type": int, "default": 16, "help": "GA population per layer (default %(default)s)"}),
     ("--seed", {"type": int, "default": 0, "help": "makes the plan reproducible (default %(default)s)"}),
@@ -54,7 +57,7 @@ def layers_command(args: argparse.Namespace) -> tuple[dict, str]:
     with LazyBar(desc=f"layers {args.format}", unit="search") as bar:
         plan = plan_layers(args.model, eps=args.eps, fmt=args.format, budget=args.budget, eps_grid=args.eps_grid,
                            layers=args.layers, generations=args.generations, population=args.population,
-                           seed=args.seed, workers=args.workers, address=args.address,
+                           seed=args.seed, workers=args.workers, address=args.address, embeddings=args.embeddings,
                            progress=lambda n, total: bar.open(total).update(n))
         plan.save(args.out)  # inside: a failed write erases the bar, leaving one error line
     return plan.to_dict(), _plan_table(plan, args.out)

@@ -28,16 +28,21 @@ def compress_options(comp: argparse.ArgumentParser, for_job: bool = False) -> No
     def dflt(value: object) -> object:
         return None if for_job else value
 
-    comp.add_argument("compressor", choices=["flat-llm", "tt", "saten"], help="the compressor family")
-    comp.add_argument("--model", required=True, help="smollm2, minilm (tt/saten), a model directory, or a .gguf file")
+    families = ["flat-llm", "tt", "saten"] + ([] if for_job else ["ptnn"])
+    comp.add_argument("compressor", choices=families, help="the compressor family")
+    comp.add_argument("--model", required=True,
+                      help="smollm2, minilm (tt/saten/ptnn), a model directory, or a .gguf file")
     comp.add_argument("--plan", type=Path, default=None, help="tt/saten: the plan.json from `shapesearch layers`")
     comp.add_argument("--density", type=float, default=None,
                       help="saten: fraction of each layer's entries kept in the sparse residual (exact top-K)")
     comp.add_argument("--nm", default=None, help="saten: structured residual, n of every m inputs (e.g. 2:4)")
     comp.add_argument("--finetune-steps", type=int, default=dflt(0),
                       help="tt/saten: optimizer steps of fine-tuning in compressed space (default 0)")
-    comp.add_argument("--lr", type=float, default=dflt(1e-4),
-                      help="tt/saten: fine-tuning learning rate, positive (default 1e-4)")
+    comp.add_argument("--lr", type=float, default=None,
+                      help="fine-tuning learning rate, positive (default 1e-4 for tt/saten, 5e-5 for ptnn)")
+    comp.add_argument("--plain-embedding", action="store_true", default=dflt(False),
+                      help="tt/saten: fit a planned token embedding by plain Frobenius error (default: rows "
+                           "weighted by each token's frequency in the --calib text)")
     comp.add_argument("--distill", action="store_true", default=dflt(False),
                       help="fine-tune by distillation from the dense model (always so for encoders)")
     comp.add_argument("--ratio", type=float, default=dflt(0.2),
@@ -57,17 +62,51 @@ def compress_options(comp: argparse.ArgumentParser, for_job: bool = False) -> No
                       help="seed of the calibration windows' offsets in the text (default 0)")
 
 
+def task_options(parser: argparse.ArgumentParser) -> None:
+    """The labelled data of a classifier: a built-in task or the user's files."""
+    parser.add_argument("--task", default=None, help="built-in labelled task: rotten-tomatoes (the default)")
+    for split in ("train", "dev", "test"):
+        parser.add_argument(f"--{split}", type=Path, default=None,
+                            help=f"your own {split} split, CSV (with a header) or JSONL; instead of --task")
+    parser.add_argument("--text-column", default="text", help="column of the texts (default %(default)s)")
+    parser.add_argument("--label-column", default="label", help="column of the labels (default %(default)s)")
+
+
+def ptnn_options(comp: argparse.ArgumentParser) -> None:
+    """PTNN's own flags (see compressors.ptnn.PTNNConfig)."""
+    task_options(comp)
+    comp.add_argument("--budget", type=float, default=0.6,
+                      help="ptnn: stop once the whole model holds this fraction of its parameters (default 0.6)")
+    comp.add_argument("--tolerance", type=float, default=0.01,
+                      help="ptnn: dev accuracy a kept layer may lose against the dense model (default 0.01)")
+    comp.add_argument("--eps", type=float, default=0.5,
+                      help="ptnn: relative Frobenius error of each tensorized linear (default 0.5)")
+    comp.add_argument("--embedding-keep", type=float, default=0.3,
+                      help="ptnn: the token embedding's TT keeps this fraction of the table's parameters "
+                           "(default 0.3)")
+    comp.add_argument("--embedding-eps", type=float, default=0.6,
+                      help="ptnn: relative error the embedding's TT shape is searched at (default 0.6)")
+    comp.add_argument("--no-embeddings", action="store_true", help="ptnn: leave the token embedding dense")
+    comp.add_argument("--steps", type=int, default=30, help="ptnn: retraining steps after each layer (default 30)")
+    comp.add_argument("--dense-steps", type=int, default=300,
+                      help="ptnn: dense fine-tuning steps before tensorizing (default 300)")
+
+
 def add_parsers(sub) -> None:
     comp = sub.add_parser("compress", help="compress a model: FLAT-LLM (or a low-rank baseline at matched size), "
-                                           "or TT / Saten layers from a `shapesearch layers` plan")
+                                           "TT / Saten layers from a `shapesearch layers` plan, or PTNN on a "
+                                           "text classifier")
     compress_options(comp)
+    ptnn_options(comp)
     comp.add_argument("--out", type=Path, required=True,
                       help="directory for the compressed model and report.json (new or empty)")
     comp.add_argument("--overwrite", action="store_true", help="write into --out even if it is not empty")
     comp.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a table")
     comp.set_defaults(run=compress_command)
-    ev = sub.add_parser("eval", help="perplexity and CPU speed of a model")
-    ev.add_argument("--model", required=True, help="smollm2, a model directory, or a .gguf file")
+    ev = sub.add_parser("eval", help="perplexity and CPU speed of a causal LM; accuracy of a classifier; "
+                                     "word similarity of an encoder")
+    ev.add_argument("--model", required=True, help="smollm2, minilm, a model directory, or a .gguf file")
+    task_options(ev)
     ev.add_argument("--text", type=Path, default=None,
                     help="evaluation text (default: gensim's Wikipedia articles, evaluation split)")
     ev.add_argument("--window", type=int, default=512, help="tokens per perplexity window (default %(default)s)")
@@ -83,7 +122,8 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     from compressors import FinetuneConfig
 
     try:
-        return FinetuneConfig(steps=args.finetune_steps, lr=args.lr, distill=args.distill)
+        return FinetuneConfig(steps=args.finetune_steps, lr=1e-4 if args.lr is None else args.lr,
+                              distill=args.distill)
     except ArgumentError as exc:
         if exc.argument == "steps":  # the library's steps come in as --finetune-steps
             raise ArgumentError("finetune_steps", exc.problem) from None
@@ -104,7 +144,7 @@ def tensorize_command(args: argparse.Namespace) -> tuple[dict, str]:
     plan = config.plan
     report = compress_model(args.model, config, args.out, calib=args.calib, samples=args.samples,
                             seqlen=args.seqlen, seed=args.seed, finetune_config=_finetune_config(args),
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, embedding_weights=not args.plain_embedding)
     rows = [
         ("method", f"{report['method']} ({plan.format} shapes from {args.plan}"
                    + (f", residual {'density ' + str(args.density) if args.density is not None else args.nm})"
@@ -123,7 +163,34 @@ def tensorize_command(args: argparse.Namespace) -> tuple[dict, str]:
     return report, table(rows)
 
 
+def ptnn_command(args: argparse.Namespace) -> tuple[dict, str]:
+    from compressors import PTNNConfig
+    from compressors.classifier_jobs import compress_classifier, task_from
+
+    config = PTNNConfig(budget=args.budget, tolerance=args.tolerance, eps=args.eps, embedding_eps=args.embedding_eps,
+                        embedding_keep=args.embedding_keep, embeddings=not args.no_embeddings, steps=args.steps,
+                        dense_steps=args.dense_steps, lr=5e-5 if args.lr is None else args.lr, seed=args.seed)
+    task = task_from(args.task, args.train, args.dev, args.test, args.text_column, args.label_column)
+    report = compress_classifier(args.model, config, args.out, task, overwrite=args.overwrite)
+    kept = [d["name"] for d in report["decisions"] if d["kept"]]
+    rows = [
+        ("method", f"ptnn on {task.name} ({len(task.train)} / {len(task.dev)} / {len(task.test)} texts, "
+                   f"{len(task.classes)} classes)"),
+        ("dense fine-tuned", f"dev {report['dense_dev_accuracy']:.4f}, test {report['dense_test_accuracy']:.4f}"),
+        ("compressed", f"dev {report['dev_accuracy']:.4f}, test {report['test_accuracy']:.4f}"),
+        ("layers", f"{len(kept)} of {len(report['decisions'])} tried kept ({', '.join(kept[:3])}"
+                   f"{', …' if len(kept) > 3 else ''})"),
+        ("whole model", f"{report['params_before']:,} → {report['params_after']:,} ({report['model_ratio']:.3f} kept"
+                        f"{'' if report['budget_met'] else ', budget not reached'})"),
+        ("saved", str(args.out)),
+    ]
+    return report, table(rows)
+
+
 def compress_command(args: argparse.Namespace) -> tuple[dict, str]:
+    if args.compressor == "ptnn":
+        return ptnn_command(args)
+    _refuse_ptnn_flags(args)
     if args.compressor in ("tt", "saten"):
         return tensorize_command(args)
     from compressors import compress_model
@@ -145,10 +212,29 @@ def compress_command(args: argparse.Namespace) -> tuple[dict, str]:
     return report, table(rows)
 
 
+_PTNN_FLAGS = {"task": None, "train": None, "dev": None, "test": None, "budget": 0.6, "tolerance": 0.01, "eps": 0.5,
+               "embedding_eps": 0.6, "embedding_keep": 0.3, "no_embeddings": False, "steps": 30, "dense_steps": 300}
+
+
+def _refuse_ptnn_flags(args: argparse.Namespace) -> None:
+    for name, default in _PTNN_FLAGS.items():
+        if getattr(args, name) != default:
+            raise ArgumentError(name, f"is a ptnn option; {args.compressor} does not take it")
+
+
 def eval_command(args: argparse.Namespace) -> tuple[dict, str]:
     from compressors import evaluate_model
 
-    result = evaluate_model(args.model, args.text, args.window, args.max_windows, speed=not args.no_speed)
+    if args.train is not None or args.dev is not None:
+        raise ArgumentError("train", "eval measures the test split only: give --test FILE (or --task)")
+    result = evaluate_model(args.model, args.text, args.window, args.max_windows, speed=not args.no_speed,
+                            task=args.task, test=args.test, text_column=args.text_column,
+                            label_column=args.label_column)
+    if result.get("kind") == "classifier":
+        return result, table([("accuracy", f"{result['accuracy']:.4f} ({result['examples']} test texts)")])
+    if result.get("kind") == "encoder":
+        return result, table([("WordSim353 Spearman ρ", f"{result['wordsim353']:.4f}"),
+                              ("SimLex-999 Spearman ρ", f"{result['simlex999']:.4f}")])
     rows = [("perplexity", f"{result['perplexity']:.3f} ({result['windows']} windows × {result['window']} "
                            f"tokens, {result['tokens']} predicted)")]
     if "speed_error" in result:

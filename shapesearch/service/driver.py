@@ -138,7 +138,7 @@ class JobRunner:
         plan = plan_layers(p["model"], eps=p["eps"], fmt=p["format"], budget=p.get("budget"),
                            eps_grid=p.get("eps_grid") or None, layers=p.get("layers"),
                            generations=p["generations"], population=p["population"], seed=p["seed"],
-                           progress=progress)
+                           progress=progress, embeddings=p.get("embeddings", False))
         (self.dir / OUT).mkdir(exist_ok=True)
         plan.save(self.dir / OUT / "plan.json")
 
@@ -152,7 +152,7 @@ class JobRunner:
         tune = FinetuneConfig(steps=p["finetune_steps"], lr=p["lr"], distill=p["distill"])
         report = compress_model(p["model"], config, self.dir / OUT / "model", calib=p.get("calib"),
                                 samples=p["samples"], seqlen=p["seqlen"], seed=p["seed"], finetune_config=tune,
-                                overwrite=True, progress=False)
+                                overwrite=True, progress=False, embedding_weights=not p.get("plain_embedding", False))
         (self.dir / OUT / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 

@@ -25,10 +25,10 @@ OPTIONS: dict[str, dict[str, type]] = {
     "image": {**_SEARCH, "path": str},
     "tensor": {**_SEARCH, "path": str, "key": str},
     "layers": {"model": str, "eps": float, "format": str, "budget": float, "eps_grid": list, "layers": str,
-               "generations": int, "population": int, "seed": int},
+               "generations": int, "population": int, "seed": int, "embeddings": bool},
     "compress": {"compressor": str, "model": str, "plan": str, "density": float, "nm": str, "finetune_steps": int,
                  "lr": float, "distill": bool, "ratio": float, "method": str, "uniform": bool, "calib": str,
-                 "samples": int, "seqlen": int, "seed": int},
+                 "samples": int, "seqlen": int, "seed": int, "plain_embedding": bool},
 }
 # the defaults of the commands that are not SearchConfig's
 DEFAULTS = {

