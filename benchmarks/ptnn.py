@@ -147,7 +147,7 @@ def run_minilm(args) -> None:
                            "eps": row["eps"]})
         print(f"{label}: params {layer_params(new) / dense_params(new):.3f}", flush=True)
     reports = {}
-    for label, embeddings in (("ptnn", True), ("ptnn without embeddings", False)):
+    for label, embeddings in (("ptnn", True),):
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
         config = PTNNConfig(budget=args.budget, tolerance=args.tolerance, eps=args.eps,
@@ -165,23 +165,27 @@ def run_minilm(args) -> None:
     report = reports["ptnn"]
     kept = [r for r in report["decisions"] if r["kept"]]
     extra = report["train_steps"]
-    for method in ("tt", "svd", "saten"):
+    linears_only = [r for r in kept if r["name"] != name]
+    for label, method, layers in (("tt all at once", "tt", kept), ("svd all at once", "svd", kept),
+                                  ("saten all at once", "saten", kept),
+                                  ("tt all at once, embedding dense", "tt", linears_only)):
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
         with torch.no_grad():
-            for r in kept:
+            for r in layers:
                 model.set_submodule(r["name"], _replacement(method, model.get_submodule(r["name"]), r, weights))
-        layers_bytes = sum(layer_bytes(model.get_submodule(r["name"])) for r in kept)
-        replaced = sum(layer_params(model.get_submodule(r["name"])) if method != "svd" else
-                       sum(p.numel() for p in model.get_submodule(r["name"]).parameters()) for r in kept)
+        modules = [model.get_submodule(r["name"]) for r in layers]
+        replaced = sum(sum(p.numel() for p in m.parameters()) for m in modules)
+        layers_bytes = sum(sum(p.numel() * p.element_size() for p in m.parameters()) if method == "svd"
+                           else layer_bytes(m) for m in modules)
         before = _score(model, tok, task, 0.0)
         train_classifier(model, tok, task.train, TrainConfig(extra, args.lr, seed=1))
-        row = {**base, "method": f"{method} all at once", **_score(model, tok, task, time.perf_counter() - t0),
+        row = {**base, "method": label, **_score(model, tok, task, time.perf_counter() - t0),
                "train_steps": args.dense_steps + extra, "test_accuracy_before_finetune": before["test_accuracy"],
-               "replaced_params_after": replaced, "replaced_params_before": report["replaced_params_before"],
-               "bytes": layers_bytes}
+               "replaced_params_after": replaced,
+               "replaced_params_before": sum(r["dense_params"] for r in layers), "bytes": layers_bytes}
         append_row(JSONL, row)
-        print(f"{method}: test {row['test_accuracy']:.4f} (before fine-tune {before['test_accuracy']:.4f})",
+        print(f"{label}: test {row['test_accuracy']:.4f} (before fine-tune {before['test_accuracy']:.4f})",
               flush=True)
     model = copy.deepcopy(dense)
     t0 = time.perf_counter()
@@ -211,7 +215,7 @@ def run_smollm2(args) -> None:
                        "bytes": layer_bytes(emb), "model_params": whole_params(model)})
     print(f"dense perplexity {dense_ppl:.2f}", flush=True)
     weights = frequency_weights(token_ids(tok, wikipedia("calibration")), table.shape[0])
-    for density, weighting in [(d, w) for w in ("none", "frequency") for d in args.densities]:
+    for density, weighting in [(d, w) for w in args.weightings for d in args.densities]:
         t0 = time.perf_counter()
         new, eps = TTEmbedding.within(table, int(args.budget * dense_count), "tt", (padded_vocab(table.shape[0]),),
                                       (table.shape[1],), density or None,
@@ -295,13 +299,17 @@ def run_vit(args) -> None:
 
 # ---------------------------------------------------------------------------------------------
 
+def _latest(rows: list[dict], part: str) -> tuple[str, list[dict]]:
+    """(run id, rows) of the latest run of ``part``."""
+    mine = [r for r in rows if r.get("part") == part]
+    return (mine[-1]["run"], [r for r in mine if r["run"] == mine[-1]["run"]]) if mine else ("", [])
+
+
 def report() -> str:
     rows = load_rows(JSONL)
     out = ["# PTNN and Saten(e)", ""]
-    mini = [r for r in rows if r.get("part") == "minilm"]
-    if mini:
-        last = mini[-1]["run"]
-        mine = [r for r in mini if r["run"] == last]
+    last, mine = _latest(rows, "minilm")
+    if mine:
         summary = next((r for r in mine if r["method"] == "summary"), None)
         first = mine[0]
         total = summary["dense_params"] if summary else mine[0]["params"]
@@ -321,7 +329,7 @@ def report() -> str:
             f"Printed by `benchmarks/ptnn.py minilm` (rows in `results/ptnn.jsonl`, run {last}) on "
             f"{first['machine']}, torch {first['torch']}. Fixed split 10,246 / 1,281 / 1,281; dense fine-tune "
             f"{first['dense_steps']} AdamW steps (lr {first['lr']:g}, batch 32); PTNN retrains {first['steps']} "
-            f"steps per candidate, budget {first['budget']:g} of the whole model, τ = 1 dev point. Baselines "
+            f"steps per candidate, budget {first['budget']:g} of the whole model. Baselines "
             "compress the layers PTNN kept all at once, then fine-tune as many steps as PTNN retrained. "
             f"Whole-model ratio against the dense classifier's {total:,} parameters; bytes = the replaced "
             "layers' storage (indices included). Pre-trained encoder: WordSim353 "
@@ -333,26 +341,26 @@ def report() -> str:
         if ptnn:
             dec = [[d["name"], d["eps"], f"{d['params']:,} / {d['dense_params']:,}", d["dev_accuracy"],
                     "kept" if d["kept"] else "reverted", d["model_ratio"]] for d in ptnn["report"]["decisions"]]
-            out += ["PTNN's decisions (in order):", "",
+            rep = ptnn["report"]
+            out += [f"PTNN's decisions (in order; reference dev accuracy {rep['dense_dev_accuracy']:.4f}, "
+                    f"τ = {rep['tolerance']:.4f}, budget {'met' if rep['budget_met'] else 'NOT met'}):", "",
                     table(["layer", "ε", "parameters", "dev accuracy", "decision", "whole model after"], dec), ""]
-    smol = [r for r in rows if r.get("part") == "smollm2"]
-    if smol:
-        last = smol[-1]["run"]
-        mine = [r for r in smol if r["run"] == last]
+    mine = [r for r in rows if r.get("part") == "smollm2"]  # every run: each adds rows of its densities
+    if mine:
+        last = ", ".join(sorted({r["run"] for r in mine}))
         dense = next(r for r in mine if r["method"] == "dense")
+        mine = [r for r in mine if r["method"] != "dense" or r is dense]
         body = [[r["method"], r.get("eps", "—"), f"{r['params']:,} ({r['params'] / dense['params']:.3f})",
                  f"{r['bytes'] / 2**20:.1f} MiB", r["perplexity"], f"{r['perplexity'] / dense['perplexity']:.3f}"]
                 for r in mine]
         out += ["## SmolLM2-135M: Saten(e) on the tied embedding + lm_head", "",
-                f"Printed by `benchmarks/ptnn.py smollm2` (run {last}) on {dense['machine']}. One compressed "
+                f"Printed by `benchmarks/ptnn.py smollm2` (runs {last}) on {dense['machine']}. One compressed "
                 f"table serves both the lookups and the logits; budget {dense['budget']:g} of its "
                 f"{dense['params']:,} parameters; perplexity on {dense['windows']} × 512-token windows of the "
                 "held-out Wikipedia articles, no fine-tuning.", "",
                 table(["method", "TT ε", "parameters (of the table)", "bytes", "perplexity", "× dense"], body), ""]
-    vit = [r for r in rows if r.get("part") == "vit"]
-    if vit:
-        last = vit[-1]["run"]
-        mine = [r for r in vit if r["run"] == last]
+    last, mine = _latest(rows, "vit")
+    if mine:
         dense = next(r for r in mine if r["method"] == "dense")
         body = [[r["method"], r["cosine"], r["worst_cosine"], r["probe_accuracy"],
                  f"{r['params'] / dense['params']:.3f}", f"{r['replaced_ratio']:.3f}" if "replaced_ratio" in r else "—",
@@ -375,13 +383,15 @@ def main() -> None:
     p.add_argument("--dense-steps", type=int, default=300)
     p.add_argument("--steps", type=int, default=30, help="PTNN retraining steps per candidate")
     p.add_argument("--budget", type=float, default=None, help="minilm: 0.6 of the model; smollm2: 0.5 of the table")
-    p.add_argument("--tolerance", type=float, default=0.01)
+    p.add_argument("--tolerance", type=float, default=None, help="default: PTNN's (two standard errors)")
     p.add_argument("--eps", type=float, default=0.5)
     p.add_argument("--embedding-eps", type=float, default=0.6, help="ε the embedding's shape is searched at")
     p.add_argument("--embedding-keep", type=float, default=0.3, help="the embedding's TT size, of the table's")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--densities", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.45])
     p.add_argument("--windows", type=int, default=20)
+    p.add_argument("--weightings", nargs="+", choices=["none", "frequency"], default=["none", "frequency"],
+                   help="smollm2: fit the table plainly and/or frequency-weighted")
     p.add_argument("--vit-eps", type=float, default=0.4, help="vit: TT ε of every encoder linear")
 
     def run(args) -> None:

@@ -8,9 +8,11 @@ Processing", ICAART 2024) publishes no layer order, ranks, schedule or stopping 
 2. Candidates, in this stated order: the token embedding, then the FFN linears from the top
    block down, then the attention linears from the top block down (the layers nearest the
    task head first: they adapt fastest when retrained).
-3. For each: search its TT shape at ε with the layer GA, swap it in, retrain the whole model
-   for ``steps`` steps, measure dev accuracy.  Keep it when dev ≥ reference − τ, else restore
-   the whole model as it was before the candidate.
+3. For each: search its TT shape at ε with the layer GA (the embedding's fitted to rows
+   weighted by token frequency in the training texts, and sized to ``embedding_keep`` of the
+   table), swap it in, retrain the whole model for ``steps`` steps, measure dev accuracy.
+   Keep it when dev ≥ reference − τ (default: two standard errors of the reference's dev
+   accuracy), else restore the whole model as it was before the candidate.
 4. Stop when the whole model holds at most ``budget`` of its dense parameters, or when no
    candidate is left.
 
@@ -51,8 +53,10 @@ ATTENTION_WORDS = ("attention", "attn", "query", "key", "value", "q_proj", "k_pr
 class PTNNConfig:
     """PTNN settings.  ``budget``: whole-model parameter fraction to reach (embeddings
     included); ``tolerance`` τ: dev accuracy (a fraction, 0.01 = 1 point) a kept layer may
-    lose against the dense reference; ``eps`` / ``embedding_eps``: relative Frobenius error
-    of each linear's / the embedding table's TT; ``steps``: retraining steps after each
+    lose against the dense reference (None: two standard errors of the reference's dev accuracy,
+    2·√(a(1 − a)/n), the smallest drop a single dev measurement can tell from noise);
+    ``eps`` / ``embedding_eps``: relative Frobenius error of each linear's TT / at which the
+    embedding's shape is searched; ``steps``: retraining steps after each
     candidate; ``dense_steps``: dense fine-tuning first (0: the model is fine-tuned already);
     ``frequency_weighted``: fit the embedding's TT to rows weighted by √(count + 1) of each
     token in the training texts (rare rows may err more; see ``tt_embedding``);
@@ -60,7 +64,7 @@ class PTNNConfig:
     (its ε found by bisection on the shape searched at ``embedding_eps``; None: use that ε)."""
 
     budget: float = 0.6
-    tolerance: float = 0.01
+    tolerance: float | None = None
     eps: float = 0.5
     embedding_eps: float = 0.5
     format: str = "tt"
@@ -78,7 +82,7 @@ class PTNNConfig:
         if not 0.0 < self.budget <= 1.0:
             raise ArgumentError("budget", f"must be in (0, 1] (fraction of the whole model's parameters), "
                                           f"got {self.budget}")
-        if not 0.0 <= self.tolerance < 1.0:
+        if self.tolerance is not None and not 0.0 <= self.tolerance < 1.0:
             raise ArgumentError("tolerance", f"must be in [0, 1) (dev accuracy a kept layer may lose), "
                                              f"got {self.tolerance}")
         for name in ("eps", "embedding_eps"):
@@ -152,7 +156,10 @@ def ptnn(model: nn.Module, config: PTNNConfig, *, tokenizer=None, task: TextTask
     draw = batches(task.train, config.batch, config.seed)
     dense_losses = train_classifier(model, tokenizer, task.train, config.train_config(config.dense_steps), draw)
     dense_dev, dense_test = accuracy(model, tokenizer, task.dev), accuracy(model, tokenizer, task.test)
-    say(f"dense: dev {dense_dev:.4f}, test {dense_test:.4f}")
+    tolerance = config.tolerance
+    if tolerance is None:
+        tolerance = 2 * math.sqrt(dense_dev * (1 - dense_dev) / len(task.dev))
+    say(f"dense: dev {dense_dev:.4f}, test {dense_test:.4f}; τ = {tolerance:.4f}")
     total_before = whole_params(model)
     target = config.budget * total_before
     order = candidate_order(model, config.embeddings)
@@ -175,7 +182,7 @@ def ptnn(model: nn.Module, config: PTNNConfig, *, tokenizer=None, task: TextTask
         train_classifier(model, tokenizer, task.train, config.train_config(config.steps), draw)
         steps += config.steps
         dev = accuracy(model, tokenizer, task.dev)
-        kept = dev >= dense_dev - config.tolerance
+        kept = dev >= dense_dev - tolerance
         row.update(name=name, dense_params=dense_params(old), params=layer_params(new), dev_accuracy=dev,
                    kept=kept, seconds=time.perf_counter() - t0)
         if kept:
@@ -192,7 +199,7 @@ def ptnn(model: nn.Module, config: PTNNConfig, *, tokenizer=None, task: TextTask
     total_after = whole_params(model)
     return {
         "method": "ptnn",
-        "budget": config.budget, "tolerance": config.tolerance,
+        "budget": config.budget, "tolerance": tolerance,
         "dense_dev_accuracy": dense_dev, "dense_test_accuracy": dense_test,
         "dev_accuracy": accuracy(model, tokenizer, task.dev), "test_accuracy": accuracy(model, tokenizer, task.test),
         "params_before": total_before, "params_after": total_after, "model_ratio": total_after / total_before,

@@ -77,8 +77,9 @@ def ptnn_options(comp: argparse.ArgumentParser) -> None:
     task_options(comp)
     comp.add_argument("--budget", type=float, default=0.6,
                       help="ptnn: stop once the whole model holds this fraction of its parameters (default 0.6)")
-    comp.add_argument("--tolerance", type=float, default=0.01,
-                      help="ptnn: dev accuracy a kept layer may lose against the dense model (default 0.01)")
+    comp.add_argument("--tolerance", type=float, default=None,
+                      help="ptnn: dev accuracy a kept layer may lose against the dense model (default: two "
+                           "standard errors of the dense model's dev accuracy)")
     comp.add_argument("--eps", type=float, default=0.5,
                       help="ptnn: relative Frobenius error of each tensorized linear (default 0.5)")
     comp.add_argument("--embedding-keep", type=float, default=0.3,
@@ -212,7 +213,7 @@ def compress_command(args: argparse.Namespace) -> tuple[dict, str]:
     return report, table(rows)
 
 
-_PTNN_FLAGS = {"task": None, "train": None, "dev": None, "test": None, "budget": 0.6, "tolerance": 0.01, "eps": 0.5,
+_PTNN_FLAGS = {"task": None, "train": None, "dev": None, "test": None, "budget": 0.6, "tolerance": None, "eps": 0.5,
                "embedding_eps": 0.6, "embedding_keep": 0.3, "no_embeddings": False, "steps": 30, "dense_steps": 300}
 
 
