@@ -14,13 +14,12 @@ from shapesearch.errors import ArgumentError
 
 from .classifier import accuracy, classifier_from_encoder
 from .compress import compress
+from .model_jobs import REPORT, _check_out
 from .model_loading import builtin_path, first_line, load_model
 from .ptnn import PTNNConfig
 from .serialization import save
 from .text_tasks import TextTask, builtin_task, read_split, read_task
 from .word_similarity import word_similarity
-
-REPORT = "report.json"
 
 
 def task_from(task: str | None = None, train: Path | None = None, dev: Path | None = None,
@@ -49,8 +48,6 @@ def compress_classifier(model: str, config: PTNNConfig, out: str | Path, task: T
                         overwrite: bool = False, progress=None) -> dict:
     """Fine-tune a classifier on ``model``'s encoder for ``task``, run PTNN, save it to ``out``
     with its tokenizer and ``report.json``; returns the report."""
-    from .model_jobs import _check_out
-
     out = Path(out)
     _check_out(out, overwrite)
     directory = _encoder_directory(model)

@@ -127,7 +127,7 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
     if calibrated:
         report = _compress_with_bar(net, config, windows, progress)
     elif embedding_weights and _plans_embedding(config):
-        counts = token_ids(tok, read_text(calib, "calibration", "calib"))
+        counts = token_ids(tok, text if text is not None else read_text(calib, "calibration", "calib"))
         vocab = net.get_input_embeddings().num_embeddings
         report = compress(net, config, embedding_weights=frequency_weights(counts, vocab))
         report["embedding_weights"] = "frequency"
