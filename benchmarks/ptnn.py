@@ -36,8 +36,9 @@ from _report import RESULTS, append_row, load_rows, machine, main_with_report, t
 import compressors
 from compressors import ptnn as ptnn_module
 from compressors.accounting import dense_params, layer_bytes, layer_params
+from compressors.calibration import head_input_moment
 from compressors.classifier import TrainConfig, accuracy, classifier_from_encoder, train_classifier
-from compressors.corpus import token_ids, wikipedia
+from compressors.corpus import calibration_windows, token_ids, wikipedia
 from compressors.lm_metrics import perplexity
 from compressors.low_rank import factorize
 from compressors.model_loading import builtin_path, load_model
@@ -87,20 +88,13 @@ def _replacement(method: str, old: torch.nn.Module, row: dict, weights: torch.Te
     eps = min(row["eps"] + 0.1, 0.95)
     if embedding:
         tt = TTEmbedding.from_embedding(old, "tt", row["out_modes"], row["in_modes"], eps, row_weights=weights)
-        weight = old.weight
-    else:
-        tt = tt_layer(old.weight, "tt", row["out_modes"], row["in_modes"], eps)
-        weight = old.weight
-    spare = max(0, target - layer_params(tt) - (0 if embedding or old.bias is None else old.bias.numel()))
-    density = spare / weight.numel()
-    if embedding:
-        error = weight.detach().double() - tt.weight().detach().double()
-        scores = None if weights is None else error * weights[:, None]
-        residual = SparseResidual.top_k(error, density, scores).to(weight.dtype)
-        return TTEmbedding(tt.tt, tt.num_embeddings, residual, old.padding_idx,
-                           None if tt.row_scale is None else tt.row_scale.detach())
-    error = weight.detach().double() - _tt_weight_f64(tt)
-    residual = SparseResidual.top_k(error, density).to(weight.dtype)
+        density = max(0, target - layer_params(tt)) / old.weight.numel()
+        return TTEmbedding.from_embedding(old, "tt", row["out_modes"], row["in_modes"], eps, density,
+                                          row_weights=weights)
+    tt = tt_layer(old.weight, "tt", row["out_modes"], row["in_modes"], eps)
+    spare = max(0, target - layer_params(tt) - (0 if old.bias is None else old.bias.numel()))
+    error = old.weight.detach().double() - _tt_weight_f64(tt)
+    residual = SparseResidual.top_k(error, spare / old.weight.numel()).to(old.weight.dtype)
     bias = None if old.bias is None else old.bias.detach().clone()
     return compressors.SatenLinear(tt, residual, bias)
 
@@ -114,9 +108,24 @@ def _score(model, tok, task, seconds: float) -> dict:
 
 def run_minilm(args) -> None:
     torch.set_num_threads(2)
-    run = time.strftime("%Y-%m-%dT%H:%M:%S")
+    run, done, previous = time.strftime("%Y-%m-%dT%H:%M:%S"), {}, []
+    if args.resume:  # the latest run's missing rows, from its PTNN decisions and a recomputed dense model
+        run, previous = _latest(load_rows(JSONL), "minilm")
+        done = {r["method"]: r for r in previous}
+        if "ptnn" not in done or "dense fine-tuned" not in done:
+            raise SystemExit("ptnn.py: error: --resume needs a minilm run with its dense and ptnn rows; "
+                             "run `benchmarks/ptnn.py minilm` first")
+        args.dense_steps, args.steps, args.budget, args.lr = (previous[0][k] for k in ("dense_steps", "steps",
+                                                                                       "budget", "lr"))
     base = {"part": "minilm", "run": run, "machine": machine(), "torch": torch.__version__,
             "dense_steps": args.dense_steps, "steps": args.steps, "budget": args.budget, "lr": args.lr}
+    if args.resume:
+        base["resumed"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+
+    def emit(row: dict) -> None:
+        if row["method"] not in done:
+            append_row(JSONL, row)
+
     directory = str(builtin_path("minilm").parent)
     _, tok = load_model("minilm")
     task = rotten_tomatoes(seed=0)
@@ -129,46 +138,51 @@ def run_minilm(args) -> None:
     dense_seconds = time.perf_counter() - t0
     row = {**base, "method": "dense fine-tuned", **_score(dense, tok, task, dense_seconds), "train_steps":
            args.dense_steps, "pretrained_wordsim353": pre["wordsim353"], "pretrained_simlex999": pre["simlex999"]}
-    append_row(JSONL, row)
+    if args.resume and (row["dev_accuracy"], row["test_accuracy"]) != (done["dense fine-tuned"]["dev_accuracy"],
+                                                                      done["dense fine-tuned"]["test_accuracy"]):
+        raise SystemExit(f"ptnn.py: error: the recomputed dense model scores {row['dev_accuracy']} / "
+                         f"{row['test_accuracy']}, not the run's; rerun the whole part instead of --resume")
+    emit(row)
     print(f"dense: dev {row['dev_accuracy']:.4f} test {row['test_accuracy']:.4f}", flush=True)
     ids = tok(list(task.train.texts))["input_ids"]
     weights = frequency_weights(torch.tensor([i for row in ids for i in row]), dense.config.vocab_size)
     name, table_module = input_embedding(dense)
     for label, w in (("embedding alone, Frobenius", None), ("embedding alone, frequency-weighted", weights)):
+        if label in done:
+            continue
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
         new, row = ptnn_module._tensorized(table_module, PTNNConfig(embedding_eps=args.embedding_eps,
                                                                     embedding_keep=args.embedding_keep), 1, w)
         model.set_submodule(name, new)
         train_classifier(model, tok, task.train, TrainConfig(args.steps, args.lr, seed=1))
-        append_row(JSONL, {**base, "method": label, **_score(model, tok, task, time.perf_counter() - t0),
-                           "train_steps": args.dense_steps + args.steps, "bytes": layer_bytes(new),
-                           "replaced_params_after": layer_params(new), "replaced_params_before": dense_params(new),
-                           "eps": row["eps"]})
+        emit({**base, "method": label, **_score(model, tok, task, time.perf_counter() - t0),
+              "train_steps": args.dense_steps + args.steps, "bytes": layer_bytes(new),
+              "replaced_params_after": layer_params(new), "replaced_params_before": dense_params(new),
+              "eps": row["eps"]})
         print(f"{label}: params {layer_params(new) / dense_params(new):.3f}", flush=True)
-    reports = {}
-    for label, embeddings in (("ptnn", True),):
+    if "ptnn" in done:
+        report = done["ptnn"]["report"]
+    else:
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
         config = PTNNConfig(budget=args.budget, tolerance=args.tolerance, eps=args.eps,
                             embedding_eps=args.embedding_eps, embedding_keep=args.embedding_keep,
-                            embeddings=embeddings, steps=args.steps,
-                            dense_steps=0, lr=args.lr, seed=1)
-        report = compressors.compress(model, config, tokenizer=tok, task=task, progress=lambda m: print(" ", m,
-                                                                                                          flush=True))
-        reports[label] = report
-        append_row(JSONL, {**base, "method": label, **_score(model, tok, task, time.perf_counter() - t0),
-                           "train_steps": args.dense_steps + report["train_steps"], "report": report,
-                           "bytes": sum(layer_bytes(model.get_submodule(r["name"]))
-                                        for r in report["decisions"] if r["kept"])})
-        print(f"{label}: test {report['test_accuracy']:.4f}, model {report['model_ratio']:.3f}", flush=True)
-    report = reports["ptnn"]
+                            steps=args.steps, dense_steps=0, lr=args.lr, seed=1)
+        report = compressors.compress(model, config, tokenizer=tok, task=task,
+                                      progress=lambda m: print(" ", m, flush=True))
+        emit({**base, "method": "ptnn", **_score(model, tok, task, time.perf_counter() - t0),
+              "train_steps": args.dense_steps + report["train_steps"], "report": report,
+              "bytes": sum(layer_bytes(model.get_submodule(r["name"])) for r in report["decisions"] if r["kept"])})
+        print(f"ptnn: test {report['test_accuracy']:.4f}, model {report['model_ratio']:.3f}", flush=True)
     kept = [r for r in report["decisions"] if r["kept"]]
     extra = report["train_steps"]
     linears_only = [r for r in kept if r["name"] != name]
     for label, method, layers in (("tt all at once", "tt", kept), ("svd all at once", "svd", kept),
                                   ("saten all at once", "saten", kept),
                                   ("tt all at once, embedding dense", "tt", linears_only)):
+        if label in done:
+            continue
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -184,21 +198,25 @@ def run_minilm(args) -> None:
                "train_steps": args.dense_steps + extra, "test_accuracy_before_finetune": before["test_accuracy"],
                "replaced_params_after": replaced,
                "replaced_params_before": sum(r["dense_params"] for r in layers), "bytes": layers_bytes}
-        append_row(JSONL, row)
+        emit(row)
         print(f"{label}: test {row['test_accuracy']:.4f} (before fine-tune {before['test_accuracy']:.4f})",
               flush=True)
-    model = copy.deepcopy(dense)
-    t0 = time.perf_counter()
-    train_classifier(model, tok, task.train, TrainConfig(extra, args.lr, seed=1))
-    append_row(JSONL, {**base, "method": "dense, same total steps",
-                       **_score(model, tok, task, dense_seconds + time.perf_counter() - t0),
-                       "train_steps": args.dense_steps + extra})
-    append_row(JSONL, {**base, "method": "summary", "dense_params": dense_count})
+    if "dense, same total steps" not in done:
+        model = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        train_classifier(model, tok, task.train, TrainConfig(extra, args.lr, seed=1))
+        emit({**base, "method": "dense, same total steps", "train_steps": args.dense_steps + extra,
+              **_score(model, tok, task, dense_seconds + time.perf_counter() - t0)})
+    emit({**base, "method": "summary", "dense_params": dense_count})
 
 
 # ---------------------------------------------------------------------------------------------
 # SmolLM2: Saten(e) on the tied embedding
 # ---------------------------------------------------------------------------------------------
+
+WEIGHTING_LABELS = {"none": "", "frequency": ", frequency-weighted",
+                    "frequency+head": ", frequency-weighted, head-whitened"}
+
 
 def run_smollm2(args) -> None:
     torch.set_num_threads(2)
@@ -214,20 +232,25 @@ def run_smollm2(args) -> None:
     append_row(JSONL, {**base, "method": "dense", "perplexity": dense_ppl, "params": dense_count,
                        "bytes": layer_bytes(emb), "model_params": whole_params(model)})
     print(f"dense perplexity {dense_ppl:.2f}", flush=True)
-    weights = frequency_weights(token_ids(tok, wikipedia("calibration")), table.shape[0])
+    calibration = wikipedia("calibration")
+    weights = frequency_weights(token_ids(tok, calibration), table.shape[0])
+    t0 = time.perf_counter()
+    moment = head_input_moment(model, calibration_windows(tok, calibration, 32, 512, 0)) if (
+        "frequency+head" in args.weightings) else None
+    moment_seconds = time.perf_counter() - t0
     for density, weighting in [(d, w) for w in args.weightings for d in args.densities]:
         t0 = time.perf_counter()
         new, eps = TTEmbedding.within(table, int(args.budget * dense_count), "tt", (padded_vocab(table.shape[0]),),
                                       (table.shape[1],), density or None,
-                                      row_weights=weights if weighting == "frequency" else None)
-        seconds = time.perf_counter() - t0
+                                      row_weights=None if weighting == "none" else weights,
+                                      head_moment=moment if weighting == "frequency+head" else None)
+        seconds = time.perf_counter() - t0 + (moment_seconds if weighting == "frequency+head" else 0.0)
         trial = copy.deepcopy(model)
         trial.model.embed_tokens = new
         trial.lm_head = TiedLMHead(new)
         trial.config.tie_word_embeddings = False
         ppl = perplexity(trial, tok, text, 512, args.windows)["perplexity"]
-        label = ("TT only" if not density else f"Saten(e) top-K {density:g}") + (
-            ", frequency-weighted" if weighting == "frequency" else "")
+        label = ("TT only" if not density else f"Saten(e) top-K {density:g}") + WEIGHTING_LABELS[weighting]
         append_row(JSONL, {**base, "method": label, "density": density, "weighting": weighting, "eps": eps,
                            "perplexity": ppl,
                            "params": layer_params(new), "bytes": layer_bytes(new), "dense_bytes": layer_bytes(emb),
@@ -321,7 +344,8 @@ def report() -> str:
             replaced = (f"{rep['replaced_ratio']:.3f}" if rep else
                         f"{r['replaced_params_after'] / r['replaced_params_before']:.3f}"
                         if r.get("replaced_params_before") else "—")
-            body.append([r["method"], r["dev_accuracy"], r["test_accuracy"], r["wordsim353"], r["simlex999"],
+            body.append([r["method"] + (" †" if r.get("resumed") else ""), r["dev_accuracy"], r["test_accuracy"],
+                         r["wordsim353"], r["simlex999"],
                          f"{r['params'] / total:.3f}", replaced, f"{r['bytes'] / 2**20:.1f} MiB" if r.get("bytes")
                          else "—", r["train_steps"], f"{r['seconds']:.0f}"])
         out += [
@@ -337,6 +361,10 @@ def report() -> str:
             f"{first.get('pretrained_simlex999', float('nan')):.4f}.", "",
             table(["method", "dev accuracy", "test accuracy", "WordSim353 ρ", "SimLex-999 ρ", "whole model",
                    "replaced layers", "bytes (replaced)", "train steps", "wall s"], body), ""]
+        resumed = sorted({r["resumed"] for r in mine if r.get("resumed")})
+        if resumed:
+            out += [f"† measured by `--resume` ({', '.join(resumed)}): the run's dense model recomputed (same dev "
+                    "and test accuracy, checked) and its PTNN decisions reused.", ""]
         ptnn = next((r for r in mine if r["method"] == "ptnn"), None)
         if ptnn:
             dec = [[d["name"], d["eps"], f"{d['params']:,} / {d['dense_params']:,}", d["dev_accuracy"],
@@ -345,20 +373,29 @@ def report() -> str:
             out += [f"PTNN's decisions (in order; reference dev accuracy {rep['dense_dev_accuracy']:.4f}, "
                     f"τ = {rep['tolerance']:.4f}, budget {'met' if rep['budget_met'] else 'NOT met'}):", "",
                     table(["layer", "ε", "parameters", "dev accuracy", "decision", "whole model after"], dec), ""]
-    mine = [r for r in rows if r.get("part") == "smollm2"]  # every run: each adds rows of its densities
+    latest = {}  # every run adds rows of its densities and weightings; a row measured again replaces the old
+    for r in rows:
+        if r.get("part") == "smollm2":
+            latest.pop(r["method"], None)
+            latest[r["method"]] = r
+    mine = sorted(latest.values(), key=lambda r: r["method"] != "dense")
     if mine:
         last = ", ".join(sorted({r["run"] for r in mine}))
-        dense = next(r for r in mine if r["method"] == "dense")
-        mine = [r for r in mine if r["method"] != "dense" or r is dense]
+        dense = mine[0]
         body = [[r["method"], r.get("eps", "—"), f"{r['params']:,} ({r['params'] / dense['params']:.3f})",
-                 f"{r['bytes'] / 2**20:.1f} MiB", r["perplexity"], f"{r['perplexity'] / dense['perplexity']:.3f}"]
-                for r in mine]
+                 f"{r['bytes'] / 2**20:.1f} MiB", r["perplexity"], f"{r['perplexity'] / dense['perplexity']:.3f}",
+                 f"{r['seconds']:.0f}" if "seconds" in r else "—"] for r in mine]
         out += ["## SmolLM2-135M: Saten(e) on the tied embedding + lm_head", "",
                 f"Printed by `benchmarks/ptnn.py smollm2` (runs {last}) on {dense['machine']}. One compressed "
                 f"table serves both the lookups and the logits; budget {dense['budget']:g} of its "
                 f"{dense['params']:,} parameters; perplexity on {dense['windows']} × 512-token windows of the "
-                "held-out Wikipedia articles, no fine-tuning.", "",
-                table(["method", "TT ε", "parameters (of the table)", "bytes", "perplexity", "× dense"], body), ""]
+                "held-out Wikipedia articles, no fine-tuning. Frequency weights: √(count + 1) of each token in the "
+                "calibration articles; head whitening: the second moment of `lm_head`'s input on 32 × 512 "
+                "calibration tokens (ε is then the relative error of the weighted, whitened table). Parameters "
+                "count TT cores, kept residual values, row scales and the whitening matrix; bytes add the "
+                "residual's indices. Fit s: ε bisection + TT-SVDs + residual (+ the moment's calibration).", "",
+                table(["method", "TT ε", "parameters (of the table)", "bytes", "perplexity", "× dense", "fit s"],
+                      body), ""]
     last, mine = _latest(rows, "vit")
     if mine:
         dense = next(r for r in mine if r["method"] == "dense")
@@ -390,8 +427,10 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--densities", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.45])
     p.add_argument("--windows", type=int, default=20)
-    p.add_argument("--weightings", nargs="+", choices=["none", "frequency"], default=["none", "frequency"],
-                   help="smollm2: fit the table plainly and/or frequency-weighted")
+    p.add_argument("--weightings", nargs="+", choices=list(WEIGHTING_LABELS), default=list(WEIGHTING_LABELS),
+                   help="smollm2: fit the table plainly, frequency-weighted, and/or also whitened by lm_head's input")
+    p.add_argument("--resume", action="store_true",
+                   help="minilm: add the latest run's missing rows (reusing its PTNN decisions)")
     p.add_argument("--vit-eps", type=float, default=0.4, help="vit: TT ε of every encoder linear")
 
     def run(args) -> None:

@@ -35,7 +35,7 @@ def layer_params(module: nn.Module) -> int:
         return module.weight.numel() + _bias(module)
     if isinstance(module, TTEmbedding):
         return (layer_params(module.tt) + (0 if module.residual is None else module.residual.nnz)
-                + (0 if module.row_scale is None else module.row_scale.numel()))
+                + sum(t.numel() for t in (module.row_scale, module.mix) if t is not None))
     if isinstance(module, TTMatrixLinear | TTLinear):
         return sum(c.numel() for c in module.cores) + _bias(module)
     if isinstance(module, SparseResidual):
@@ -76,8 +76,8 @@ def layer_bytes(module: nn.Module, value_bytes: int | None = None) -> int:
         return values(module.weight) + bias
     if isinstance(module, TTEmbedding):
         residual = 0 if module.residual is None else layer_bytes(module.residual, value_bytes)
-        scale = 0 if module.row_scale is None else values(module.row_scale)
-        return layer_bytes(module.tt, value_bytes) + residual + scale
+        readback = sum(values(t) for t in (module.row_scale, module.mix) if t is not None)
+        return layer_bytes(module.tt, value_bytes) + residual + readback
     if isinstance(module, TTMatrixLinear | TTLinear):
         return sum(values(c) for c in module.cores) + bias
     if isinstance(module, SparseResidual):

@@ -18,8 +18,10 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager
 
 
 def _forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-             attention_mask: torch.Tensor | None = None, past_key_values: object | None = None,
-             **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+             attention_mask: torch.Tensor | None = None, cache: object | None = None,
+             past_key_values: object | None = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # transformers ≥ 5.? passes the KV cache as ``cache``; earlier releases as ``past_key_values``
+    cache = cache if cache is not None else past_key_values
     input_shape = hidden_states.shape[:-1]
     qk_shape = (*input_shape, -1, self.head_dim)
     query = self.q_proj(hidden_states).view(qk_shape).transpose(1, 2)
@@ -27,8 +29,8 @@ def _forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch
     value = self.v_proj(hidden_states).view(*input_shape, self.config.num_key_value_heads, -1).transpose(1, 2)
     cos, sin = position_embeddings
     query, key = apply_rotary_pos_emb(query, key, cos, sin)
-    if past_key_values is not None:
-        key, value = past_key_values.update(key, value, self.layer_idx)
+    if cache is not None:
+        key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
     attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
     sliding = getattr(self, "sliding_window", getattr(self.config, "sliding_window", None))
     out, weights = attend(self, query, key, value, attention_mask,

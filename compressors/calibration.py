@@ -23,24 +23,40 @@ class _Stop(Exception):
 LayerInputs = list[tuple[torch.Tensor, dict]]
 
 
+def _without_cache(kwargs: dict) -> dict:
+    kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+    kwargs["use_cache"] = False
+    # no cache: the layer's own name for it (``cache`` in transformers 5, ``past_key_values``
+    # before); setting a name the layer does not use makes transformers warn on every call
+    for key in ("cache", "past_key_values", "past_key_value"):
+        if key in kwargs:
+            kwargs[key] = None
+    return kwargs
+
+
 @torch.no_grad()
-def first_layer_inputs(model: nn.Module, windows: Iterable[torch.Tensor]) -> LayerInputs:
-    """(hidden states, keyword arguments) that the first decoder layer receives per window."""
-    captured: LayerInputs = []
+def layer_inputs(model: nn.Module, windows: Iterable[torch.Tensor]) -> tuple[list[torch.Tensor], list[list[dict]]]:
+    """(the hidden states entering the first decoder layer, per window; the keyword arguments
+    each layer receives, [layer][window]).  Layers of one model may get different masks and
+    rotary tables (sliding-window and global layers), so each keeps its own.  The layers are
+    stood in for by the identity while this runs: only the embedding is computed."""
+    layers = decoder_layers(model)
+    hidden: list[torch.Tensor] = []
+    kwargs: list[list[dict]] = [[] for _ in layers]
 
-    def catch(module, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-        kwargs["use_cache"] = False
-        # no cache: the layer's own name for it (``cache`` in transformers 5, ``past_key_values``
-        # before); setting a name the layer does not use makes transformers warn on every call
-        for key in ("cache", "past_key_values", "past_key_value"):
-            if key in kwargs:
-                kwargs[key] = None
-        captured.append((hidden, kwargs))
-        raise _Stop
+    def stand_in(index: int) -> Callable:
+        def forward(*args, **kw):
+            state = args[0] if args else kw["hidden_states"]
+            if index == 0:
+                hidden.append(state)
+            kwargs[index].append(_without_cache(kw))
+            if index == len(layers) - 1:
+                raise _Stop
+            return state
+        return forward
 
-    handle = decoder_layers(model)[0].register_forward_pre_hook(catch, with_kwargs=True)
+    for i, layer in enumerate(layers):
+        layer.forward = stand_in(i)  # an instance attribute: nn.Module.__call__ runs it instead
     try:
         for ids in windows:
             try:
@@ -48,34 +64,45 @@ def first_layer_inputs(model: nn.Module, windows: Iterable[torch.Tensor]) -> Lay
             except _Stop:
                 pass
     finally:
-        handle.remove()
-    return captured
+        for layer in layers:
+            del layer.forward
+    return hidden, kwargs
+
+
+def first_layer_inputs(model: nn.Module, windows: Iterable[torch.Tensor]) -> LayerInputs:
+    """(hidden states, keyword arguments) that the first decoder layer receives per window."""
+    hidden, kwargs = layer_inputs(model, windows)
+    return list(zip(hidden, kwargs[0]))
 
 
 @torch.no_grad()
 def run_layer(layer: nn.Module, inputs: LayerInputs) -> LayerInputs:
-    return [(layer(hidden, **kwargs), kwargs) for hidden, kwargs in inputs]
+    outputs = [(layer(hidden, **kwargs), kwargs) for hidden, kwargs in inputs]
+    return [(out[0] if isinstance(out, tuple) else out, kwargs) for out, kwargs in outputs]
 
 
 def sequential(model: nn.Module, windows: list[torch.Tensor],
                rewrite: Callable[[int, nn.Module, LayerInputs], None],
                progress: Callable[[int], None] | None = None) -> None:
     """Call ``rewrite(index, layer, inputs)`` on every decoder layer, in order, feeding each
-    layer the outputs of the already rewritten layers before it."""
-    inputs = first_layer_inputs(model, windows)
+    layer the outputs of the already rewritten layers before it (with its own masks and
+    position tables)."""
+    hidden, kwargs = layer_inputs(model, windows)
     for index, layer in enumerate(decoder_layers(model)):
+        inputs = list(zip(hidden, kwargs[index]))
         rewrite(index, layer, inputs)
-        inputs = run_layer(layer, inputs)
+        hidden = [h for h, _ in run_layer(layer, inputs)]
         if progress:
             progress(index)
 
 
 class Accumulator:
-    """Σ over tokens of xᵀx (uncentered, float64) of what a module receives or emits."""
+    """Σ over tokens of xᵀx (uncentered, float64) of what a module receives or emits (its
+    columns ``part`` only, if given)."""
 
-    def __init__(self, module: nn.Module, output: bool = False, groups: int = 1) -> None:
+    def __init__(self, module: nn.Module, output: bool = False, groups: int = 1, part: slice | None = None) -> None:
         self.sum: torch.Tensor | None = None
-        self.groups = groups
+        self.groups, self.part = groups, part
         if output:
             self.handle = module.register_forward_hook(lambda m, a, out: self._add(out))
         else:
@@ -83,6 +110,8 @@ class Accumulator:
 
     def _add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).double()
+        if self.part is not None:  # e.g. the values of a fused [q | k | v] output
+            x = x[:, self.part]
         if self.groups > 1:  # per-group second moments, e.g. one per KV head: [G, dh, dh]
             x = x.reshape(x.shape[0], self.groups, -1).transpose(0, 1)
             gram = x.transpose(1, 2) @ x
@@ -93,3 +122,22 @@ class Accumulator:
     def close(self) -> torch.Tensor:
         self.handle.remove()
         return self.sum
+
+
+@torch.no_grad()
+def head_input_moment(model: nn.Module, windows: Iterable[torch.Tensor]) -> torch.Tensor:
+    """E[h hᵀ] (float64 [D, D]) of the hidden states the output projection (``lm_head``)
+    receives on the calibration ``windows`` — what a tied TT embedding is whitened by."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output projection to measure")
+    stats, tokens = Accumulator(head), 0
+    try:
+        for window in windows:
+            model(input_ids=window.reshape(1, -1), use_cache=False)
+            tokens += window.numel()
+    finally:
+        stats.close()
+    if not tokens:
+        raise ValueError("no calibration windows to measure the output projection's input on")
+    return stats.sum / tokens

@@ -20,7 +20,7 @@ from torch import nn
 
 from shapesearch.errors import ArgumentError, ShapesearchError
 
-from .architectures import check_supported, decoder_linear_params, total_params
+from .architectures import check_decoder, decoder_linear_params, total_params
 
 _HANDLERS: dict[type, Callable[..., dict]] = {}
 
@@ -93,8 +93,8 @@ def check_delivery(method: str, ratio: float, removed: float, step: float = 0.0)
 
 
 def check_model(model: nn.Module, calibration: list[torch.Tensor] | None, needs_data: bool) -> None:
-    """A dense model of a supported family, and calibration windows when the method needs them."""
-    check_supported(model)
+    """A dense decoder whose parts are found, and calibration windows when the method needs them."""
+    check_decoder(model)
     if needs_data and not calibration:
         raise ShapesearchError("calibration data is empty; give calibration text with enough tokens")
     if getattr(model.config, "shapesearch_compression", None):

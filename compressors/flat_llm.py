@@ -25,10 +25,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from shapesearch.errors import ArgumentError
+from shapesearch.errors import ArgumentError, ShapesearchError
 
 from . import attention
-from .architectures import Dims, check_supported, decoder_layers, decoder_linear_params, dims
+from .architectures import (
+    AttentionParts,
+    Dims,
+    MLPParts,
+    attention_parts,
+    check_decoder,
+    decoder_layers,
+    decoder_linear_params,
+    dims,
+    mlp_parts,
+)
 from .calibration import Accumulator, LayerInputs, run_layer, sequential
 from .compress import (
     calibration_tokens,
@@ -42,6 +52,7 @@ from .compress import (
     register_handler,
 )
 from .iprs import allocate, layer_importance, mean_keep_ratio
+from .slot_linear import SlotLinear
 
 
 @dataclass
@@ -87,21 +98,51 @@ def value_bases(cov: torch.Tensor, rank: int) -> torch.Tensor:
     return vecs.flip(-1)[..., :rank]
 
 
-def absorb_values(attn: nn.Module, bases: torch.Tensor) -> None:
-    """W_v^g ← Q̃_gᵀ W_v^g and W_o^h ← W_o^h Q̃_{g(h)}; V then has head size r."""
+def _value_rows(parts: AttentionParts, d: Dims) -> slice:
+    """Rows of the values inside their projection (the last kv × d_h rows of a fused one)."""
+    start = (d.heads + d.kv_heads) * d.head_dim if parts.fused else 0
+    return slice(start, start + d.kv_heads * d.head_dim)
+
+
+def _slots(count: int, head_dim: int, rank: int) -> torch.Tensor:
+    """The first ``rank`` of each of ``count`` blocks of ``head_dim`` slots."""
+    return (torch.arange(count)[:, None] * head_dim + torch.arange(rank)).reshape(-1)
+
+
+def absorb_values(block: nn.Module, parts: AttentionParts, d: Dims, bases: torch.Tensor,
+                  narrow: bool = True) -> None:
+    """W_v^g ← Q̃_gᵀ W_v^g and W_o^h ← W_o^h Q̃_{g(h)}: V then has head size r.  ``narrow``:
+    V and O shrink and the attention runs :mod:`.attention`'s forward; otherwise the family's
+    own forward stays, V writes its r dimensions per head into zero-padded slots and O reads
+    only those (:class:`SlotLinear`)."""
     groups, head_dim, rank = bases.shape
-    heads = attn.config.num_attention_heads
+    attn = block.get_submodule(parts.path)
+    values, out = attn.get_submodule(parts.values), attn.get_submodule(parts.output)
+    rows = _value_rows(parts, d)
     q = bases.double()
-    wv = attn.v_proj.weight.double().reshape(groups, head_dim, -1)
+    wv = values.weight.double()[rows].reshape(groups, head_dim, -1)
     new_v = torch.einsum("gdr,gdi->gri", q, wv).reshape(groups * rank, -1)
-    bias = attn.v_proj.bias
-    new_bias = None if bias is None else torch.einsum("gdr,gd->gr", q, bias.double().reshape(groups, -1)).reshape(-1)
-    wo = attn.o_proj.weight.double().reshape(-1, heads, head_dim)
-    kv_of = torch.arange(heads) // (heads // groups)
-    new_o = torch.einsum("ohd,hdr->ohr", wo, q[kv_of]).reshape(wo.shape[0], heads * rank)
-    attn.v_proj = _linear(new_v, new_bias, attn.v_proj)
-    attn.o_proj = _linear(new_o, attn.o_proj.bias, attn.o_proj)
-    attention.patch(attn)
+    new_bias = None if values.bias is None else torch.einsum(
+        "gdr,gd->gr", q, values.bias.double()[rows].reshape(groups, -1)).reshape(-1)
+    wo = out.weight.double().reshape(-1, d.heads, head_dim)
+    kv_of = torch.arange(d.heads) // (d.heads // groups)
+    new_o = torch.einsum("ohd,hdr->ohr", wo, q[kv_of]).reshape(wo.shape[0], d.heads * rank)
+    if narrow:
+        attn.set_submodule(parts.values, _linear(new_v, new_bias, values))
+        attn.set_submodule(parts.output, _linear(new_o, out.bias, out))
+        attention.patch(attn)
+        return
+    slots = _slots(groups, head_dim, rank) + rows.start
+    if parts.fused:  # queries and keys stay as they are, in front of the narrowed values
+        new_v = torch.cat([values.weight.double()[:rows.start], new_v])
+        new_bias = None if values.bias is None else torch.cat([values.bias.double()[:rows.start], new_bias])
+        slots = torch.cat([torch.arange(rows.start), slots])
+    dtype = values.weight.dtype
+    attn.set_submodule(parts.values, SlotLinear(new_v.to(dtype), None if new_bias is None else new_bias.to(dtype),
+                                                values.in_features, values.out_features, outputs=slots))
+    attn.set_submodule(parts.output, SlotLinear(new_o.to(dtype), None if out.bias is None else out.bias.detach(),
+                                                out.in_features, out.out_features,
+                                                inputs=_slots(d.heads, head_dim, rank)))
 
 
 def nystrom_select(cov: torch.Tensor, width: int, ridge: float) -> torch.Tensor:
@@ -111,14 +152,17 @@ def nystrom_select(cov: torch.Tensor, width: int, ridge: float) -> torch.Tensor:
     return torch.sort(torch.topk(scores, width).indices).values
 
 
-def prune_mlp(mlp: nn.Module, keep: torch.Tensor, cov: torch.Tensor) -> None:
-    """Keep neurons ``keep`` of gate/up; refit down_proj by least squares on C."""
+def prune_mlp(mlp: nn.Module, parts: MLPParts, keep: torch.Tensor, cov: torch.Tensor) -> None:
+    """Keep neurons ``keep`` of the input projections (both halves of a fused gate/up); refit
+    the down projection by least squares on C."""
     c_sk = cov[keep]  # [k, d_int]
-    down = mlp.down_proj.weight.double()  # [d, d_int]
-    new_down = torch.linalg.solve(c_sk[:, keep], c_sk @ down.T).T  # W_down C[:,S] C[S,S]⁻¹
-    mlp.gate_proj = _linear(mlp.gate_proj.weight[keep], _rows(mlp.gate_proj.bias, keep), mlp.gate_proj)
-    mlp.up_proj = _linear(mlp.up_proj.weight[keep], _rows(mlp.up_proj.bias, keep), mlp.up_proj)
-    mlp.down_proj = _linear(new_down, mlp.down_proj.bias, mlp.down_proj)
+    down = mlp.get_submodule(parts.down)
+    new_down = torch.linalg.solve(c_sk[:, keep], c_sk @ down.weight.double().T).T  # W_down C[:,S] C[S,S]⁻¹
+    rows = torch.cat([keep, keep + down.in_features]) if parts.fused else keep
+    for name in parts.inputs:
+        old = mlp.get_submodule(name)
+        mlp.set_submodule(name, _linear(old.weight[rows], _rows(old.bias, rows), old))
+    mlp.set_submodule(parts.down, _linear(new_down, down.bias, down))
 
 
 def _rows(bias: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:
@@ -155,7 +199,8 @@ def keep_ratios(model: nn.Module, config: FlatLLMConfig, windows: list[torch.Ten
     never below :func:`min_keep` (nor above 1)."""
     d = dims(model)
     floor = min_keep(d)
-    rbar = max(mean_keep_ratio(config.ratio, d.hidden, d.heads, d.kv_heads, d.head_dim, d.intermediate), floor)
+    rbar = max(mean_keep_ratio(config.ratio, d.hidden, d.heads, d.kv_heads, d.head_dim, d.intermediate,
+                               d.mlp_matrices), floor)
     if config.uniform:
         return [min(rbar, 1.0)] * d.layers
     t = [max(x, 1e-12) for x in importance_scores(model, windows)]
@@ -164,9 +209,10 @@ def keep_ratios(model: nn.Module, config: FlatLLMConfig, windows: list[torch.Ten
 
 def _unit_params(d: Dims) -> tuple[int, int, int]:
     """(weights per value dimension: a row of W_v per KV head and a column of W_o per head,
-    weights per MLP neuron: gate and up rows and a down column, V/O/MLP weights of a layer)."""
+    weights per MLP neuron: its gate and up rows (or up row) and down column, V/O/MLP weights
+    of a layer)."""
     per_dim = d.hidden * (d.kv_heads + d.heads)
-    per_neuron = 3 * d.hidden
+    per_neuron = d.mlp_matrices * d.hidden
     return per_dim, per_neuron, per_dim * d.head_dim + per_neuron * d.intermediate
 
 
@@ -192,20 +238,68 @@ def layer_widths(d: Dims, w: float) -> tuple[int, int]:
     return max(1, math.floor(w * d.head_dim)), max(1, math.floor(w * d.intermediate))
 
 
+def _values_are_where_expected(layer: nn.Module, parts: AttentionParts, d: Dims, inputs: LayerInputs) -> bool:
+    """Whether zeroing the rows taken for values zeroes what the output projection reads — true
+    of values (softmax weights times zero), false of queries or keys."""
+    attn = layer.get_submodule(parts.path)
+    values, rows = attn.get_submodule(parts.values), _value_rows(parts, d)
+    seen = []
+    hook = attn.get_submodule(parts.output).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    saved = [t.detach().clone() for t in (values.weight, values.bias) if t is not None]
+    try:
+        for t in (values.weight, values.bias):
+            if t is not None:
+                t.data[rows] = 0
+        run_layer(layer, inputs)
+    finally:
+        hook.remove()
+        for t, old in zip([t for t in (values.weight, values.bias) if t is not None], saved):
+            t.data.copy_(old)
+    return all(not bool(x.any()) for x in seen)
+
+
+def _narrow_forward_matches(layer: nn.Module, parts: AttentionParts, inputs: LayerInputs) -> bool:
+    """Whether :mod:`.attention`'s forward (narrow values) computes what the family's own does."""
+    if (parts.inputs, parts.output) != (("q_proj", "k_proj", "v_proj"), "o_proj"):
+        return False  # the names that forward reads
+    attn = layer.get_submodule(parts.path)
+    reference = run_layer(layer, inputs)
+    own = type(attn)
+    attention.patch(attn)
+    try:
+        patched = run_layer(layer, inputs)
+    except Exception:  # noqa: BLE001 - any failure means: keep the family's own forward
+        return False
+    finally:
+        attn.__class__ = own
+    # bit for bit: a forward that differs only slightly (soft-capping of small scores, say)
+    # still differs, and would on other inputs
+    return all(torch.equal(a, b) for (a, _), (b, _) in zip(reference, patched))
+
+
 def rewrite_layer(layer: nn.Module, inputs: LayerInputs, d: Dims, w: float, ridge: float) -> dict:
     """Gather V and MLP statistics on ``inputs`` (layer uncompressed), then compress it."""
     rank, width = layer_widths(d, w)
     if w >= 1.0:
         return {"v_head_dim": d.head_dim, "mlp_width": d.intermediate, "keep": 1.0}
-    v_stats = Accumulator(layer.self_attn.v_proj, output=True, groups=d.kv_heads)
-    mlp_stats = Accumulator(layer.mlp.down_proj)
+    parts, mlp = attention_parts(layer, d), mlp_parts(layer, d)
+    if not _values_are_where_expected(layer, parts, d, inputs[:1]):
+        raise ShapesearchError(f"FLAT-LLM cannot find the values of this {type(layer).__name__}: its "
+                               f"{parts.path}.{parts.values} does not hold them in its last "
+                               f"{d.kv_heads * d.head_dim} rows; use svd, svd-llm, tt or saten instead")
+    narrow = _narrow_forward_matches(layer, parts, inputs[:1])
+    attn, mlp_module = layer.get_submodule(parts.path), layer.get_submodule(mlp.path)
+    v_stats = Accumulator(attn.get_submodule(parts.values), output=True, groups=d.kv_heads,
+                          part=_value_rows(parts, d))
+    mlp_stats = Accumulator(mlp_module.get_submodule(mlp.down))
     try:
         run_layer(layer, inputs)
     finally:
         cov_v, cov = v_stats.close(), mlp_stats.close()
-    absorb_values(layer.self_attn, value_bases(cov_v, rank))
-    prune_mlp(layer.mlp, nystrom_select(cov, width, ridge), cov)
-    return {"v_head_dim": rank, "mlp_width": width, "keep": w}
+    cov_v = cov_v.reshape(d.kv_heads, d.head_dim, d.head_dim)  # one KV head: a plain [d_h, d_h]
+    absorb_values(layer, parts, d, value_bases(cov_v, rank), narrow)
+    prune_mlp(mlp_module, mlp, nystrom_select(cov, width, ridge), cov)
+    return {"v_head_dim": rank, "mlp_width": width, "keep": w, "values": "narrow" if narrow else "padded"}
 
 
 def kept_decoder_params(model: nn.Module, keep: list[float]) -> int:
@@ -222,18 +316,20 @@ def _kept_params(model: nn.Module, widths: list[tuple[int, int] | None]) -> int:
         if width is None:
             continue
         rank, neurons = width
-        attn, mlp = layer.self_attn, layer.mlp
-        removed += (d.head_dim - rank) * d.kv_heads * (d.hidden + (attn.v_proj.bias is not None))
+        parts, mlp = attention_parts(layer, d), mlp_parts(layer, d)
+        values = layer.get_submodule(parts.path).get_submodule(parts.values)
+        removed += (d.head_dim - rank) * d.kv_heads * (d.hidden + (values.bias is not None))
         removed += d.hidden * d.heads * (d.head_dim - rank)
-        removed += (d.intermediate - neurons) * (2 * d.hidden + (mlp.gate_proj.bias is not None)
-                                                 + (mlp.up_proj.bias is not None) + d.hidden)
+        inputs = [layer.get_submodule(mlp.path).get_submodule(n) for n in mlp.inputs]
+        removed += (d.intermediate - neurons) * (d.mlp_matrices * d.hidden + mlp.rows_per_neuron // len(inputs)
+                                                 * sum(m.bias is not None for m in inputs))
     return decoder_linear_params(model) - removed
 
 
 def max_ratio(model: nn.Module) -> float:
     """The largest fraction of ``model``'s decoder-linear parameters FLAT-LLM can remove: Q/K
     stay whole and every layer keeps one value dimension per KV head and one MLP neuron."""
-    check_supported(model)
+    check_decoder(model)
     return 1 - _kept_params(model, [(1, 1)] * dims(model).layers) / decoder_linear_params(model)
 
 

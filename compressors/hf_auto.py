@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrained
 
 from shapesearch.errors import ShapesearchError
 
-from .serialization import MODEL_TYPE, base_config, build, load_with_config, read_config
+from .serialization import MODEL_TYPE, base_config, build, is_causal_lm_name, load_with_config, read_config
 
 # from_pretrained options that cannot change which model a local compressed directory gives
 # (loading is strict: a weight of the wrong shape is an error, never skipped or re-initialised)
@@ -111,7 +111,7 @@ class CompressedModelForCausalLM(_CompressedAuto):
 
     @classmethod
     def _select(cls, model: nn.Module) -> nn.Module:
-        if not type(model).__name__.endswith("ForCausalLM"):
+        if not is_causal_lm_name(type(model).__name__):
             raise ShapesearchError(f"this compressed model is a {type(model).__name__} without an LM head; "
                                    "load it with AutoModel or compressors.load(dir)")
         return model

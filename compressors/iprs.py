@@ -26,15 +26,16 @@ def layer_importance(x_in: torch.Tensor, x_out: torch.Tensor) -> tuple[float, in
 
 
 def mean_keep_ratio(ratio: float, hidden: int, heads: int, kv_heads: int, head_dim: int,
-                    intermediate: int) -> float:
+                    intermediate: int, mlp_matrices: int = 3) -> float:
     """r̄ such that keeping r̄ of V/O and MLP (Q/K untouched) removes ``ratio`` of the
-    decoder-linear parameters (authors' ``compute_rank.py``, paper mode)."""
+    decoder-linear parameters (authors' ``compute_rank.py``, paper mode; ``mlp_matrices``:
+    3 for a gated MLP, 2 for up and down only)."""
     p_q = hidden * heads * head_dim
     p_k = p_v = hidden * kv_heads * head_dim
     p_o = heads * head_dim * hidden
     p_mlp = hidden * intermediate
-    total = 3 * p_mlp + p_q + p_k + p_v + p_o
-    return ((1 - ratio) * total - (p_q + p_k)) / (3 * p_mlp + p_v + p_o)
+    total = mlp_matrices * p_mlp + p_q + p_k + p_v + p_o
+    return ((1 - ratio) * total - (p_q + p_k)) / (mlp_matrices * p_mlp + p_v + p_o)
 
 
 def allocate(importance: list[float], mean_keep: float, floor: float = 0.0) -> list[float]:

@@ -29,7 +29,7 @@ from torch import nn
 
 from shapesearch.errors import ArgumentError
 
-from .architectures import decoder_layers, decoder_linear_params, dims
+from .architectures import block_list, decoder_layers, decoder_linear_params, dims
 from .calibration import Accumulator, LayerInputs, run_layer, sequential
 from .compress import (
     calibration_tokens,
@@ -43,9 +43,7 @@ from .compress import (
     register_handler,
 )
 from .flat_llm import FlatLLMConfig, check_ratio_reachable, keep_ratios, kept_decoder_params, rounding_step
-
-PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+from .targets import target_linears
 
 
 @dataclass
@@ -111,8 +109,8 @@ def rank_for(out_features: int, in_features: int, rho: float) -> int:
 
 
 def _decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    return {f"model.layers.{i}.{p}": layer.get_submodule(p)
-            for i, layer in enumerate(decoder_layers(model)) for p in PROJECTIONS}
+    """{dotted name: linear} of every nn.Linear inside the decoder layers."""
+    return target_linears(model)
 
 
 def min_params(model: nn.Module) -> int:
@@ -197,24 +195,23 @@ def _cholesky(gram: torch.Tensor) -> torch.Tensor:
     raise RuntimeError("input covariance is not positive definite even with jitter")
 
 
-def rewrite_layer(layer: nn.Module, inputs: LayerInputs | None, index: int, ranks: dict[str, int],
+def rewrite_layer(layer: nn.Module, inputs: LayerInputs | None, prefix: str, ranks: dict[str, int],
                   whiten: bool) -> dict[str, int]:
-    """Factorize the seven projections of one decoder layer; SVD-LLM gathers input Grams first."""
+    """Factorize every linear of one decoder layer (named ``prefix``.path in ``ranks``);
+    SVD-LLM gathers each one's input Gram first."""
+    paths = [p for p, m in layer.named_modules() if isinstance(m, nn.Linear)]
     grams: dict[str, torch.Tensor] = {}
     if whiten:
-        stats = {p: Accumulator(layer.get_submodule(p)) for p in ("self_attn.q_proj", "self_attn.o_proj",
-                                                                  "mlp.gate_proj", "mlp.down_proj")}
+        stats = {p: Accumulator(layer.get_submodule(p)) for p in paths}
         try:
             run_layer(layer, inputs)
         finally:
             grams = {p: a.close() for p, a in stats.items()}
-        grams["self_attn.k_proj"] = grams["self_attn.v_proj"] = grams["self_attn.q_proj"]
-        grams["mlp.up_proj"] = grams["mlp.gate_proj"]
     out = {}
-    for p in PROJECTIONS:
-        name = f"model.layers.{index}.{p}"
-        layer.set_submodule(p, factorize(layer.get_submodule(p), ranks[name], grams.get(p)))
-        out[p] = ranks[name]
+    for p in paths:
+        rank = ranks[f"{prefix}.{p}"]
+        layer.set_submodule(p, factorize(layer.get_submodule(p), rank, grams.get(p)))
+        out[p] = rank
     return out
 
 
@@ -241,12 +238,13 @@ def compress_low_rank(model: nn.Module, config: SVDConfig, calibration: list[tor
         step = rounding_step(model) + max(m.in_features + m.out_features for m in linears.values()) / before[0]
         check_delivery(config.method, config.ratio, 1 - linear_params(linears, ranks) / before[0], step)
     layers = []
+    prefix = block_list(model)[0]
     if config.whiten:
-        sequential(model, calibration,
-                   lambda i, layer, inputs: layers.append(rewrite_layer(layer, inputs, i, ranks, True)), progress)
+        sequential(model, calibration, lambda i, layer, inputs: layers.append(
+            rewrite_layer(layer, inputs, f"{prefix}.{i}", ranks, True)), progress)
     else:
         for i, layer in enumerate(decoder_layers(model)):
-            layers.append(rewrite_layer(layer, None, i, ranks, False))
+            layers.append(rewrite_layer(layer, None, f"{prefix}.{i}", ranks, False))
             if progress:
                 progress(i)
     record = {"method": config.method, "layers": [{"ranks": r} for r in layers], "ratio": config.ratio}

@@ -19,13 +19,15 @@ from shapesearch.errors import ArgumentError, ShapesearchError
 from shapesearch.paths import check_writable_dir
 
 from . import lm_metrics
+from .calibration import head_input_moment
 from .compress import compress, handler_for
 from .corpus import calibration_windows, read_text, token_ids
 from .finetune import FinetuneConfig, finetune
 from .flat_llm import FlatLLMConfig
 from .low_rank import SVDConfig
-from .model_loading import first_line, is_causal_lm, load_model
+from .model_loading import first_line, is_causal_lm, load_model, skeleton
 from .serialization import save
+from .targets import tied_output
 from .tt_embedding import frequency_weights
 
 REPORT = "report.json"
@@ -104,7 +106,8 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
     ``seed``-ed offsets of the text file ``calib`` (default: the Wikipedia calibration split);
     a fine-tune with ``finetune_config.steps`` > 0 trains on the same windows.  A TT / Saten plan
     that holds the token embedding fits it to rows weighted by the tokens' frequency in that
-    text unless ``embedding_weights`` is False.  ``progress``:
+    text and, when the embedding is tied to ``lm_head``, whitened by the head's input moment on
+    the same windows — unless ``embedding_weights`` is False.  ``progress``:
     tqdm bars on stderr.  Returns the report (also written to ``out/report.json``).
 
     Everything that can be checked is checked before the work it would waste: the arguments
@@ -119,18 +122,26 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
         _check_windows(samples, seqlen)
     _check_out(out, overwrite)
     text = read_text(calib, "calibration", "calib") if calibrated or tune else None
+    shape = skeleton(model)  # the architecture from config.json / the GGUF header, before any weights
+    if calibrated and shape is not None:  # its parts, the ratio and calibration size: before loading
+        config.preflight(shape, samples * seqlen)
     net, tok = load_model(model)
-    if calibrated:  # ratio and calibration size, from the model's sizes: before any calibration
+    if calibrated:  # (again on the loaded model: a GGUF's parts are known only now)
         config.preflight(net, samples * seqlen)
     windows = calibration_windows(tok, text, samples, seqlen, seed) if text is not None else None
     teacher = copy.deepcopy(net) if tune else None  # the dense model, before compress rewrites it
     if calibrated:
         report = _compress_with_bar(net, config, windows, progress)
     elif embedding_weights and _plans_embedding(config):
-        counts = token_ids(tok, text if text is not None else read_text(calib, "calibration", "calib"))
+        text = text if text is not None else read_text(calib, "calibration", "calib")
         vocab = net.get_input_embeddings().num_embeddings
-        report = compress(net, config, embedding_weights=frequency_weights(counts, vocab))
-        report["embedding_weights"] = "frequency"
+        moment = None
+        if tied_output(net, net.get_input_embeddings()) is not None:
+            _check_windows(samples, seqlen)
+            moment = head_input_moment(net, calibration_windows(tok, text, samples, seqlen, seed))
+        report = compress(net, config, embedding_weights=frequency_weights(token_ids(tok, text), vocab),
+                          head_moment=moment)
+        report["embedding_weights"] = "frequency" + ("" if moment is None else ", head-whitened")
     else:
         report = compress(net, config)
     if tune:
@@ -178,6 +189,7 @@ def evaluate_model(model: str, text: str | Path | None = None, window: int = 512
     if max_windows is not None and max_windows < 1:
         raise ArgumentError("max_windows", f"must be >= 1, got {max_windows}")
     body = read_text(text, "evaluation", "text")
+    skeleton(model)  # a config or GGUF header transformers cannot use is refused before any weights
     net, tok = load_model(model)
     if not is_causal_lm(net):
         from .classifier_jobs import evaluate_encoder

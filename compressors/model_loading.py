@@ -46,7 +46,9 @@ def builtin_path(name: str) -> Path:
 
 def is_causal_lm(model: nn.Module) -> bool:
     """True for a decoder with an LM head (it has a next-token loss and can generate)."""
-    return hasattr(model, "generate") and type(model).__name__.endswith("ForCausalLM")
+    from .serialization import is_causal_lm_name
+
+    return hasattr(model, "generate") and is_causal_lm_name(type(model).__name__)
 
 
 def first_line(exc: BaseException) -> str:
@@ -107,3 +109,91 @@ def _load_model(spec: str, tokenizer: bool) -> tuple[nn.Module, PreTrainedTokeni
         return load(path, torch.float32), AutoTokenizer.from_pretrained(path) if tokenizer else None
     raise ArgumentError("model", f"{spec}: not a built-in name ({', '.join(BUILTIN)}), a model directory "
                      "with config.json, or a .gguf file")
+
+
+# -- the architecture, before any weights ------------------------------------------------------
+
+_GGUF_SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # type → bytes
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_architecture(path: Path) -> str:
+    """``general.architecture`` from a GGUF file's header, reading only the keys before it
+    (the tokenizer arrays that follow are never parsed)."""
+    import struct
+
+    with path.open("rb") as f:
+        def read(fmt: str):
+            size = struct.calcsize(fmt)
+            data = f.read(size)
+            if len(data) != size:
+                raise ShapesearchError("the header ends early")
+            return struct.unpack(fmt, data)
+
+        def string() -> bytes:
+            (length,) = read("<Q")
+            return f.read(length)
+
+        def skip(kind: int) -> None:
+            if kind in _GGUF_SCALARS:
+                f.seek(_GGUF_SCALARS[kind], 1)
+            elif kind == _GGUF_STRING:
+                string()
+            elif kind == _GGUF_ARRAY:
+                inner, count = read("<IQ")
+                if inner in _GGUF_SCALARS:
+                    f.seek(_GGUF_SCALARS[inner] * count, 1)
+                else:
+                    for _ in range(count):
+                        skip(inner)
+            else:
+                raise ShapesearchError(f"unknown value type {kind}")
+
+        if f.read(4) != b"GGUF":
+            raise ShapesearchError("not a GGUF file (no GGUF magic)")
+        _version, _tensors, keys = read("<IQQ")
+        for _ in range(keys):
+            key = string()
+            (kind,) = read("<I")
+            if key == b"general.architecture" and kind == _GGUF_STRING:
+                return string().decode("utf-8", "replace")
+            skip(kind)
+    raise ShapesearchError("no general.architecture in its header")
+
+
+def skeleton(spec: str) -> nn.Module | None:
+    """The model ``spec`` names, built on the meta device from its config alone (no weights
+    read; a second at most), or None for a GGUF file (only its architecture is checked here:
+    one transformers can dequantize).  A config or header transformers cannot read is one
+    :class:`ArgumentError` about ``model``."""
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    from .serialization import _auto_class, read_config
+
+    if spec in BUILTIN:
+        path = CACHE / spec if not BUILTIN[spec][1].endswith("config.json") else builtin_path(spec).parent
+        if not (path / "config.json").is_file():
+            path = builtin_path(spec)
+    else:
+        path = Path(spec)
+    try:
+        if path.suffix == ".gguf" and path.is_file():
+            arch = gguf_architecture(path)
+            if arch not in GGUF_CONFIG_MAPPING:
+                supported = ", ".join(sorted(set(GGUF_CONFIG_MAPPING) - {"general", "tokenizer"}))
+                raise ArgumentError("model", f"{spec} is a GGUF of architecture {arch!r}, which this transformers "
+                                             f"cannot dequantize (it can: {supported})")
+            return None
+        if not (path.is_dir() and (path / "config.json").is_file()):
+            return None  # load_model says what is wrong with it
+        config = read_config(path)
+        with torch.device("meta"):
+            return _auto_class(config).from_config(config)
+    except ShapesearchError as exc:
+        if isinstance(exc, ArgumentError):
+            raise
+        raise ArgumentError("model", f"{spec} cannot be read ({exc}); give a model directory with a valid "
+                                     "config.json or a valid .gguf file") from exc
+    except Exception as exc:  # noqa: BLE001 - any failure to read a user's config is bad input
+        raise ArgumentError("model", f"{spec} cannot be read ({first_line(exc)}); give a model directory with a "
+                                     "valid config.json or a valid .gguf file") from exc

@@ -21,8 +21,9 @@ from torch import nn
 from shapesearch.errors import ShapesearchError
 
 from . import attention
-from .architectures import decoder_layers
+from .architectures import Dims, attention_parts, decoder_layers, dims, mlp_parts
 from .low_rank import LowRankLinear
+from .slot_linear import SlotLinear
 from .tt_compress import module_from_spec, tie_head
 
 if TYPE_CHECKING:
@@ -94,30 +95,17 @@ def _umask_modes(directory: Path, before: dict[Path, tuple[int, int, int]]) -> N
 def _resize(model: nn.Module, record: dict) -> None:
     """Give a freshly built dense model the module shapes ``record`` describes."""
     method = record["method"]
-    c = model.config
     if method in ("tt", "saten", "ptnn"):
         dtype = next(model.parameters()).dtype
         for name, spec in record["layers"].items():
             model.set_submodule(name, module_from_spec(spec, dtype))
         tie_head(model, record)
         return
+    d = dims(model) if method == "flat-llm" else None
     for i, (layer, spec) in enumerate(zip(decoder_layers(model), record["layers"])):
         if method == "flat-llm":
-            attn, mlp = layer.self_attn, layer.mlp
-            dv, width = spec["v_head_dim"], spec["mlp_width"]
-            if spec["keep"] >= 1.0:
-                continue
-            like = attn.v_proj
-            attn.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * dv, bias=like.bias is not None,
-                                    dtype=like.weight.dtype)
-            attn.o_proj = nn.Linear(c.num_attention_heads * dv, c.hidden_size, bias=attn.o_proj.bias is not None,
-                                    dtype=like.weight.dtype)
-            attention.patch(attn)
-            for name in ("gate_proj", "up_proj"):
-                old = getattr(mlp, name)
-                setattr(mlp, name, nn.Linear(c.hidden_size, width, bias=old.bias is not None, dtype=old.weight.dtype))
-            old = mlp.down_proj
-            mlp.down_proj = nn.Linear(width, c.hidden_size, bias=old.bias is not None, dtype=old.weight.dtype)
+            if spec["keep"] < 1.0:
+                _resize_flat_llm(layer, d, spec)
         elif method in ("svd", "svd-llm"):
             for path, rank in spec["ranks"].items():
                 old = layer.get_submodule(path)
@@ -125,6 +113,36 @@ def _resize(model: nn.Module, record: dict) -> None:
                                                         old.bias is not None, dtype=old.weight.dtype))
         else:
             raise ShapesearchError(f"layer {i}: unknown compression method {method!r} in config.json")
+
+
+def _resize_flat_llm(layer: nn.Module, d: Dims, spec: dict) -> None:
+    """Give one dense decoder layer the shapes FLAT-LLM left (``spec``: V head size, MLP width,
+    and whether the values run narrow or in zero-padded slots)."""
+    rank, width = spec["v_head_dim"], spec["mlp_width"]
+    parts, mlp = attention_parts(layer, d), mlp_parts(layer, d)
+    attn = layer.get_submodule(parts.path)
+    values, out = attn.get_submodule(parts.values), attn.get_submodule(parts.output)
+    dtype = values.weight.dtype
+    if spec.get("values", "narrow") == "narrow":
+        attn.set_submodule(parts.values, nn.Linear(d.hidden, d.kv_heads * rank, bias=values.bias is not None,
+                                                   dtype=dtype))
+        attn.set_submodule(parts.output, nn.Linear(d.heads * rank, d.hidden, bias=out.bias is not None, dtype=dtype))
+        attention.patch(attn)
+    else:
+        front = (d.heads + d.kv_heads) * d.head_dim if parts.fused else 0
+        attn.set_submodule(parts.values, SlotLinear.from_spec(
+            {"in_features": d.hidden, "out_features": values.out_features, "inputs": None,
+             "outputs": front + d.kv_heads * rank, "bias": values.bias is not None}, dtype))
+        attn.set_submodule(parts.output, SlotLinear.from_spec(
+            {"in_features": out.in_features, "out_features": d.hidden, "inputs": d.heads * rank, "outputs": None,
+             "bias": out.bias is not None}, dtype))
+    block = layer.get_submodule(mlp.path)
+    for name in mlp.inputs:
+        old = block.get_submodule(name)
+        rows = 2 * width if mlp.fused else width
+        block.set_submodule(name, nn.Linear(d.hidden, rows, bias=old.bias is not None, dtype=old.weight.dtype))
+    old = block.get_submodule(mlp.down)
+    block.set_submodule(mlp.down, nn.Linear(width, d.hidden, bias=old.bias is not None, dtype=old.weight.dtype))
 
 
 def base_config(config: dict, name_or_path: str | Path = "") -> PreTrainedConfig:
@@ -167,11 +185,19 @@ def read_config(directory: str | Path) -> PreTrainedConfig:
     return base_config(config, directory)
 
 
+def is_causal_lm_name(name: str) -> bool:
+    """Whether ``name`` is a causal-LM class transformers knows (``LlamaForCausalLM``, also
+    ``GPT2LMHeadModel`` and the other names that do not end in ForCausalLM)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return name.endswith("ForCausalLM") or name in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
 def _auto_class(config: PreTrainedConfig) -> type:
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     names = config.architectures or []
-    if any(a.endswith("ForCausalLM") for a in names):
+    if any(is_causal_lm_name(a) for a in names):
         return AutoModelForCausalLM
     if any(a.endswith("ForSequenceClassification") for a in names):
         return AutoModelForSequenceClassification

@@ -12,18 +12,7 @@ from torch import nn
 
 from shapesearch.errors import ShapesearchError
 
-
-def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """(dotted name, ModuleList) of the longest list of repeated blocks in ``model``."""
-    best = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) and all(
-                type(m) is type(module[0]) for m in module):
-            if best is None or len(module) > len(best[1]):
-                best = (name, module)
-    if best is None:
-        raise ShapesearchError(f"{type(model).__name__} has no list of repeated blocks to compress")
-    return best
+from .architectures import block_list
 
 
 def target_linears(model: nn.Module) -> dict[str, nn.Linear]:

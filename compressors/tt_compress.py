@@ -91,13 +91,13 @@ def module_from_spec(spec: dict, dtype: torch.dtype) -> nn.Module:
 
 
 def _build(linear: nn.Linear | nn.Embedding, rec: LayerPlan, config: TTConfig | SatenConfig,
-           embedding_weights: torch.Tensor | None = None) -> nn.Module:
+           embedding_weights: torch.Tensor | None = None, head_moment: torch.Tensor | None = None) -> nn.Module:
     saten = isinstance(config, SatenConfig)
     if isinstance(linear, nn.Embedding):
         return TTEmbedding.from_embedding(linear, rec.format, rec.out_modes, rec.in_modes, rec.eps,
                                           density=config.density if saten else None,
                                           nm=config.nm if saten else None, reverse=rec.reverse_sweep,
-                                          row_weights=embedding_weights)
+                                          row_weights=embedding_weights, head_moment=head_moment)
     if saten:
         return SatenLinear.from_linear(linear, rec.format, rec.out_modes, rec.in_modes, rec.eps,
                                        density=config.density, nm=config.nm, reverse=rec.reverse_sweep)
@@ -108,11 +108,14 @@ def _build(linear: nn.Linear | nn.Embedding, rec: LayerPlan, config: TTConfig | 
 @register_handler(SatenConfig)
 @torch.no_grad()
 def tensorize(model: nn.Module, config: TTConfig | SatenConfig,
-              progress: Callable[[int], None] | None = None, embedding_weights: torch.Tensor | None = None) -> dict:
+              progress: Callable[[int], None] | None = None, embedding_weights: torch.Tensor | None = None,
+              head_moment: torch.Tensor | None = None) -> dict:
     """Replace every planned nn.Linear (and nn.Embedding: a :class:`TTEmbedding`, which also
     serves a tied ``lm_head``) in place; returns the accounting report (``progress(i)`` after
     the i-th layer).  ``embedding_weights``: per-token row weights of the embedding's fit (e.g.
-    ``tt_embedding.frequency_weights`` of calibration text), so ε bounds the weighted error."""
+    ``tt_embedding.frequency_weights`` of calibration text), so ε bounds the weighted error;
+    ``head_moment``: E[h hᵀ] of a tied ``lm_head``'s input (``calibration.head_input_moment``),
+    which whitens the fit of a tied embedding (ignored for an untied one)."""
     plan = config.plan
     if getattr(model.config, "shapesearch_compression", None):
         raise ShapesearchError("this model is already compressed; start from the dense model")
@@ -132,14 +135,14 @@ def tensorize(model: nn.Module, config: TTConfig | SatenConfig,
     layers, rows, tied = {}, [], None
     for i, (name, linear) in enumerate(targets.items()):
         rec = plan.layers[name]
+        head = tied_output(model, linear) if isinstance(linear, nn.Embedding) else None
         try:
-            new = _build(linear, rec, config, embedding_weights)
+            new = _build(linear, rec, config, embedding_weights, head_moment if head is not None else None)
         except ValueError as exc:
             raise ShapesearchError(f"layer {name}: {exc}") from exc
         new.train(linear.training)  # a fresh module is in training mode; an eval model must stay eval
         rows.append({"name": name, "dense_params": dense_params(linear), "params": layer_params(new),
                      "dense_bytes": layer_bytes(linear), "bytes": layer_bytes(new), "eps": rec.eps})
-        head = tied_output(model, linear) if isinstance(linear, nn.Embedding) else None
         model.set_submodule(name, new)
         layers[name] = new.spec()
         if head is not None:

@@ -6,7 +6,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralFo
 
 import compressors
 from compressors import FlatLLMConfig, SVDConfig, SVDLLMConfig
-from compressors.architectures import decoder_layers
+from compressors.architectures import attention_parts, decoder_layers, dims, mlp_parts
 from compressors.calibration import Accumulator, first_layer_inputs, run_layer
 from compressors.flat_llm import absorb_values, kept_decoder_params, nystrom_select, prune_mlp, value_bases
 from shapesearch.errors import ArgumentError, ShapesearchError
@@ -41,9 +41,10 @@ def test_full_rank_rotation_gives_identical_logits(kv, attn):
     model = tiny(kv, attn)
     ids = windows(1)[0]
     ref = logits(model, ids)
+    d = dims(model)
     for layer in decoder_layers(model):
         q, _ = torch.linalg.qr(torch.randn(kv, 8, 8, dtype=torch.float64))  # any orthogonal basis
-        absorb_values(layer.self_attn, q)
+        absorb_values(layer, attention_parts(layer, d), d, q)
     assert torch.allclose(logits(model, ids), ref, atol=1e-10)
 
 
@@ -65,8 +66,9 @@ def test_absorption_equals_projecting_the_value_output(kv):
     ref = logits(model, ids)
     for h in hooks:
         h.remove()
+    d = dims(model)
     for layer, q in zip(decoder_layers(model), bases):
-        absorb_values(layer.self_attn, q)
+        absorb_values(layer, attention_parts(layer, d), d, q)
         assert layer.self_attn.v_proj.out_features == kv * rank
         assert layer.self_attn.o_proj.in_features == 4 * rank
     assert torch.allclose(logits(model, ids), ref, atol=1e-10)
@@ -108,13 +110,13 @@ def test_nystrom_full_width_is_a_permutation_and_least_squares():
     import copy
 
     full = copy.deepcopy(layer.mlp)
-    prune_mlp(full, keep, cov)
+    prune_mlp(full, mlp_parts(layer, dims(model)), keep, cov)
     assert torch.allclose(full(x), ref, atol=1e-8)
     # partial width: the refit down_proj is the least-squares solution and its residual is the
     # Schur complement trace
     keep = nystrom_select(cov, 20, 1.0)
     part = copy.deepcopy(layer.mlp)
-    prune_mlp(part, keep, cov)
+    prune_mlp(part, mlp_parts(layer, dims(model)), keep, cov)
     target = z @ w_down.T
     lstsq = torch.linalg.lstsq(z[:, keep], target).solution.T
     assert torch.allclose(part.down_proj.weight, lstsq, rtol=1e-7, atol=1e-9)
@@ -193,7 +195,7 @@ def test_bad_inputs():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(ShapesearchError, match="unsupported architecture GPT2LMHeadModel; supported"):
+    with pytest.raises(ShapesearchError, match="cannot find the attention of this GPT2Block"):
         compressors.compress(gpt2, FlatLLMConfig(0.2), calibration=windows())
 
 

@@ -158,8 +158,10 @@ def test_command_line_plans_and_compresses_the_tied_embedding(llama_dir, tmp_pat
     assert code == 0, capsys.readouterr().err
     report = json.loads(capsys.readouterr().out)
     assert report["replaced_layers"] == 1 and report["finetune"]["steps"] == 2
+    assert report["embedding_weights"] == "frequency, head-whitened"  # the head is tied: its input counts
     loaded = compressors.load(out)
     assert isinstance(loaded.lm_head, TiedLMHead) and loaded.lm_head.embedding is loaded.get_input_embeddings()
+    assert loaded.get_input_embeddings().mix is not None
     code = main(["eval", "--model", str(out), "--no-speed", "--max-windows", "1", "--window", "32", "--json"])
     assert code == 0 and math.isfinite(json.loads(capsys.readouterr().out)["perplexity"])
 
@@ -186,8 +188,44 @@ def test_frequency_weighted_rows_bound_the_weighted_error_and_read_back_scaled(t
         TTEmbedding.from_table(table, "tt", *SHAPES["tt"], eps=0.3, row_weights=torch.zeros(90))
 
 
-@pytest.mark.parametrize("kw", [{}, {"density": 0.1}, {"nm": (2, 4)}], ids=["tt", "topk", "nm"])
+def _anisotropic_moment(dim: int = 12) -> torch.Tensor:
+    """E[h hᵀ] of hidden states with two loud directions and ten quiet ones, like an LM's."""
+    basis = torch.linalg.qr(torch.randn(dim, dim, dtype=torch.float64,
+                                        generator=torch.Generator().manual_seed(1)))[0]
+    return (basis * torch.tensor([100.0, 50.0] + [0.01] * (dim - 2), dtype=torch.float64)) @ basis.T
+
+
+def test_head_whitened_fit_bounds_the_logit_error_and_serves_both_uses(table):
+    moment = _anisotropic_moment()
+    emb = TTEmbedding.from_table(table, "tt", *SHAPES["tt"], eps=0.3, density=0.05,
+                                 row_weights=torch.linspace(1, 3, 90, dtype=torch.float64), head_moment=moment)
+    full = emb.weight().detach()
+    ids = torch.tensor([[0, 3, 89]])
+    torch.testing.assert_close(emb(ids), full[ids], rtol=0, atol=1e-10)
+    hidden = torch.randn(4, 12, dtype=torch.float64)
+    torch.testing.assert_close(emb.logits(hidden), hidden @ full.T, rtol=0, atol=1e-10)
+    assert layer_params(emb) == sum(c.numel() for c in emb.tt.cores) + emb.residual.nnz + 90 + 12 * 12
+    # at one parameter budget, the whitened fit's logits on hidden states of that moment are closer
+    chol = torch.linalg.cholesky(moment + 1e-9 * torch.eye(12, dtype=torch.float64))
+    states = torch.randn(2000, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) @ chol.T
+
+    def logit_error(e: TTEmbedding) -> float:
+        return float((states @ (e.weight().detach() - table).T).norm())
+
+    plain, _ = TTEmbedding.within(table, 700, "tt", (90,), (12,))
+    whitened, _ = TTEmbedding.within(table, 700, "tt", (90,), (12,), head_moment=moment)
+    assert layer_params(whitened) <= 700 and logit_error(whitened) < 0.5 * logit_error(plain)
+    with pytest.raises(ValueError):
+        TTEmbedding.from_table(table, "tt", *SHAPES["tt"], eps=0.3, head_moment=torch.eye(5))
+    with pytest.raises(ValueError):
+        TTEmbedding.from_table(table, "tt", *SHAPES["tt"], eps=0.3, head_moment=torch.zeros(12, 12))
+
+
+@pytest.mark.parametrize("kw", [{}, {"density": 0.1}, {"nm": (2, 4)}, {"density": 0.1, "head_moment": "moment"}],
+                         ids=["tt", "topk", "nm", "whitened"])
 def test_spec_and_state_dict_rebuild_identical_lookups(table, kw):
+    if "head_moment" in kw:
+        kw = {**kw, "head_moment": _anisotropic_moment()}
     weights = torch.linspace(1, 3, 90, dtype=torch.float64)
     emb = TTEmbedding.from_table(table.float(), "ttm", *SHAPES["ttm"], eps=0.3, row_weights=weights, **kw)
     copy_ = TTEmbedding.from_spec(json.loads(json.dumps(emb.spec())))
