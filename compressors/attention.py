@@ -1,10 +1,12 @@
-"""Attention whose values have their own head size (transformers 5.x, Llama family).
+"""Attention whose values have their own head size (transformers 5.x, Llama-like forwards).
 
 The stock forward views V as ``(..., -1, head_dim)``, which breaks (or silently
 mis-shapes) once ``v_proj`` is compressed.  Here V is viewed per KV head with the width
 ``v_proj`` actually has; Q/K keep ``head_dim`` and the 1/√head_dim scale.  Eager and SDPA
 kernels and the dynamic KV cache accept a V width that differs from K's.  The swap only
-changes the module's class (weights and buffers stay where they are).
+changes the module's class (weights and buffers stay where they are).  FLAT-LLM uses it only
+where it reproduces a family's own forward bit for bit (checked on the layer's inputs); other
+families keep their forward and get zero-padded value slots (:mod:`.slot_linear`).
 """
 
 from __future__ import annotations
