@@ -190,3 +190,11 @@ def test_an_unusable_model_is_refused_in_one_line_before_any_weights_load(case, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("shapesearch: error:") and message in err[0], err
     assert seconds < 5.0 and not (tmp_path / "out").exists()
+
+
+def test_the_gguf_header_is_read_up_to_the_architecture_only():
+    from compressors.model_loading import builtin_path, gguf_architecture
+
+    start = time.perf_counter()
+    assert gguf_architecture(builtin_path("smollm2")) == "llama"  # the tokenizer arrays after it are skipped
+    assert time.perf_counter() - start < 1.0
