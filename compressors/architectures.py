@@ -58,6 +58,11 @@ class AttentionParts:
         """The projection that holds the values (the last rows of a fused one)."""
         return self.inputs[-1]
 
+    def value_rows(self, d: Dims) -> slice:
+        """Rows of the values inside :attr:`values` (the last kv × d_h rows of a fused one)."""
+        start = (d.heads + d.kv_heads) * d.head_dim if self.fused else 0
+        return slice(start, start + d.kv_heads * d.head_dim)
+
 
 @dataclass(frozen=True)
 class MLPParts:
@@ -141,9 +146,18 @@ def attention_parts(block: nn.Module, d: Dims) -> AttentionParts:
     return found[0]
 
 
+def block_parts(block: nn.Module, d: Dims) -> tuple[AttentionParts, MLPParts]:
+    """The attention and the MLP of ``block`` (:func:`attention_parts`, :func:`mlp_parts`)."""
+    attention = attention_parts(block, d)
+    return attention, _mlp_parts(block, d, attention.path)
+
+
 def mlp_parts(block: nn.Module, d: Dims) -> MLPParts:
     """The MLP of ``block`` (any child but its attention) and its projections, by their shapes."""
-    attention = attention_parts(block, d).path
+    return block_parts(block, d)[1]
+
+
+def _mlp_parts(block: nn.Module, d: Dims, attention: str) -> MLPParts:
     found = []
     for path, child in block.named_children():
         if path == attention:

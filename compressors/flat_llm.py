@@ -32,12 +32,11 @@ from .architectures import (
     AttentionParts,
     Dims,
     MLPParts,
-    attention_parts,
+    block_parts,
     check_decoder,
     decoder_layers,
     decoder_linear_params,
     dims,
-    mlp_parts,
 )
 from .calibration import Accumulator, LayerInputs, run_layer, sequential
 from .compress import (
@@ -98,12 +97,6 @@ def value_bases(cov: torch.Tensor, rank: int) -> torch.Tensor:
     return vecs.flip(-1)[..., :rank]
 
 
-def _value_rows(parts: AttentionParts, d: Dims) -> slice:
-    """Rows of the values inside their projection (the last kv × d_h rows of a fused one)."""
-    start = (d.heads + d.kv_heads) * d.head_dim if parts.fused else 0
-    return slice(start, start + d.kv_heads * d.head_dim)
-
-
 def _slots(count: int, head_dim: int, rank: int) -> torch.Tensor:
     """The first ``rank`` of each of ``count`` blocks of ``head_dim`` slots."""
     return (torch.arange(count)[:, None] * head_dim + torch.arange(rank)).reshape(-1)
@@ -118,7 +111,7 @@ def absorb_values(block: nn.Module, parts: AttentionParts, d: Dims, bases: torch
     groups, head_dim, rank = bases.shape
     attn = block.get_submodule(parts.path)
     values, out = attn.get_submodule(parts.values), attn.get_submodule(parts.output)
-    rows = _value_rows(parts, d)
+    rows = parts.value_rows(d)
     q = bases.double()
     wv = values.weight.double()[rows].reshape(groups, head_dim, -1)
     new_v = torch.einsum("gdr,gdi->gri", q, wv).reshape(groups * rank, -1)
@@ -242,18 +235,18 @@ def _values_are_where_expected(layer: nn.Module, parts: AttentionParts, d: Dims,
     """Whether zeroing the rows taken for values zeroes what the output projection reads — true
     of values (softmax weights times zero), false of queries or keys."""
     attn = layer.get_submodule(parts.path)
-    values, rows = attn.get_submodule(parts.values), _value_rows(parts, d)
+    values, rows = attn.get_submodule(parts.values), parts.value_rows(d)
+    params = [t for t in (values.weight, values.bias) if t is not None]
+    saved = [t.detach().clone() for t in params]
     seen = []
     hook = attn.get_submodule(parts.output).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
-    saved = [t.detach().clone() for t in (values.weight, values.bias) if t is not None]
     try:
-        for t in (values.weight, values.bias):
-            if t is not None:
-                t.data[rows] = 0
+        for t in params:
+            t.data[rows] = 0
         run_layer(layer, inputs)
     finally:
         hook.remove()
-        for t, old in zip([t for t in (values.weight, values.bias) if t is not None], saved):
+        for t, old in zip(params, saved):
             t.data.copy_(old)
     return all(not bool(x.any()) for x in seen)
 
@@ -282,7 +275,7 @@ def rewrite_layer(layer: nn.Module, inputs: LayerInputs, d: Dims, w: float, ridg
     rank, width = layer_widths(d, w)
     if w >= 1.0:
         return {"v_head_dim": d.head_dim, "mlp_width": d.intermediate, "keep": 1.0}
-    parts, mlp = attention_parts(layer, d), mlp_parts(layer, d)
+    parts, mlp = block_parts(layer, d)
     if not _values_are_where_expected(layer, parts, d, inputs[:1]):
         raise ShapesearchError(f"FLAT-LLM cannot find the values of this {type(layer).__name__}: its "
                                f"{parts.path}.{parts.values} does not hold them in its last "
@@ -290,7 +283,7 @@ def rewrite_layer(layer: nn.Module, inputs: LayerInputs, d: Dims, w: float, ridg
     narrow = _narrow_forward_matches(layer, parts, inputs[:1])
     attn, mlp_module = layer.get_submodule(parts.path), layer.get_submodule(mlp.path)
     v_stats = Accumulator(attn.get_submodule(parts.values), output=True, groups=d.kv_heads,
-                          part=_value_rows(parts, d))
+                          part=parts.value_rows(d))
     mlp_stats = Accumulator(mlp_module.get_submodule(mlp.down))
     try:
         run_layer(layer, inputs)
@@ -316,7 +309,7 @@ def _kept_params(model: nn.Module, widths: list[tuple[int, int] | None]) -> int:
         if width is None:
             continue
         rank, neurons = width
-        parts, mlp = attention_parts(layer, d), mlp_parts(layer, d)
+        parts, mlp = block_parts(layer, d)
         values = layer.get_submodule(parts.path).get_submodule(parts.values)
         removed += (d.head_dim - rank) * d.kv_heads * (d.hidden + (values.bias is not None))
         removed += d.hidden * d.heads * (d.head_dim - rank)

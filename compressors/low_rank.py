@@ -108,15 +108,10 @@ def rank_for(out_features: int, in_features: int, rho: float) -> int:
     return max(1, math.floor(out_features * in_features * (1 - rho) / (out_features + in_features)))
 
 
-def _decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """{dotted name: linear} of every nn.Linear inside the decoder layers."""
-    return target_linears(model)
-
-
 def min_params(model: nn.Module) -> int:
     """Decoder-linear parameters at rank 1 everywhere (weights + biases): the least SVD keeps."""
     return sum(m.in_features + m.out_features + (m.bias.numel() if m.bias is not None else 0)
-               for m in _decoder_linears(model).values())
+               for m in target_linears(model).values())
 
 
 def max_ratio(model: nn.Module) -> float:
@@ -137,7 +132,7 @@ def calibration_tokens_needed(model: nn.Module) -> tuple[int, str]:
 
 def ranks_for_budget(model: nn.Module, budget: int) -> dict[str, int]:
     """Per-linear ranks from the single ρ that fits the decoder linears into ``budget`` params."""
-    return ranks_for_linears(_decoder_linears(model), budget)
+    return ranks_for_linears(target_linears(model), budget)
 
 
 def linear_params(linears: dict[str, nn.Linear], ranks: dict[str, int]) -> int:
@@ -234,7 +229,7 @@ def compress_low_rank(model: nn.Module, config: SVDConfig, calibration: list[tor
         budget = kept_decoder_params(model, keep_ratios(model, FlatLLMConfig(config.ratio), calibration))
     ranks = ranks_for_budget(model, budget)
     if matched:  # an explicit budget is its own target; the ratio is then only a label
-        linears = _decoder_linears(model)
+        linears = target_linears(model)
         step = rounding_step(model) + max(m.in_features + m.out_features for m in linears.values()) / before[0]
         check_delivery(config.method, config.ratio, 1 - linear_params(linears, ranks) / before[0], step)
     layers = []

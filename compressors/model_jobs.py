@@ -126,7 +126,7 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
     if calibrated and shape is not None:  # its parts, the ratio and calibration size: before loading
         config.preflight(shape, samples * seqlen)
     net, tok = load_model(model)
-    if calibrated:  # (again on the loaded model: a GGUF's parts are known only now)
+    if calibrated and shape is None:  # a GGUF's parts are known only once it is loaded
         config.preflight(net, samples * seqlen)
     windows = calibration_windows(tok, text, samples, seqlen, seed) if text is not None else None
     teacher = copy.deepcopy(net) if tune else None  # the dense model, before compress rewrites it

@@ -21,7 +21,7 @@ from torch import nn
 from shapesearch.errors import ShapesearchError
 
 from . import attention
-from .architectures import Dims, attention_parts, decoder_layers, dims, mlp_parts
+from .architectures import Dims, block_parts, decoder_layers, dims
 from .low_rank import LowRankLinear
 from .slot_linear import SlotLinear
 from .tt_compress import module_from_spec, tie_head
@@ -119,7 +119,7 @@ def _resize_flat_llm(layer: nn.Module, d: Dims, spec: dict) -> None:
     """Give one dense decoder layer the shapes FLAT-LLM left (``spec``: V head size, MLP width,
     and whether the values run narrow or in zero-padded slots)."""
     rank, width = spec["v_head_dim"], spec["mlp_width"]
-    parts, mlp = attention_parts(layer, d), mlp_parts(layer, d)
+    parts, mlp = block_parts(layer, d)
     attn = layer.get_submodule(parts.path)
     values, out = attn.get_submodule(parts.values), attn.get_submodule(parts.output)
     dtype = values.weight.dtype
@@ -129,10 +129,9 @@ def _resize_flat_llm(layer: nn.Module, d: Dims, spec: dict) -> None:
         attn.set_submodule(parts.output, nn.Linear(d.heads * rank, d.hidden, bias=out.bias is not None, dtype=dtype))
         attention.patch(attn)
     else:
-        front = (d.heads + d.kv_heads) * d.head_dim if parts.fused else 0
-        attn.set_submodule(parts.values, SlotLinear.from_spec(
+        attn.set_submodule(parts.values, SlotLinear.from_spec(  # the queries and keys of a fused one stay in front
             {"in_features": d.hidden, "out_features": values.out_features, "inputs": None,
-             "outputs": front + d.kv_heads * rank, "bias": values.bias is not None}, dtype))
+             "outputs": parts.value_rows(d).start + d.kv_heads * rank, "bias": values.bias is not None}, dtype))
         attn.set_submodule(parts.output, SlotLinear.from_spec(
             {"in_features": out.in_features, "out_features": d.hidden, "inputs": d.heads * rank, "outputs": None,
              "bias": out.bias is not None}, dtype))
