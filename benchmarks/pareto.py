@@ -6,7 +6,9 @@
 For each photo (scikit-image, scaled to [0, 1]): one `run_pareto` over the grid, then one
 `run_search` per grid ε, all with seed 0 and default settings, each on a fresh Ray executor
 (one worker per CPU) whose start-up is not timed, so the single-ε searches do not share the
-surrogate's spectra that the Pareto run computes once.  Per grid ε: the Pareto point's CR and
+surrogate's spectra that the Pareto run computes once.  Without migration (the default) each
+Pareto island makes the same choices as the single search at its ε, so equal CRs are
+expected; what the table measures is the time one batched run saves.  Per grid ε: the Pareto point's CR and
 measured error, the single search's, and their ratio; per photo: the Pareto run's seconds
 against the single searches' total.  Targets (issue 11): ratio ≥ 0.97 at every ε, and less
 time than the single searches together.
@@ -85,8 +87,9 @@ def report() -> str:
     body = [[r["image"], r["eps"], r["pareto_cr"], r["pareto_error"], "yes" if r["front"] else "no",
              r["single_cr"], r["single_error"], r["ratio"], "yes" if r["ratio"] >= TARGET_RATIO else "**NO**"]
             for r in points]
+    single_evals = {name: sum(r["single_evaluations"] for r in points if r["image"] == name) for name in IMAGES}
     time_rows = [[s["image"], s["pareto_seconds"], s["pareto_evaluations"], s["singles_seconds"],
-                  s["pareto_seconds"] / s["singles_seconds"],
+                  single_evals.get(s["image"]), s["pareto_seconds"] / s["singles_seconds"],
                   "yes" if s["pareto_seconds"] < s["singles_seconds"] else "**NO**"] for s in sums]
     worst = min(r["ratio"] for r in points)
     quick = " **A `--quick` smoke run, not the benchmark.**" if mine[0]["quick"] else ""
@@ -100,8 +103,8 @@ def report() -> str:
         "reconstruction.", "",
         table(["image", "ε", "Pareto CR", "Pareto error", "on front", "single CR", "single error",
                "Pareto / single", f"≥ {TARGET_RATIO}"], body), "",
-        table(["image", "Pareto s", "Pareto evaluations (grids)", "single searches s (sum)", "ratio",
-               "Pareto faster"], time_rows), "",
+        table(["image", "Pareto s", "Pareto evaluations", "single searches s (sum)", "single evaluations (sum)",
+               "time ratio", "Pareto faster"], time_rows), "",
         f"Worst CR ratio: {worst:.3f}.", ""])
 
 

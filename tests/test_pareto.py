@@ -1,4 +1,4 @@
-"""Pareto mode: TT-SVD over a grid of ε, the NSGA-II front search, and its command line."""
+"""Pareto mode: TT-SVD over a grid of ε, the island search of the front, and its command line."""
 
 import json
 
@@ -12,7 +12,7 @@ from PIL import Image
 from shapesearch.engine.executors import LocalExecutor
 from shapesearch.engine.fitness import confirm
 from shapesearch.engine.pareto import eps_grid, parse_pareto, run_pareto
-from shapesearch.engine.search import SearchConfig
+from shapesearch.engine.search import SearchConfig, run_search
 from shapesearch.engine.tt_svd import relative_error, tt_svd, tt_svd_grid
 from shapesearch.errors import ArgumentError
 from shapesearch.jobs import artifacts
@@ -37,22 +37,6 @@ def test_a_grid_is_each_of_its_single_svds(seed, method, reverse, carry_over):
         assert tt.ranks == one.ranks and tt.params == one.params
         assert tt.rel_error == pytest.approx(one.rel_error, rel=1e-9, abs=1e-12)
         assert relative_error(tensor, np.asarray(tt.to_tensor())) <= eps * (1 + 1e-6)
-
-
-@settings(max_examples=25, deadline=None)
-@given(st.integers(0, 10_000), st.booleans(), st.floats(0.0, 1.5))
-def test_a_sweep_stopped_at_its_limit_gives_a_lower_bound(seed, reverse, fraction):
-    rng = np.random.default_rng(seed)
-    dims = tuple(int(n) for n in rng.integers(2, 7, size=rng.integers(3, 5)))
-    tensor = rng.standard_normal(dims).cumsum(axis=1)
-    grid = (0.02, 0.2)
-    full = tt_svd_grid(tensor, grid, reverse=reverse)
-    limits = [int(fraction * tt.params) for tt in full]
-    for tt, cut, limit in zip(full, tt_svd_grid(tensor, grid, reverse=reverse, limits=limits), limits):
-        if cut.complete:
-            assert (cut.params, cut.ranks) == (tt.params, tt.ranks)
-        else:
-            assert limit < cut.params <= tt.params
 
 
 def test_grid_specs():
@@ -96,6 +80,23 @@ def test_same_seed_same_front(front):
     again = run_pareto(img, SearchConfig(**CFG), GRID, LocalExecutor(img, float(np.linalg.norm(img))))
     assert [(p.shape.key, p.params) for p in again.points] == [(p.shape.key, p.params) for p in result.points]
     assert again.evaluations == result.evaluations
+
+
+def test_each_island_without_migration_is_the_single_search(front):
+    img, result = front
+    for p in result.points:
+        single = run_search(img, SearchConfig(**CFG, eps=p.eps), LocalExecutor(img, float(np.linalg.norm(img))))
+        assert (single.shape.key, single.params, single.rel_error) == (p.shape.key, p.params, p.rel_error)
+
+
+def test_migration_is_deterministic_and_keeps_every_bound():
+    img = smooth_image(20, 24, 3, seed=11)
+    runs = [run_pareto(img, SearchConfig(**CFG), GRID, LocalExecutor(img, float(np.linalg.norm(img))),
+                       migrate_every=1) for _ in range(2)]
+    assert [(p.shape.key, p.params) for p in runs[0].points] == [(p.shape.key, p.params) for p in runs[1].points]
+    assert all(p.rel_error <= p.eps for p in runs[0].points)
+    alone = run_pareto(img, SearchConfig(**CFG), GRID, LocalExecutor(img, float(np.linalg.norm(img))))
+    assert (alone.evaluations, alone.cache_hits) != (runs[0].evaluations, runs[0].cache_hits)  # migrants came
 
 
 def test_the_caller_s_config_is_left_alone(front):

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .tensorization import AxisSplit, Tensorization
-from .tt_svd import relative_error, tt_svd, tt_svd_grid
+from .tt_svd import relative_error, tt_svd
 
 
 @dataclass(frozen=True)
@@ -89,24 +89,6 @@ def score(tensor: Source, norm: float, item: tuple) -> dict:
     settings = EvalSettings(**item[1])
     _, tt = _decompose(tensor, norm, item, settings.dtype, settings.method)
     return {"params": tt.params, "ranks": list(tt.ranks), "rel_error": tt.rel_error,
-            "seconds": time.perf_counter() - start}
-
-
-def score_grid(tensor: Source, norm: float, item: tuple) -> dict:
-    """:func:`score` at every ε of a grid, the first unfolding factorised once for all.
-
-    ``item``: (tensorization key, settings dict, grid of ε, per ε a parameter limit or None).
-    Returns lists, one entry per ε; where ``complete`` is False the sweep passed its limit and
-    ``params`` is a lower bound."""
-    start = time.perf_counter()
-    key, settings, grid, limits = item
-    settings = EvalSettings(**settings)
-    shape = Tensorization.from_key(key)
-    data = shape.apply(_as_dtype(tensor, settings.dtype))
-    tts = tt_svd_grid(data, grid, norm=norm, carry_over=settings.carry_over, method=settings.method,
-                      reverse=shape.reverse_sweep, limits=limits)
-    return {"params": [tt.params for tt in tts], "ranks": [list(tt.ranks) for tt in tts],
-            "rel_error": [tt.rel_error for tt in tts], "complete": [tt.complete for tt in tts],
             "seconds": time.perf_counter() - start}
 
 

@@ -152,21 +152,30 @@ class _Engine:
     # -- fitness -------------------------------------------------------------------------------
     def evaluate(self, individuals: list) -> None:
         """Fitness for the individuals that lack it: cached, or computed on the executor."""
-        individuals = [ind for ind in individuals if not ind.fitness.valid]
+        todo = self.pending(individuals)
+        self.assign(individuals, todo, self.executor.map(self.scorer, [self.work_item(k) for k in todo]))
+
+    def pending(self, individuals: list) -> list[tuple]:
+        """The keys of ``individuals`` that lack fitness and are not cached, costliest first (so
+        no worker is left with one slow shape at the end of a generation); counts cache hits."""
         new: dict[tuple, Tensorization] = {}
         for ind in individuals:
+            if ind.fitness.valid:
+                continue
             key = ind[0].key
             if key in self.cache or key in new:
                 self.cache_hits += 1
             else:
                 new[key] = ind[0]
-        # longest first, so no worker is left with one slow shape at the end of a generation
-        todo = sorted(new, key=lambda k: -cost_estimate(new[k]))
-        results = self.executor.map(self.scorer, [self.work_item(k) for k in todo])
+        return sorted(new, key=lambda k: -cost_estimate(new[k]))
+
+    def assign(self, individuals: list, todo: list[tuple], results: list[dict]) -> None:
+        """Cache the ``results`` of scoring ``todo`` and give every individual its fitness."""
         self.evaluations += len(todo)
         self.cache.update(zip(todo, results))
         for ind in individuals:
-            ind.fitness.values = self.fitness_values(self.cache[ind[0].key])
+            if not ind.fitness.valid:
+                ind.fitness.values = self.fitness_values(self.cache[ind[0].key])
 
     scorer = staticmethod(score)  # runs on the executor: (tensor, norm, work item) -> record
 
@@ -229,8 +238,16 @@ class _Engine:
         return pop
 
     def step(self, pop: list) -> list:
-        offspring = var_or(pop, len(pop), self.config.cxpb, self.config.mutpb, self.rng, self._mate, self._mutate)
+        offspring = self.breed(pop)
         self.evaluate(offspring)
+        return self.survivors(pop, offspring)
+
+    def breed(self, pop: list) -> list:
+        """One generation's offspring (fitness still to be computed for the new ones)."""
+        return var_or(pop, len(pop), self.config.cxpb, self.config.mutpb, self.rng, self._mate, self._mutate)
+
+    def survivors(self, pop: list, offspring: list) -> list:
+        """The next population from parents and scored offspring, each shape once."""
         unique = list({ind[0].key: ind for ind in pop + offspring}.values())
         return self.select(unique, self.config.population)
 
@@ -265,10 +282,17 @@ class _Engine:
         return pop
 
     def confirm_best(self) -> dict:
+        top = self.confirm_candidates()
+        return self.best_confirmed(top, self.executor.map(confirm, [(k, self.settings) for k in top]))
+
+    def confirm_candidates(self) -> list[tuple]:
+        """The keys of the best few shapes found, to be confirmed in float64."""
         ranked = sorted(self.cache.items(), key=lambda kv: (kv[1]["params"], kv[1]["rel_error"]))
-        top = [k for k, _ in ranked[: self.config.confirm_top]]
-        confirmed = self.executor.map(confirm, [(k, self.settings) for k in top])
-        ok = [(c["params"], c["rel_error"], k, c) for k, c in zip(top, confirmed)
+        return [k for k, _ in ranked[: self.config.confirm_top]]
+
+    def best_confirmed(self, keys: list[tuple], confirmed: list[dict]) -> dict:
+        """The fewest parameters among the confirmed shapes whose measured error meets ε."""
+        ok = [(c["params"], c["rel_error"], k, c) for k, c in zip(keys, confirmed)
               if c["rel_error"] <= self.config.eps]
         if not ok:
             raise ShapesearchError(f"no candidate met ε = {self.config.eps:g} when its error was measured in "

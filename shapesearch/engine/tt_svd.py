@@ -22,14 +22,12 @@ from ..errors import ArgumentError
 @dataclass
 class TTResult:
     """Cores (backend tensors), TT ranks (with the two boundary 1s), parameter count and
-    relative Frobenius error predicted from the discarded tails.  ``complete`` is False for a
-    sweep stopped at a parameter limit: ``params`` is then a lower bound, the rest partial."""
+    relative Frobenius error predicted from the discarded tails."""
 
     cores: list
     ranks: tuple[int, ...]
     params: int
     rel_error: float
-    complete: bool = True
 
     def to_tensor(self):
         return tl.tt_to_tensor(TTTensor(self.cores))
@@ -97,39 +95,35 @@ def tt_svd(tensor, eps: float, *, norm: float | None = None, carry_over: bool = 
 
 
 def tt_svd_grid(tensor, eps_grid, *, norm: float | None = None, carry_over: bool = True,
-                method: str = "gram", reverse: bool = False, limits=None) -> list[TTResult]:
+                method: str = "gram", reverse: bool = False) -> list[TTResult]:
     """:func:`tt_svd` at each ε of ``eps_grid``.  Sweeps share what they have in common: the
     first unfolding (the whole tensor) is factorised once, and sweeps that kept the same ranks
-    so far share the next unfoldings' factorisations too (same ranks, same carried matrix).
-    ``limits``: per ε, None or a parameter count past which that sweep stops (cores only add
-    parameters), returning an incomplete result."""
+    so far share the next unfoldings' factorisations too (same ranks, same carried matrix)."""
     for eps in eps_grid:
         if not 0.0 <= eps < 1.0:
             raise ArgumentError("eps", f"must be in [0, 1) (relative Frobenius error), got {eps}")
     if reverse:
         order = tuple(range(tl.ndim(tensor)))[::-1]
-        tts = tt_svd_grid(tl.transpose(tensor, order), eps_grid, norm=norm, carry_over=carry_over, method=method,
-                          limits=limits)
+        tts = tt_svd_grid(tl.transpose(tensor, order), eps_grid, norm=norm, carry_over=carry_over, method=method)
         return [TTResult([tl.transpose(c, (2, 1, 0)) for c in reversed(tt.cores)], tt.ranks[::-1], tt.params,
-                         tt.rel_error, tt.complete) for tt in tts]
+                         tt.rel_error) for tt in tts]
     shape = tl.shape(tensor)
     ref = frobenius_norm(tensor) if norm is None else float(norm)
     if len(shape) == 1:
         return [TTResult([tl.reshape(tensor, (1, shape[0], 1))], (1, 1), shape[0], 0.0) for _ in eps_grid]
     memo: dict = {(): (tl.reshape(tensor, (shape[0], -1)), None)}
     out = []
-    for i, (eps, limit) in enumerate(zip(eps_grid, limits or [None] * len(eps_grid))):
+    for i, eps in enumerate(eps_grid):
         last = i == len(eps_grid) - 1
-        tt, memo = _sweep(memo, shape, (eps * ref) ** 2, ref, carry_over, method, limit, keep=not last)
+        tt, memo = _sweep(memo, shape, (eps * ref) ** 2, ref, carry_over, method, keep=not last)
         out.append(tt)
     return out
 
 
 def _sweep(memo: dict, shape: tuple, budget: float, ref: float, carry_over: bool, method: str,
-           limit: int | None = None, keep: bool = True) -> tuple[TTResult, dict]:
-    """The left-to-right sweep with squared error budget ``budget``; stopped once its cores
-    hold more than ``limit`` parameters.  ``memo``: the previous sweep's steps — by the ranks
-    kept so far, the unfolding and its factorisation; by those ranks and the next one, the
+           keep: bool = True) -> tuple[TTResult, dict]:
+    """The left-to-right sweep with squared error budget ``budget``.  ``memo``: the previous
+    sweep's steps — by the ranks kept so far, the unfolding and its factorisation; by those ranks and the next one, the
     truncation.  Returns the TT and this sweep's steps (the grid is sorted, so neighbours share
     the most; keeping one path bounds the memory).  ``keep`` False (the last sweep) records
     nothing, so each step's unfolding and factors are freed as the sweep moves on."""
@@ -154,12 +148,6 @@ def _sweep(memo: dict, shape: tuple, budget: float, ref: float, carry_over: bool
         spent += tail
         cores.append(tl.reshape(u, (ranks[-1], shape[k], r)))
         ranks.append(r)
-        if limit is not None:
-            # later cores hold at least r·n_{k+1}, then n_j each (every rank is ≥ 1)
-            partial = sum(int(math.prod(tl.shape(c))) for c in cores) + r * shape[k + 1] + sum(shape[k + 2:])
-            if partial > limit:
-                rel = math.sqrt(spent) / ref if ref > 0 else 0.0
-                return TTResult(cores, tuple(ranks), partial, rel, False), path
     cores.append(tl.reshape(carry, (ranks[-1], shape[-1], 1)))
     ranks.append(1)
     params = sum(int(math.prod(tl.shape(c))) for c in cores)
