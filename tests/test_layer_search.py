@@ -1,5 +1,6 @@
 """Per-layer shape search: the balanced rule, the two layouts, the GA on matrices, budgets, CLI."""
 
+import dataclasses
 import itertools
 import json
 
@@ -21,7 +22,7 @@ from shapesearch.matrix.formats import (
     modes_of,
     shape_from_modes,
 )
-from shapesearch.matrix.layer_search import LayerSearchConfig, make_plan, search_layers, search_matrix
+from shapesearch.matrix.layer_search import LayerSearchConfig, leaders, make_plan, search_layers, search_matrix
 from shapesearch.matrix.plan import PLAN_VERSION, Plan
 
 from .test_cli import _error, _run
@@ -117,7 +118,8 @@ def test_search_finds_the_exhaustive_optimum_over_three_mode_pairings_on_a_small
 
 def test_ray_layer_search_equals_in_process():
     rng = np.random.default_rng(3)
-    weights = {"a": rng.standard_normal((24, 16)), "b": rng.standard_normal((16, 16)) ** 3}
+    weights = {"a": rng.standard_normal((24, 16)), "b": rng.standard_normal((16, 16)) ** 3,
+               "c": rng.standard_normal((16, 16)), "d": rng.standard_normal((16, 16)) ** 2}  # c: a follower
     local = search_layers(weights, [0.3, 0.6], "ttm", FAST, workers=0)
     ray.shutdown()
     try:
@@ -128,6 +130,25 @@ def test_ray_layer_search_equals_in_process():
         for eps in (0.3, 0.6):
             keep = ("out_modes", "in_modes", "ranks", "params", "reverse_sweep")
             assert {k: getattr(local[name][eps], k) for k in keep} == {k: getattr(remote[name][eps], k) for k in keep}
+
+
+def test_layers_of_one_size_start_from_their_leaders():
+    rng = np.random.default_rng(8)
+    basis = [rng.standard_normal((36, 48)) for _ in range(3)]
+    # six "trained" layers of one size: shared structure, each its own noise; one odd size
+    weights = {f"l{i}": sum(rng.standard_normal() * b for b in basis) @ np.diag(np.linspace(1, 0.1, 48))
+               + 0.05 * rng.standard_normal((36, 48)) for i in range(6)}
+    weights["odd"] = rng.standard_normal((20, 12))
+    assert leaders(weights, 2) == ["l0", "l5", "odd"]
+    warm = search_layers(weights, [0.3], "ttm", FAST, workers=0)
+    full = search_layers(weights, [0.3], "ttm", dataclasses.replace(FAST, warm_start=False), workers=0)
+    for name in ("l0", "l5", "odd"):  # leaders: the full search itself
+        assert warm[name][0.3].params == full[name][0.3].params
+    for name in ("l1", "l2", "l3", "l4"):
+        plan = warm[name][0.3]
+        assert plan.rel_error <= 0.3 and plan.params <= plan.balanced_params
+        assert plan.evaluations < full[name][0.3].evaluations
+        assert plan.params <= 1.05 * full[name][0.3].params
 
 
 def test_budget_allocation_is_optimal_on_small_instances():

@@ -153,8 +153,9 @@ def _pareto(args: argparse.Namespace) -> tuple[dict, str]:
         quality = "exact" if p["psnr"] is None else f"{p['psnr']:.2f} dB"
         rows.append((f"ε = {p['eps']:g}", f"CR {p['cr']:.2f}, error {p['rel_error']:.5f}, PSNR {quality}, "
                                          f"{p['shape']['text']}{'' if p['front'] else ' (dominated)'}"))
-    rows += [("evaluations", f"{result['evaluations']} TT-SVD grids, {result['cache_hits']} cache hits, "
-                             f"{result['generations']} generations, {result['workers']} worker(s)"),
+    rows += [("evaluations", f"{result['evaluations']} TT-SVDs over {len(grid)} islands, "
+                             f"{result['cache_hits']} cache hits, {result['generations']} generations, "
+                             f"{result['workers']} worker(s)"),
              ("wall time", f"{result['wall_seconds']:.1f} s"),
              ("output", f"{out} (pick a point with `shapesearch reconstruct {out} --eps E --out FILE`)")]
     return result, table(rows)

@@ -6,12 +6,19 @@ layer (all its ε share the unfolding spectra): layers are independent, so this 
 many workers as the cluster has.
 The balanced shape is TT-SVD'd in float64 at the same ε with the same rank rule, so
 ``balanced_params`` differs from ``params`` only by the shape.
+
+A model repeats a few matrix sizes many times (every block's q_proj is 576 × 576), and
+trained layers of one size favour the same shapes.  With ``warm_start`` only a few *leaders*
+of each size get the full search (surrogate spectra, GA); every other layer starts from the
+leaders' winners and its own balanced shape, fills a small population with their one-to-
+three-move variants, and polishes by steepest descent: about a seventh of the evaluations
+and no spectra (``benchmarks/layer_search_speed.md``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -19,8 +26,9 @@ import numpy as np
 from ..engine.executors import LocalExecutor, check_workers, start_ray
 from ..engine.fitness import EvalSettings, confirm
 from ..engine.search import SearchConfig, run_search
+from ..errors import ArgumentError
 from .budget import allocate
-from .formats import Format, balanced_shape, matrix_tensor, modes_of
+from .formats import Format, balanced_shape, matrix_tensor, modes_of, shape_from_modes
 from .plan import BalancedShape, LayerPlan, Plan, PlanSummary
 
 DEFAULT_EPS_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # per-layer ε choices under a budget
@@ -37,24 +45,41 @@ class LayerSearchConfig:
     max_order: int = 8
     balanced_order: int = 2
     seed: int = 0
+    warm_start: bool = True  # see the module docstring
+    leaders: int = 2  # fully searched layers per matrix size (the first and last of the size in model order)
+    warm_population: int = 8
 
-    def search_config(self, eps: float, fmt: Format) -> SearchConfig:
+    def __post_init__(self) -> None:
+        if self.leaders < 1 or self.warm_population < 2:
+            raise ArgumentError("leaders", f"needs leaders >= 1 and warm_population >= 2, got {self.leaders} and "
+                                           f"{self.warm_population}")
+
+    def search_config(self, eps: float, fmt: Format, warm: bool = False) -> SearchConfig:
+        """The GA of a layer: the full search, or (``warm``) a follower's start and polish only."""
+        if warm:
+            return SearchConfig(eps=eps, population=self.warm_population, generations=0, seed=self.seed, max_pad=0.0,
+                                max_order=self.max_order, axis_per_mode=fmt.axis_per_mode,
+                                polish_rounds=self.polish_rounds, surrogate=False, confirm_top=2)
         return SearchConfig(eps=eps, population=self.population, generations=self.generations, stall=self.stall,
                             seed=self.seed, max_pad=0.0, max_order=self.max_order, axis_per_mode=fmt.axis_per_mode,
                             polish_rounds=self.polish_rounds, surrogate=fmt is Format.TTM, confirm_top=3)
 
 
 def search_matrix(weight: np.ndarray, eps: float | list[float], fmt: Format | str = Format.TTM,
-                  config: LayerSearchConfig = LayerSearchConfig()) -> LayerPlan | dict[float, LayerPlan]:
+                  config: LayerSearchConfig = LayerSearchConfig(),
+                  starts: Mapping[float, Sequence[LayerPlan]] | None = None) -> LayerPlan | dict[float, LayerPlan]:
     """Fewest-parameter TT shape of ``weight`` [out, in] with relative Frobenius error ≤ ``eps``.
 
     Returns the layer's plan: modes, sweep, ranks, TT parameters, measured error, and the
     balanced shape's parameters and error at the same ε (never fewer: it seeds the search).
-    With a list of ε, returns {ε: plan}; the unfolding spectra are computed once for all."""
+    With a list of ε, returns {ε: plan}; the unfolding spectra are computed once for all.
+    ``starts``: per ε, plans of other layers of this size whose shapes a warm start begins
+    from (see the module docstring); None: the full search."""
     fmt = Format.parse(fmt)
     tensor = np.ascontiguousarray(matrix_tensor(np.asarray(weight, dtype=np.float64), fmt))
     fast = LocalExecutor(tensor.astype(np.float32), float(np.linalg.norm(tensor)))
-    out = {e: _search_one(tensor, fast, e, fmt, config) for e in (eps if isinstance(eps, list) else [eps])}
+    out = {e: _search_one(tensor, fast, e, fmt, config, None if starts is None else starts[e])
+           for e in (eps if isinstance(eps, list) else [eps])}
     return out if isinstance(eps, list) else out[eps]
 
 
@@ -65,13 +90,17 @@ def _measured(tensor: np.ndarray, norm: float, shape, eps: float) -> dict:
 
 
 def _search_one(tensor: np.ndarray, fast: LocalExecutor, eps: float, fmt: Format,
-                config: LayerSearchConfig) -> LayerPlan:
+                config: LayerSearchConfig, starts: Sequence[LayerPlan] | None = None) -> LayerPlan:
     start = time.perf_counter()
     norm = fast.norm
     out_features, in_features = tensor.shape if fmt is Format.TTM else tensor.shape[::-1]
     balanced = balanced_shape(out_features, in_features, fmt, config.balanced_order)
     bal = _measured(tensor, norm, balanced, eps)
-    result = run_search(fast.tensor, config.search_config(eps, fmt), fast, references={"balanced": balanced})
+    references = {"balanced": balanced}
+    for i, plan in enumerate(starts or ()):
+        references[f"start {i}"] = shape_from_modes(plan.out_modes, plan.in_modes, fmt, plan.reverse_sweep)
+    result = run_search(fast.tensor, config.search_config(eps, fmt, warm=starts is not None), fast,
+                        references=references)
     shape, params, ranks, rel_error = result.shape, result.params, list(result.ranks), result.rel_error
     # the GA scores in float32: fall back to the float64-measured balanced shape when the
     # winner is no smaller or its confirmed error misses ε
@@ -86,11 +115,32 @@ def _search_one(tensor: np.ndarray, fast: LocalExecutor, eps: float, fmt: Format
         evaluations=result.evaluations, seconds=time.perf_counter() - start)
 
 
-def _search_task(weight: np.ndarray, eps_values: list[float], fmt: Format, config: dict) -> dict[float, LayerPlan]:
+def _search_task(weight: np.ndarray, eps_values: list[float], fmt: Format, config: dict,
+                 starts: dict | None = None) -> dict[float, LayerPlan]:
     from ..engine.executors import limit_threads
 
     limit_threads()
-    return search_matrix(weight, list(eps_values), fmt, LayerSearchConfig(**config))
+    return search_matrix(weight, list(eps_values), fmt, LayerSearchConfig(**config), starts)
+
+
+def leaders(weights: Mapping[str, np.ndarray], per_size: int) -> list[str]:
+    """The layers that get the full search: of each matrix size, the first and last (up to
+    ``per_size``, spread evenly over the model order)."""
+    sizes: dict[tuple, list[str]] = {}
+    for name, w in weights.items():
+        sizes.setdefault(w.shape, []).append(name)
+    out = []
+    for names in sizes.values():
+        picks = np.linspace(0, len(names) - 1, min(per_size, len(names))).round().astype(int)
+        out += [names[i] for i in dict.fromkeys(picks.tolist())]
+    return out
+
+
+def _starts(found: Mapping[str, dict[float, LayerPlan]], lead: list[str], shape: tuple,
+            weights: Mapping[str, np.ndarray]) -> dict[float, list[LayerPlan]]:
+    """Per ε, the plans of the leaders of this matrix size."""
+    mine = [found[n] for n in lead if weights[n].shape == shape]
+    return {e: [plans[e] for plans in mine] for e in mine[0]}
 
 
 def search_layers(weights: Mapping[str, np.ndarray], eps_values: list[float], fmt: Format | str = Format.TTM,
@@ -98,31 +148,38 @@ def search_layers(weights: Mapping[str, np.ndarray], eps_values: list[float], fm
                   address: str | None = None,
                   progress: Callable[[int], None] | None = None) -> dict[str, dict[float, LayerPlan]]:
     """``search_matrix`` of every layer at every ε, one Ray task per layer (``workers=0``: in
-    process), largest layer first.  Returns {layer name: {ε: plan}}; ``progress(n)`` gets
-    the number of (layer, ε) searches just finished."""
+    process), largest layer first; with ``config.warm_start`` the leaders first, then every
+    other layer warm-started from its size's leaders.  Returns {layer name: {ε: plan}};
+    ``progress(n)`` gets the number of (layer, ε) searches just finished."""
     fmt = Format.parse(fmt)
     eps_values = list(eps_values)
-    names = sorted(weights, key=lambda n: -weights[n].size)
     check_workers(workers)
+    lead = leaders(weights, config.leaders) if config.warm_start else list(weights)  # few: a list is fine
+    waves = [lead, [n for n in weights if n not in lead]]
+    found: dict[str, dict[float, LayerPlan]] = {}
     if workers == 0:
-        out = {}
-        for name in names:
-            out[name] = search_matrix(weights[name], eps_values, fmt, config)
-            if progress:
-                progress(len(eps_values))
-        return {n: out[n] for n in weights}
+        for wave, follow in zip(waves, (False, True)):
+            for name in sorted(wave, key=lambda n: -weights[n].size):
+                starts = _starts(found, lead, weights[name].shape, weights) if follow else None
+                found[name] = search_matrix(weights[name], eps_values, fmt, config, starts)
+                if progress:
+                    progress(len(eps_values))
+        return {n: found[n] for n in weights}
     import ray
 
     start_ray(address, workers)
     task = ray.remote(num_cpus=1, max_retries=3)(_search_task)
-    refs = {task.remote(np.ascontiguousarray(weights[n]), eps_values, fmt, asdict(config)): n for n in names}
-    out, pending = {}, list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        out[refs[done[0]]] = ray.get(done[0])
-        if progress:
-            progress(len(eps_values))
-    return {n: out[n] for n in weights}
+    for wave, follow in zip(waves, (False, True)):
+        refs = {task.remote(np.ascontiguousarray(weights[n]), eps_values, fmt, asdict(config),
+                            _starts(found, lead, weights[n].shape, weights) if follow else None): n
+                for n in sorted(wave, key=lambda n: -weights[n].size)}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            found[refs[done[0]]] = ray.get(done[0])
+            if progress:
+                progress(len(eps_values))
+    return {n: found[n] for n in weights}
 
 
 def make_plan(found: Mapping[str, Mapping[float, LayerPlan]], norms2: Mapping[str, float], budget: int | None,
