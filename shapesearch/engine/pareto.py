@@ -164,11 +164,14 @@ def run_pareto(tensor: np.ndarray, config: SearchConfig, grid: tuple[float, ...]
             i = islands.index(isl)
             migrants = ([isl.engine.individual(islands[j].pop[0][0]) for j in (i - 1, i + 1) if 0 <= j < len(islands)]
                         if migrate_every and gen % migrate_every == 0 else [])
-            groups.append(isl.engine.breed(isl.pop) + migrants)
-        _evaluate_together(active, groups, executor)
-        for isl, offspring, best in zip(active, groups, before):
-            isl.pop = isl.engine.survivors(isl.pop, offspring)
-            isl.stall = isl.stall + 1 if isl.pop[0].fitness.values >= best else 0
+            groups.append((isl.engine.breed(isl.pop), migrants))
+        _evaluate_together(active, [own + migrants for own, migrants in groups], executor)
+        for isl, (own, migrants), best in zip(active, groups, before):
+            # the single search's stopping rule, on what the island found itself (migrants do not
+            # count as progress, so trading shapes cannot keep an island going by itself)
+            found = min(ind.fitness.values for ind in isl.pop + own)
+            isl.pop = isl.engine.survivors(isl.pop, own + migrants)
+            isl.stall = isl.stall + 1 if found >= best else 0
         gen += 1
         last_gen_time = time.perf_counter() - t0
         record()
