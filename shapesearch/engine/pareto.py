@@ -24,7 +24,7 @@ import numpy as np
 from deap import tools
 
 from ..errors import ArgumentError
-from .fitness import confirm, cost_estimate, score
+from .fitness import confirm, cost_estimate
 from .search import MIN_EPS, SearchConfig, _Engine
 from .tensorization import Tensorization
 
@@ -108,7 +108,7 @@ def _evaluate_together(islands: list[_Island], groups: list[list], executor: Exe
     """Fitness for every island's group of individuals, the new shapes of all in one batch."""
     work = [(isl, key) for isl, group in zip(islands, groups) for key in isl.engine.pending(group)]
     work.sort(key=lambda w: -cost_estimate(Tensorization.from_key(w[1])))
-    results = executor.map(score, [isl.engine.work_item(key) for isl, key in work])
+    results = executor.map(_Engine.scorer, [isl.engine.work_item(key) for isl, key in work])
     for isl, group in zip(islands, groups):
         mine = [(key, rec) for (owner, key), rec in zip(work, results) if owner is isl]
         isl.engine.assign(group, [k for k, _ in mine], [r for _, r in mine])
