@@ -1,7 +1,8 @@
 """Model compressors that rewrite transformers models: FLAT-LLM, low-rank baselines, and TT /
 Saten layers from a per-layer shape plan.
 
-``compress(model, config, calibration=...)`` rewrites in place and returns a report;
+``compress(model, config, calibration=...)`` rewrites in place and returns a report (a list of
+configs is a recipe, applied in order);
 ``save(model, dir)`` / ``load(dir)`` round-trip through safetensors; ``compress_model`` /
 ``evaluate_model`` run a whole job from a model name (load, compress, fine-tune, save,
 ``report.json``; perplexity and speed).  "ratio" always means the
@@ -15,7 +16,7 @@ from .compress import compress
 from .finetune import FinetuneConfig, finetune
 from .flat_llm import FlatLLMConfig
 from .hf_auto import register as _register_auto_classes
-from .layer_plans import plan_layers
+from .layer_plans import PlanRequest, plan_layers
 from .low_rank import LowRankLinear, SVDConfig, SVDLLMConfig
 from .model_jobs import compress_model, evaluate_model
 from .model_loading import load_model
@@ -28,7 +29,7 @@ from .tt_linear import TTLinear, TTMatrixLinear
 
 _register_auto_classes()  # compressed directories then load through AutoModel*.from_pretrained too
 
-__all__ = ["FinetuneConfig", "FlatLLMConfig", "LowRankLinear", "PTNNConfig", "SVDConfig", "SVDLLMConfig",
+__all__ = ["FinetuneConfig", "FlatLLMConfig", "LowRankLinear", "PTNNConfig", "PlanRequest", "SVDConfig", "SVDLLMConfig",
            "SatenConfig", "SatenLinear", "SparseResidual", "TTConfig", "TTEmbedding", "TTLinear", "TTMatrixLinear",
            "TiedLMHead", "compress", "compress_model",
            "evaluate_model", "finetune", "load", "load_model", "plan_layers", "read_plan", "save"]

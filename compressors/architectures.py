@@ -193,6 +193,13 @@ def decoder_linear_params(model: nn.Module) -> int:
                if isinstance(m, nn.Linear) for p in m.parameters())
 
 
+def decoder_weight_params(model: nn.Module) -> int:
+    """Parameters inside the decoder layers except their norms: the decoder linears, or
+    whatever replaced them (TT cores, sparse values, low-rank factors)."""
+    return sum(p.numel() for layer in decoder_layers(model) for m in layer.modules()
+               if "norm" not in type(m).__name__.lower() for p in m.parameters(recurse=False))
+
+
 def total_params(model: nn.Module) -> int:
     """All distinct parameters (a tied embedding / lm_head counts once)."""
     return sum(p.numel() for p in model.parameters())

@@ -12,15 +12,16 @@ Saten in ``tt_compress``); importing :mod:`compressors` fills the registry.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from shapesearch.errors import ArgumentError, ShapesearchError
 
-from .architectures import check_decoder, decoder_linear_params, total_params
+from .architectures import check_decoder, decoder_linear_params, decoder_weight_params, total_params
 
 _HANDLERS: dict[type, Callable[..., dict]] = {}
 
@@ -43,15 +44,62 @@ def handler_for(config: object) -> Callable[..., dict]:
     return handler
 
 
-def compress(model: nn.Module, config: object, **options) -> dict:
+def compress(model: nn.Module, config: object | Sequence[object], **options) -> dict:
     """Rewrite ``model`` in place as ``config`` says; returns the report.
 
     ``config`` is one of the registered config types (FlatLLMConfig, SVDConfig, TTConfig,
-    SatenConfig); ``options`` go to its handler (``calibration``: token windows [1, T];
-    ``progress``: called with each finished layer's index; ``budget`` for the SVD baselines).
-    What a handler cannot deliver (a ratio above the method's maximum for this model,
-    calibration too small for its covariances) is refused before anything is rewritten."""
+    SatenConfig), or a list of them: a *recipe*, applied in order, each step to what the
+    previous ones left (FLAT-LLM then TT on the narrowed layers, or TT on attention and Saten
+    on the MLP).  ``options`` go to each handler that takes them (``calibration``: token
+    windows [1, T]; ``progress``: called with each finished layer's index; ``budget`` for the
+    SVD baselines).  What a handler cannot deliver (a ratio above the method's maximum for
+    this model, calibration too small for its covariances) is refused before anything is
+    rewritten.  A recipe's report lists every step's report under ``steps``; ``after_step``
+    (recipes only) is called with the model and the step's report after each step, e.g. to
+    measure perplexity there."""
+    if isinstance(config, list | tuple):
+        return compress_recipe(model, list(config), **options)
     return handler_for(config)(model, config, **options)
+
+
+RATE_REDUCTIONS = ("flat-llm", "svd", "svd-llm")  # methods that resize dense linears, so they go first
+
+
+def compress_recipe(model: nn.Module, configs: list[object],
+                    after_step: Callable[[nn.Module, dict], None] | None = None, **options) -> dict:
+    """:func:`compress` with a list of configs (see there); the model records every step, so
+    :func:`compressors.save` / ``load`` rebuild it."""
+    if not configs:
+        raise ArgumentError("config", "the recipe has no steps; give at least one compression config")
+    handlers = [handler_for(c) for c in configs]  # every step is a known config before the first runs
+    for i, c in enumerate(configs[1:], 1):
+        if getattr(c, "method", None) in RATE_REDUCTIONS:
+            raise ArgumentError("config", f"step {i + 1} ({c.method}) resizes dense linears: put it first in the "
+                                          "recipe")
+    if getattr(model.config, "shapesearch_compression", None):
+        raise ShapesearchError("this model is already compressed; start from the dense model")
+    def counts() -> tuple[int, int]:
+        return decoder_weight_params(model), total_params(model)
+
+    before = counts()
+    steps, records = [], []
+    try:
+        for config, handler in zip(configs, handlers):
+            accepted = inspect.signature(handler).parameters
+            report = handler(model, config, **{k: v for k, v in options.items() if k in accepted})
+            records.append(model.config.shapesearch_compression)
+            model.config.shapesearch_compression = None  # the next step starts from this model as it is
+            report.update(zip(("decoder_linear_params_now", "params_now"), counts()))
+            if after_step is not None:
+                after_step(model, report)
+            steps.append(report)
+    finally:
+        if records:
+            model.config.shapesearch_compression = {"method": "recipe", "steps": records}
+    after = counts()  # "decoder linear" parameters: what replaced them counts (TT cores, sparse values)
+    return {"method": "recipe", "decoder_linear_params_before": before[0], "decoder_linear_params_after": after[0],
+            "decoder_linear_removed": 1 - after[0] / before[0], "params_before": before[1], "params_after": after[1],
+            "total_removed": 1 - after[1] / before[1], "steps": steps}
 
 
 def check_ratio(ratio: float) -> None:

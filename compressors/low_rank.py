@@ -44,6 +44,7 @@ from .compress import (
 )
 from .flat_llm import FlatLLMConfig, check_ratio_reachable, keep_ratios, kept_decoder_params, rounding_step
 from .targets import target_linears
+from .whitening import whitening_factor
 
 
 @dataclass
@@ -163,7 +164,7 @@ def factorize(linear: nn.Linear, rank: int, gram: torch.Tensor | None = None) ->
         u, s, vt = torch.linalg.svd(w, full_matrices=False)
         right = vt[:rank]
     else:
-        chol = _cholesky(gram)
+        chol = whitening_factor(gram)
         u, s, vt = torch.linalg.svd(w @ chol, full_matrices=False)
         # V_kᵀ S⁻¹ via a triangular solve: (S⁻ᵀ V_k)ᵀ
         right = torch.linalg.solve_triangular(chol.T, vt[:rank].T, upper=True).T
@@ -176,18 +177,6 @@ def factorize(linear: nn.Linear, rank: int, gram: torch.Tensor | None = None) ->
         if linear.bias is not None:
             out.second.bias.copy_(linear.bias)
     return out
-
-
-def _cholesky(gram: torch.Tensor) -> torch.Tensor:
-    """Lower Cholesky factor of a PSD matrix, with growing diagonal jitter if needed."""
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    jitter = 1e-10 * float(torch.diagonal(gram).mean().clamp_min(1e-30))
-    for _ in range(12):
-        factor, info = torch.linalg.cholesky_ex(gram + jitter * eye)
-        if int(info) == 0:
-            return factor
-        jitter *= 10
-    raise RuntimeError("input covariance is not positive definite even with jitter")
 
 
 def rewrite_layer(layer: nn.Module, inputs: LayerInputs | None, prefix: str, ranks: dict[str, int],

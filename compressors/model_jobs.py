@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from shapesearch.errors import ArgumentError, ShapesearchError
 from shapesearch.paths import check_writable_dir
@@ -21,9 +22,10 @@ from shapesearch.paths import check_writable_dir
 from . import lm_metrics
 from .calibration import head_input_moment
 from .compress import compress, handler_for
-from .corpus import calibration_windows, read_text, token_ids
+from .corpus import calibration_windows, read_text, token_ids, wikipedia
 from .finetune import FinetuneConfig, finetune
 from .flat_llm import FlatLLMConfig
+from .layer_plans import PlanRequest
 from .low_rank import SVDConfig
 from .model_loading import first_line, is_causal_lm, load_model, skeleton
 from .serialization import save
@@ -83,9 +85,47 @@ def compression_config(compressor: str, *, ratio: float = 0.2, method: str = "fl
         raise ArgumentError("plan", f"is needed for {compressor}: a plan.json written by `shapesearch layers`")
     if compressor == "tt" and (density is not None or nm is not None):
         raise ShapesearchError("density / nm are for saten; tt has no sparse residual")
+    plan = plan if isinstance(plan, dict) else read_plan(plan)  # a dict: a plan or options to search one with
     if compressor == "saten":
-        return SatenConfig(plan=read_plan(plan), density=density, nm=parse_nm(nm))
-    return TTConfig(plan=read_plan(plan))
+        return SatenConfig(plan=plan, density=density, nm=parse_nm(nm))
+    return TTConfig(plan=plan)
+
+
+RECIPE_KEYS = {"flat-llm": {"ratio", "method", "uniform"}, "tt": {"plan"}, "saten": {"plan", "density", "nm"}}
+
+
+def read_recipe(path: str | Path) -> list[object]:
+    """The configs of a recipe file: JSON ``{"steps": [{"compressor": "flat-llm", "ratio": 0.1},
+    {"compressor": "saten", "density": 0.05, "plan": {"budget": 0.8, "activations": true}}]}``.
+    A step's ``plan`` is a plan file (relative to the recipe's folder) or the options of a
+    plan searched on the model as that step finds it (``layer_plans.PlanRequest``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArgumentError("recipe", f"{path} is not a file; give a recipe JSON file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArgumentError("recipe", f"{path} is not UTF-8 JSON ({exc}); give a recipe JSON file") from None
+    steps = data.get("steps") if isinstance(data, dict) else None
+    if not isinstance(steps, list) or not steps:
+        raise ArgumentError("recipe", f"{path} needs a non-empty \"steps\" list of compression steps")
+    configs = []
+    for i, step in enumerate(steps, 1):
+        name = step.get("compressor") if isinstance(step, dict) else None
+        if name not in RECIPE_KEYS:
+            raise ArgumentError("recipe", f"step {i} needs \"compressor\": one of {', '.join(RECIPE_KEYS)}")
+        unknown = sorted(set(step) - {"compressor"} - RECIPE_KEYS[name])
+        if unknown:
+            raise ArgumentError("recipe", f"step {i} ({name}): unknown key(s) {unknown}; use "
+                                          f"{sorted(RECIPE_KEYS[name])}")
+        options = {k: v for k, v in step.items() if k != "compressor"}
+        if isinstance(options.get("plan"), str):
+            options["plan"] = path.parent / options["plan"]
+        try:
+            configs.append(compression_config(name, **options))
+        except (ShapesearchError, TypeError) as exc:
+            raise ArgumentError("recipe", f"step {i} ({name}): {exc}") from None
+    return configs
 
 
 def _check_windows(samples: int, seqlen: int) -> None:
@@ -95,10 +135,34 @@ def _check_windows(samples: int, seqlen: int) -> None:
         raise ArgumentError("seqlen", f"must be >= 2 (tokens per window), got {seqlen}")
 
 
+def model_calibration(model: str, calib: str | Path | None = None, samples: int = 32, seqlen: int = 512,
+                      seed: int = 0) -> tuple[nn.Module, PreTrainedTokenizerBase, list[torch.Tensor], dict]:
+    """(the loaded ``model``, its tokenizer, its calibration windows, their record for a plan): ``samples``
+    windows of ``seqlen`` tokens at ``seed``-ed offsets of the text ``calib`` (default: the
+    Wikipedia calibration split), as ``compress_model`` makes them."""
+    _check_windows(samples, seqlen)
+    text = read_text(calib, "calibration", "calib")
+    net, tok = load_model(model)
+    record = {"samples": samples, "seqlen": seqlen, "seed": seed, "text": None if calib is None else str(calib)}
+    return net, tok, calibration_windows(tok, text, samples, seqlen, seed), record
+
+
+def _check_plan_calibration(config: object, calib: str | Path | None, samples: int, seqlen: int, seed: int) -> None:
+    """An activation-aware plan is whitened on the windows it was made on: refuse others."""
+    made = config.plan.calibration or {}
+    given = {"samples": samples, "seqlen": seqlen, "seed": seed, "text": None if calib is None else str(calib)}
+    differ = [k for k in ("samples", "seqlen", "seed", "text") if k in made and made[k] != given[k]]
+    if differ:
+        flags = " ".join(f"--{'calib' if k == 'text' else k} {made[k]}" for k in differ if made[k] is not None)
+        raise ArgumentError(differ[0] if differ[0] != "text" else "calib",
+                            "the activation-aware plan was made on other calibration windows; give "
+                            + (flags or "no --calib"))
+
+
 def compress_model(model: str, config: object, out: str | Path, *, calib: str | Path | None = None,
                    samples: int = 32, seqlen: int = 512, seed: int = 0,
                    finetune_config: FinetuneConfig | None = None, overwrite: bool = False,
-                   progress: bool = True, embedding_weights: bool = True) -> dict:
+                   progress: bool = True, embedding_weights: bool = True, eval_windows: int = 10) -> dict:
     """Load ``model`` (``smollm2``, ``minilm``, a model directory or a .gguf file), compress it
     as ``config`` says, optionally fine-tune it, and save it to ``out`` with ``report.json``.
 
@@ -113,24 +177,39 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
     Everything that can be checked is checked before the work it would waste: the arguments
     and ``out`` before the model loads; the ratio against the method's maximum and
     ``samples`` × ``seqlen`` against the covariances to estimate right after (from the
-    model's sizes), before any calibration."""
+    model's sizes), before any calibration.
+
+    ``config`` may be a list of configs, a recipe (see ``compress``): every step gets the
+    calibration windows, and the report gives each step's parameters and its perplexity on
+    ``eval_windows`` windows of 512 tokens of the held-out Wikipedia articles (0: none)."""
     out = Path(out)
-    handler_for(config)  # a bad config fails before the model loads
-    calibrated = isinstance(config, CALIBRATED)
+    recipe = isinstance(config, list | tuple)
+    steps = list(config) if recipe else [config]
+    for step in steps:
+        handler_for(step)  # a bad config fails before the model loads
+    if recipe and not steps:
+        raise ArgumentError("recipe", "has no steps; give at least one compression step")
+    calibrated = isinstance(steps[0], CALIBRATED)  # rank reduction can only be a recipe's first step
     tune = finetune_config is not None and finetune_config.steps > 0
-    if calibrated or tune:
+    aware = any(_plans_activations(step) for step in steps)  # whitened on the calibration windows
+    if calibrated or tune or aware:
         _check_windows(samples, seqlen)
+    for step in steps:
+        if _plans_activations(step) and not isinstance(step.plan, PlanRequest):
+            _check_plan_calibration(step, calib, samples, seqlen, seed)
     _check_out(out, overwrite)
-    text = read_text(calib, "calibration", "calib") if calibrated or tune else None
+    text = read_text(calib, "calibration", "calib") if calibrated or tune or aware else None
     shape = skeleton(model)  # the architecture from config.json / the GGUF header, before any weights
     if calibrated and shape is not None:  # its parts, the ratio and calibration size: before loading
-        config.preflight(shape, samples * seqlen)
+        steps[0].preflight(shape, samples * seqlen)
     net, tok = load_model(model)
     if calibrated and shape is None:  # a GGUF's parts are known only once it is loaded
-        config.preflight(net, samples * seqlen)
+        steps[0].preflight(net, samples * seqlen)
     windows = calibration_windows(tok, text, samples, seqlen, seed) if text is not None else None
     teacher = copy.deepcopy(net) if tune else None  # the dense model, before compress rewrites it
-    if calibrated:
+    if recipe:
+        report = compress(net, steps, calibration=windows, after_step=_step_perplexity(tok, eval_windows))
+    elif calibrated:
         report = _compress_with_bar(net, config, windows, progress)
     elif embedding_weights and _plans_embedding(config):
         text = text if text is not None else read_text(calib, "calibration", "calib")
@@ -140,18 +219,36 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
             _check_windows(samples, seqlen)
             moment = head_input_moment(net, calibration_windows(tok, text, samples, seqlen, seed))
         report = compress(net, config, embedding_weights=frequency_weights(token_ids(tok, text), vocab),
-                          head_moment=moment)
+                          head_moment=moment, **({"calibration": windows} if aware else {}))
         report["embedding_weights"] = "frequency" + ("" if moment is None else ", head-whitened")
     else:
-        report = compress(net, config)
+        report = compress(net, config, **({"calibration": windows} if aware else {}))
     if tune:
         report["finetune"] = finetune(net, windows, finetune_config, teacher=teacher, progress=progress)
     save(net, out, tok)
     report.update(model=model, out=str(out))
-    if calibrated:
+    if calibrated or recipe:
         report["seqlen"] = seqlen
     (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _plans_activations(config: object) -> bool:
+    plan = getattr(config, "plan", None)
+    if isinstance(plan, PlanRequest):
+        return plan.activations
+    return plan is not None and any(rec.activation_aware for rec in plan.layers.values())
+
+
+def _step_perplexity(tok, windows: int):
+    """What a recipe measures after each step: perplexity on the held-out Wikipedia articles."""
+    text = wikipedia("evaluation")
+
+    def measure(model: nn.Module, report: dict) -> None:
+        if windows:
+            report["perplexity"] = lm_metrics.perplexity(model, tok, text, 512, windows)["perplexity"]
+    return measure
+
 
 
 def _plans_embedding(config: object) -> bool:

@@ -19,6 +19,7 @@ from torch import nn
 from shapesearch.matrix.formats import Format
 
 from .tt_linear import TT_LAYERS, TTLinear, TTMatrixLinear, _CachedModule, _merge_cores, tt_layer
+from .whitening import refit_sparse, whitened_tt_layer
 
 PATTERNS = ("topk", "n:m")
 
@@ -248,20 +249,33 @@ class SatenLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, format: Format | str, out_modes: Sequence[int], in_modes: Sequence[int],
                     eps: float, density: float | None = None, nm: tuple[int, int] | None = None,
-                    reverse: bool = False) -> SatenLinear:
+                    reverse: bool = False, factor: torch.Tensor | None = None) -> SatenLinear:
         """ε-TT-SVD of W (relative Frobenius error ≤ ε; ttm: TT-matrix, paired modes; tt: plain TT
         of Wᵀ), then the sparse residual from E = W − TT(W) (float64): top-K at ``density``
-        (fraction of the layer's entries kept) or N:M with ``nm`` = (n_keep, group)."""
+        (fraction of the layer's entries kept) or N:M with ``nm`` = (n_keep, group).
+
+        Activation-aware with ``factor`` = L (L Lᵀ the input second moment): the TT part is
+        ``whitening.whitened_tt_layer`` (ε on the activations) and the residual keeps the
+        entries of largest |E_ij|·‖x_j‖, the ones that matter on the inputs (as OATS ranks its
+        sparse part) with values refitted to the activations (``whitening.refit_sparse``)."""
         format = Format.parse(format)
         if (density is None) == (nm is None):
             raise ValueError("give exactly one of density (unstructured top-K) or nm (e.g. (2, 4))")
         if nm is not None and (not isinstance(nm, tuple | list) or len(nm) != 2):
             raise ValueError(f"nm must be a pair (n_keep, group) such as (2, 4), got {nm!r}")
         w = linear.weight
-        tt = tt_layer(w, format, out_modes, in_modes, eps, reverse=reverse)
+        if factor is None:
+            tt, scores = tt_layer(w, format, out_modes, in_modes, eps, reverse=reverse), None
+        else:
+            tt = whitened_tt_layer(w, format, out_modes, in_modes, eps, factor, reverse=reverse)
         e = w.detach().double() - _tt_weight_f64(tt).to(w.device)
-        residual = (SparseResidual.top_k(e, density) if density is not None
-                    else SparseResidual.n_m(e, int(nm[0]), int(nm[1])))
+        if factor is not None:
+            scores = e * factor.double().to(w.device).norm(dim=1)[None, :]  # ‖L_j‖ = √E[x_j²]
+        residual = (SparseResidual.top_k(e, density, scores) if density is not None
+                    else SparseResidual.n_m(e, int(nm[0]), int(nm[1]), scores))
+        if factor is not None:  # the values that are best on the inputs, not E's own
+            with torch.no_grad():
+                residual.values.copy_(refit_sparse(e, residual.indices, factor.to(w.device)).to(residual.values))
         residual = residual.to(w.dtype)  # values only: the long indices are not floating point
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(tt, residual, bias)

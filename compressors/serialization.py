@@ -95,6 +95,10 @@ def _umask_modes(directory: Path, before: dict[Path, tuple[int, int, int]]) -> N
 def _resize(model: nn.Module, record: dict) -> None:
     """Give a freshly built dense model the module shapes ``record`` describes."""
     method = record["method"]
+    if method == "recipe":  # each step resized what the steps before it left
+        for step in record["steps"]:
+            _resize(model, step)
+        return
     if method in ("tt", "saten", "ptnn"):
         dtype = next(model.parameters()).dtype
         for name, spec in record["layers"].items():

@@ -23,10 +23,12 @@ from shapesearch.matrix.plan import LayerPlan, Plan
 
 from .accounting import dense_params, layer_bytes, layer_params
 from .compress import register_handler
+from .layer_plans import PlanRequest
 from .saten import SatenLinear
 from .targets import tied_output
 from .tt_embedding import TiedLMHead, TTEmbedding
 from .tt_linear import TT_LAYERS, tt_layer
+from .whitening import input_moments, whitened_tt_layer, whitening_factor
 
 SPEC_CLASSES: dict[str, type[nn.Module]] = {**TT_LAYERS, "saten": SatenLinear, "tt-embedding": TTEmbedding}
 
@@ -40,7 +42,11 @@ def read_plan(plan: Plan | dict | str | Path) -> Plan:
     return Plan.load(plan)
 
 
-def _plan_argument(plan: Plan | dict | str | Path) -> Plan:
+def _plan_argument(plan: Plan | PlanRequest | dict | str | Path) -> Plan | PlanRequest:
+    if isinstance(plan, PlanRequest):
+        return plan
+    if isinstance(plan, dict) and not isinstance(plan.get("layers"), dict):  # options to search one with
+        return PlanRequest.from_dict(plan)
     try:
         return read_plan(plan)
     except ShapesearchError as exc:
@@ -49,9 +55,11 @@ def _plan_argument(plan: Plan | dict | str | Path) -> Plan:
 
 @dataclass
 class TTConfig:
-    """Every layer of ``plan`` (a :class:`Plan`, its dict or the path of a plan JSON) as a TT alone."""
+    """Every layer of ``plan`` (a :class:`Plan`, its dict or the path of a plan JSON) as a TT
+    alone; or a :class:`~compressors.layer_plans.PlanRequest` (or its dict): the plan is then
+    searched on the model when it is compressed."""
 
-    plan: Plan | dict | str | Path
+    plan: Plan | PlanRequest | dict | str | Path
 
     def __post_init__(self) -> None:
         self.plan = _plan_argument(self.plan)
@@ -63,7 +71,7 @@ class SatenConfig:
     layer's entries kept, exact top-K of |E|) or ``nm`` = (n, m): n of every m consecutive
     inputs of each output row (e.g. (2, 4))."""
 
-    plan: Plan | dict | str | Path
+    plan: Plan | PlanRequest | dict | str | Path
     density: float | None = None
     nm: tuple[int, int] | None = None
 
@@ -91,7 +99,8 @@ def module_from_spec(spec: dict, dtype: torch.dtype) -> nn.Module:
 
 
 def _build(linear: nn.Linear | nn.Embedding, rec: LayerPlan, config: TTConfig | SatenConfig,
-           embedding_weights: torch.Tensor | None = None, head_moment: torch.Tensor | None = None) -> nn.Module:
+           embedding_weights: torch.Tensor | None = None, head_moment: torch.Tensor | None = None,
+           factor: torch.Tensor | None = None) -> nn.Module:
     saten = isinstance(config, SatenConfig)
     if isinstance(linear, nn.Embedding):
         return TTEmbedding.from_embedding(linear, rec.format, rec.out_modes, rec.in_modes, rec.eps,
@@ -100,7 +109,10 @@ def _build(linear: nn.Linear | nn.Embedding, rec: LayerPlan, config: TTConfig | 
                                           row_weights=embedding_weights, head_moment=head_moment)
     if saten:
         return SatenLinear.from_linear(linear, rec.format, rec.out_modes, rec.in_modes, rec.eps,
-                                       density=config.density, nm=config.nm, reverse=rec.reverse_sweep)
+                                       density=config.density, nm=config.nm, reverse=rec.reverse_sweep, factor=factor)
+    if factor is not None:
+        return whitened_tt_layer(linear.weight, rec.format, rec.out_modes, rec.in_modes, rec.eps, factor,
+                                 rec.reverse_sweep, linear.bias)
     return tt_layer(linear.weight, rec.format, rec.out_modes, rec.in_modes, rec.eps, rec.reverse_sweep, linear.bias)
 
 
@@ -109,14 +121,23 @@ def _build(linear: nn.Linear | nn.Embedding, rec: LayerPlan, config: TTConfig | 
 @torch.no_grad()
 def tensorize(model: nn.Module, config: TTConfig | SatenConfig,
               progress: Callable[[int], None] | None = None, embedding_weights: torch.Tensor | None = None,
-              head_moment: torch.Tensor | None = None) -> dict:
+              head_moment: torch.Tensor | None = None,
+              calibration: list[torch.Tensor] | None = None) -> dict:
     """Replace every planned nn.Linear (and nn.Embedding: a :class:`TTEmbedding`, which also
     serves a tied ``lm_head``) in place; returns the accounting report (``progress(i)`` after
     the i-th layer).  ``embedding_weights``: per-token row weights of the embedding's fit (e.g.
     ``tt_embedding.frequency_weights`` of calibration text), so ε bounds the weighted error;
     ``head_moment``: E[h hᵀ] of a tied ``lm_head``'s input (``calibration.head_input_moment``),
-    which whitens the fit of a tied embedding (ignored for an untied one)."""
-    plan = config.plan
+    which whitens the fit of a tied embedding (ignored for an untied one).  An activation-aware
+    plan needs the ``calibration`` windows it was made on: its layers are whitened by their
+    input moments on the plan's fitted windows (the first ``plan.calibration["windows"]``)."""
+    plan, searched = config.plan, None
+    if isinstance(plan, PlanRequest):
+        if getattr(model.config, "shapesearch_compression", None):
+            raise ShapesearchError("this model is already compressed; start from the dense model")
+        searched = time.perf_counter()
+        plan = plan.make(model, calibration)
+        searched = time.perf_counter() - searched
     if getattr(model.config, "shapesearch_compression", None):
         raise ShapesearchError("this model is already compressed; start from the dense model")
     targets = {}
@@ -130,14 +151,16 @@ def tensorize(model: nn.Module, config: TTConfig | SatenConfig,
             raise ShapesearchError(f"the plan's layer {name} does not match this model's {linear}; "
                                    "make the plan from the same model")
         targets[name] = linear
-    total_before = sum(p.numel() for p in model.parameters())
     start = time.perf_counter()
+    factors = _whitening(model, plan, calibration)
+    total_before = sum(p.numel() for p in model.parameters())
     layers, rows, tied = {}, [], None
     for i, (name, linear) in enumerate(targets.items()):
         rec = plan.layers[name]
         head = tied_output(model, linear) if isinstance(linear, nn.Embedding) else None
         try:
-            new = _build(linear, rec, config, embedding_weights, head_moment if head is not None else None)
+            new = _build(linear, rec, config, embedding_weights, head_moment if head is not None else None,
+                         factors.get(name))
         except ValueError as exc:
             raise ShapesearchError(f"layer {name}: {exc}") from exc
         new.train(linear.training)  # a fresh module is in training mode; an eval model must stay eval
@@ -159,7 +182,23 @@ def tensorize(model: nn.Module, config: TTConfig | SatenConfig,
     if isinstance(config, SatenConfig):
         record.update(density=config.density, nm=None if config.nm is None else list(config.nm))
     model.config.shapesearch_compression = record
-    return accounting_report(model, rows, total_before, method, time.perf_counter() - start)
+    report = accounting_report(model, rows, total_before, method, time.perf_counter() - start)
+    if searched is not None:
+        report.update(plan_seconds=searched, plan=plan.to_dict())
+    return report
+
+
+def _whitening(model: nn.Module, plan: Plan, calibration: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The whitening factor of every activation-aware layer of ``plan``, from the plan's windows."""
+    names = [n for n, rec in plan.layers.items() if rec.activation_aware]
+    if not names:
+        return {}
+    needed = plan.calibration["windows"]
+    if calibration is None or len(calibration) < needed:
+        raise ShapesearchError(f"this plan is activation-aware: give the calibration it was made on (at least "
+                               f"{needed} windows; got {len(calibration or [])})")
+    moments = input_moments(model, calibration[:needed], names)
+    return {n: whitening_factor(m) for n, m in moments.items()}
 
 
 def _fits(module: nn.Module, rec: LayerPlan) -> bool:

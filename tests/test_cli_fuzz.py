@@ -48,9 +48,9 @@ from hypothesis import strategies as st
 
 from .tiny_models import TEXT, small_array, small_png
 
-COMMANDS = ("image", "tensor", "reconstruct", "layers", "compress", "eval")
+COMMANDS = ("image", "tensor", "reconstruct", "layers", "compress", "eval", "pareto")
 # cases per command (≥ 500 in all); model commands cost more per case
-SHARE = {"image": 180, "tensor": 180, "reconstruct": 160, "layers": 80, "compress": 140, "eval": 100}
+SHARE = {"image": 180, "tensor": 180, "reconstruct": 160, "layers": 80, "compress": 140, "eval": 100, "pareto": 40}
 CASE_TIMEOUT = 120.0  # seconds one case may take before it counts as a hang
 MEMORY_CAP = 8 << 30  # bytes of address space for the helper process
 ERROR_PREFIX = "shapesearch: error:"
@@ -394,6 +394,8 @@ def _check_success(case: Case, r: dict, outs: list[str], case_dir: Path) -> list
         problems.append(f"exit 0 but --out {outs[0] if outs else None} was not written")
     elif case.command == "compress" and not (out is not None and (out / "report.json").is_file()):
         problems.append("exit 0 but --out/report.json was not written")
+    elif case.command == "pareto" and not (out is not None and (out / "front.json").is_file()):
+        problems.append("exit 0 but --out/front.json was not written")
     return problems
 
 
@@ -1256,6 +1258,16 @@ def layers_case(rnd: random.Random) -> Case:
     fmt = rnd.choice([None, None, "ttm", "tt"] + ["xyz", "TTM"] * (not clean))
     if fmt is not None:
         argv += ["--format", fmt]
+    if rnd.randint(0, 3) == 0:  # activation-aware: calibration windows of the model's tokenizer
+        calib = pick(rnd, TEXT_KINDS, clean)
+        if calib != "missing":
+            files.append(FileSpec("calib.txt", "text_file", {"kind": calib}))
+        argv += ["--activations", "--calib", "calib.txt", "--samples", pick(rnd, ["2", "3", "0", "-1"], clean),
+                 "--seqlen", pick(rnd, ["16", "32", "1", "abc"], clean)]
+        labels.append(f"activations calib:{calib}")
+        if rnd.randint(0, 2) == 0:
+            argv.append("--sensitivity")
+            labels.append("sensitivity")
     out, out_kind, extra = _out_spec(rnd, files, ["fresh"] * 6 + ["nested", "existing", "existing_overwrite",
                                                                    "under_file", "dir_named_like_file", "proc",
                                                                    "devfull", "txt"], "plan.json", ("plain", ""),
@@ -1379,6 +1391,40 @@ def eval_case(rnd: random.Random) -> Case:
     return Case("eval", argv, files, " ".join(["clean"] * clean + labels + [how]).strip())
 
 
+def pareto_case(rnd: random.Random) -> Case:
+    """``pareto --model``: mostly refusals; a valid case runs two cheap methods on a tiny Llama in process."""
+    files: list[FileSpec] = []
+    clean = rnd.random() < CLEAN
+    kind, model = _model_files(rnd, files, clean, ("llama",))
+    budgets = pick(rnd, ["0.8", "0.8,0.6", "0.7"] * 3 + ["", "1.5", "0", "a,b", "0.8,,0.6", "nan", "-0.2", "1e-300"],
+                   clean)
+    methods = pick(rnd, ["flat-llm", "svd-llm", "flat-llm,svd-llm"] * 3 + ["zip", "", "tt,zip", "FLAT-LLM"], clean)
+    argv = ["pareto", "--model", model, "--budgets", budgets, "--methods", methods, "--workers", "0",
+            "--windows", pick(rnd, ["1"] * 4 + ["0", "-1", "abc", HUGE_INT], clean),
+            "--samples", pick(rnd, ["2", "3"] * 3 + ["0", "-1", "abc"], clean),
+            "--seqlen", pick(rnd, ["32"] * 4 + ["1", "0", "abc"], clean)]
+    labels = [f"model:{kind}", f"budgets={budgets}", f"methods={methods}"]
+    if kind == "smollm2" and not any(v in ("0", "-1", "abc", "", "1.5", "nan", "a,b", "zip") for v in argv):
+        argv[argv.index("--windows") + 1] = "0"  # the real model loads only if nothing refuses first
+        labels.append("forced-refusal")
+    for flag, name in (("--calib", "calib.txt"), ("--text", "eval.txt")):
+        kind_text = pick(rnd, TEXT_KINDS, clean)
+        if kind_text != "missing":
+            files.append(FileSpec(name, "text_file", {"kind": kind_text}))
+        argv += [flag, name]
+        labels.append(f"{flag[2:]}:{kind_text}")
+    out, out_kind, extra = _out_spec(rnd, files, ["fresh"] * 6 + ["nested", "existing", "existing_overwrite",
+                                                                   "existing_file", "under_file", "empty_dir",
+                                                                   "proc", "readonly_dir"], "front",
+                                     ("copy_asset", "flat"), clean)
+    argv += ["--out", out, *extra]
+    labels.append(f"out:{out_kind}")
+    if rnd.random() < 0.5:
+        argv.append("--json")
+    argv, how = mangle(rnd, argv, ["--model", "--out", "--budgets"], clean)
+    return Case("pareto", argv, files, " ".join(["clean"] * clean + labels + [how]).strip())
+
+
 def _cases(build, *args) -> st.SearchStrategy[Case]:
     """Cases built by ``build(rnd, *args)`` from a generator hypothesis seeds (uniform choices:
     hypothesis' own draws lean towards the first and the boundary values)."""
@@ -1387,7 +1433,7 @@ def _cases(build, *args) -> st.SearchStrategy[Case]:
 
 STRATEGIES = {"image": _cases(search_case, "image"), "tensor": _cases(search_case, "tensor"),
               "reconstruct": _cases(reconstruct_case), "layers": _cases(layers_case),
-              "compress": _cases(compress_case), "eval": _cases(eval_case)}
+              "compress": _cases(compress_case), "eval": _cases(eval_case), "pareto": _cases(pareto_case)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import signal
 import sys
 
 from ..errors import ShapesearchError
-from . import layers_command, model_commands, search_commands, service_commands
+from . import front_command, layers_command, model_commands, search_commands, service_commands
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_commands.add_parsers(sub)
     layers_command.add_parser(sub)
     model_commands.add_parsers(sub)
+    front_command.add_parser(sub)
     service_commands.add_parsers(sub)
     return parser
 

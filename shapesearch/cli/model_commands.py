@@ -28,8 +28,13 @@ def compress_options(comp: argparse.ArgumentParser, for_job: bool = False) -> No
     def dflt(value: object) -> object:
         return None if for_job else value
 
-    families = ["flat-llm", "tt", "saten"] + ([] if for_job else ["ptnn"])
-    comp.add_argument("compressor", choices=families, help="the compressor family")
+    families = ["flat-llm", "tt", "saten"] + ([] if for_job else ["ptnn", "recipe"])
+    comp.add_argument("compressor", choices=families, help="the compressor family, or recipe: several in order")
+    if not for_job:
+        comp.add_argument("recipe", nargs="?", type=Path, default=None,
+                          help="recipe: the recipe JSON, e.g. {\"steps\": [{\"compressor\": \"flat-llm\", "
+                               "\"ratio\": 0.1}, {\"compressor\": \"saten\", \"density\": 0.05, \"plan\": "
+                               "{\"budget\": 0.8, \"activations\": true}}]}")
     comp.add_argument("--model", required=True,
                       help="smollm2, minilm (tt/saten/ptnn), a model directory, or a .gguf file")
     comp.add_argument("--plan", type=Path, default=None, help="tt/saten: the plan.json from `shapesearch layers`")
@@ -188,10 +193,43 @@ def ptnn_command(args: argparse.Namespace) -> tuple[dict, str]:
     return report, table(rows)
 
 
+def recipe_command(args: argparse.Namespace) -> tuple[dict, str]:
+    from compressors import compress_model
+    from compressors.model_jobs import read_recipe
+
+    if args.recipe is None:
+        raise ArgumentError("recipe", "file is missing: shapesearch compress recipe FILE.json --model M --out DIR")
+    for name, default in _RECIPE_ONLY.items():
+        if getattr(args, name) != default:
+            raise ArgumentError(name, "goes into the recipe file's steps, not on the command line")
+    report = compress_model(args.model, read_recipe(args.recipe), args.out, calib=args.calib, samples=args.samples,
+                            seqlen=args.seqlen, seed=args.seed, overwrite=args.overwrite)
+    rows = [("recipe", f"{len(report['steps'])} steps from {args.recipe}")]
+    for i, step in enumerate(report["steps"], 1):
+        ppl = f", perplexity {step['perplexity']:.2f}" if "perplexity" in step else ""
+        rows.append((f"step {i}: {step['method']}", f"decoder linears now {step['decoder_linear_params_now']:,}, "
+                                                    f"whole model {step['params_now']:,}{ppl}"))
+    rows += [("decoder linears", f"{report['decoder_linear_params_before']:,} → "
+                                 f"{report['decoder_linear_params_after']:,} "
+                                 f"(−{100 * report['decoder_linear_removed']:.1f} %)"),
+             ("whole model", f"{report['params_before']:,} → {report['params_after']:,} "
+                             f"(−{100 * report['total_removed']:.1f} %)"),
+             ("saved", str(args.out))]
+    return report, table(rows)
+
+
+_RECIPE_ONLY = {"plan": None, "density": None, "nm": None, "ratio": 0.2, "method": "flat-llm", "uniform": False,
+                "finetune_steps": 0}
+
+
 def compress_command(args: argparse.Namespace) -> tuple[dict, str]:
+    if args.compressor != "recipe" and args.recipe is not None:
+        raise ArgumentError("recipe", f"{args.recipe}: a file argument is for `compress recipe FILE.json` only")
     if args.compressor == "ptnn":
         return ptnn_command(args)
     _refuse_ptnn_flags(args)
+    if args.compressor == "recipe":
+        return recipe_command(args)
     if args.compressor in ("tt", "saten"):
         return tensorize_command(args)
     from compressors import compress_model

@@ -14,14 +14,18 @@ class ShapeSpace:
 
     ``axis_per_mode`` restricts the grouping: every mode holds digits of one axis only, the
     axes in order (all modes of axis 0, then of axis 1, …), as the plain-TT layer format needs.
+    ``whole_axis``: an axis all of whose digits stay in one mode, in their natural order (so
+    that mode's index over the axis is the axis' own index, and a matrix acting on that axis
+    folds into its core: the activation-aware layer search needs it).
     ``max_pad = 0`` turns padding off.
     """
 
     def __init__(self, shape: tuple[int, ...], max_pad: float = 0.25, max_prime: int = 7,
-                 min_order: int = 2, axis_per_mode: bool = False) -> None:
+                 min_order: int = 2, axis_per_mode: bool = False, whole_axis: int | None = None) -> None:
         self.shape = tuple(shape)
         self.min_order = min_order
         self.axis_per_mode = axis_per_mode
+        self.whole_axis = whole_axis
         self.paddings = [padding_candidates(n, max_pad, max_prime) if n >= 4 and max_pad > 0 else (n,)
                          for n in self.shape]
 
@@ -36,6 +40,11 @@ class ShapeSpace:
     def valid(self, t: Tensorization | None) -> bool:
         if t is None or t.order < self.min_order:
             return False
+        if self.whole_axis is not None:
+            a = self.whole_axis
+            if (sum(1 for m in t.modes if m[a]) != 1
+                    or t.axes[a].digits != tuple(prime_factors(t.axes[a].padded))):
+                return False
         if self.axis_per_mode:
             owners = [next(a for a, c in enumerate(m) if c) for m in t.modes]
             return all(sum(1 for c in m if c) == 1 for m in t.modes) and owners == sorted(owners)

@@ -70,6 +70,7 @@ class SearchConfig:
     max_pad: float = 0.25
     max_order: int = 12
     axis_per_mode: bool = False  # every mode holds one axis's digits (see ShapeSpace)
+    whole_axis: int | None = None  # an axis kept in one mode (see ShapeSpace)
     surrogate: bool = True
     confirm_top: int = 4
     polish_rounds: int = 10
@@ -120,7 +121,8 @@ class _Engine:
                  references: dict[str, Tensorization] | None = None) -> None:
         self.tensor, self.config, self.executor = tensor, config, executor
         self.norm = float(np.linalg.norm(tensor))
-        self.space = ShapeSpace(tensor.shape, config.max_pad, axis_per_mode=config.axis_per_mode)
+        self.space = ShapeSpace(tensor.shape, config.max_pad, axis_per_mode=config.axis_per_mode,
+                                whole_axis=config.whole_axis)
         self.references = references
         self.settings = EvalSettings.for_eps(config.eps, config.carry_over).to_dict()
         self.cache: dict[tuple, dict] = {}

@@ -123,6 +123,19 @@ def balanced_shape(out_features: int, in_features: int, fmt: Format | str, order
     return shape_from_modes(outs, ins, fmt)
 
 
+def low_rank_shape(out_features: int, in_features: int, fmt: Format | str) -> Tensorization:
+    """The two-core shape that is a rank factorization W = A·B: every input digit in one core,
+    every output digit in the other (the reference an activation-aware search starts from)."""
+    if Format.parse(fmt) is Format.TTM:
+        return shape_from_modes((1, out_features), (in_features, 1), fmt)
+    return shape_from_modes((out_features,), (in_features,), fmt)
+
+
+def input_axis(fmt: Format | str) -> int:
+    """The axis of the format's 2-axis tensor that indexes the layer's inputs (ttm: W's columns; tt: Wᵀ's rows)."""
+    return 1 if Format.parse(fmt) is Format.TTM else 0
+
+
 def all_pairings(out_features: int, in_features: int, order: int) -> list[Tensorization]:
     """Every ttm shape with exactly ``order`` modes of factors ≥ 1 (for exhaustive checks on tiny layers)."""
     def with_ones(n: int) -> set[tuple[int, ...]]:

@@ -13,6 +13,12 @@ of each size get the full search (surrogate spectra, GA); every other layer star
 leaders' winners and its own balanced shape, fills a small population with their one-to-
 three-move variants, and polishes by steepest descent: about a seventh of the evaluations
 and no spectra (``benchmarks/layer_search_speed.md``).
+
+With ``whole_input`` every input digit stays in one core (``ShapeSpace.whole_axis``).  The
+activation-aware plan searches W·L (L Lᵀ the input second moment) this way: a matrix acting
+on the inputs then folds into that core, so TT(W·L)·L⁻¹ costs the same parameters and its
+error on the activations is exactly the searched one.  The reference shape is then the rank
+factorization instead of the balanced one (which splits the inputs).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from ..engine.fitness import EvalSettings, confirm
 from ..engine.search import SearchConfig, run_search
 from ..errors import ArgumentError
 from .budget import allocate
-from .formats import Format, balanced_shape, matrix_tensor, modes_of, shape_from_modes
+from .formats import Format, balanced_shape, input_axis, low_rank_shape, matrix_tensor, modes_of, shape_from_modes
 from .plan import BalancedShape, LayerPlan, Plan, PlanSummary
 
 DEFAULT_EPS_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # per-layer ε choices under a budget
@@ -48,6 +54,7 @@ class LayerSearchConfig:
     warm_start: bool = True  # see the module docstring
     leaders: int = 2  # fully searched layers per matrix size (the first and last of the size in model order)
     warm_population: int = 8
+    whole_input: bool = False  # see the module docstring
 
     def __post_init__(self) -> None:
         if self.leaders < 1 or self.warm_population < 2:
@@ -56,13 +63,21 @@ class LayerSearchConfig:
 
     def search_config(self, eps: float, fmt: Format, warm: bool = False) -> SearchConfig:
         """The GA of a layer: the full search, or (``warm``) a follower's start and polish only."""
+        whole = input_axis(fmt) if self.whole_input else None
         if warm:
             return SearchConfig(eps=eps, population=self.warm_population, generations=0, seed=self.seed, max_pad=0.0,
-                                max_order=self.max_order, axis_per_mode=fmt.axis_per_mode,
+                                max_order=self.max_order, axis_per_mode=fmt.axis_per_mode, whole_axis=whole,
                                 polish_rounds=self.polish_rounds, surrogate=False, confirm_top=2)
         return SearchConfig(eps=eps, population=self.population, generations=self.generations, stall=self.stall,
                             seed=self.seed, max_pad=0.0, max_order=self.max_order, axis_per_mode=fmt.axis_per_mode,
-                            polish_rounds=self.polish_rounds, surrogate=fmt is Format.TTM, confirm_top=3)
+                            whole_axis=whole, polish_rounds=self.polish_rounds, surrogate=fmt is Format.TTM,
+                            confirm_top=3)
+
+    def reference_shape(self, out_features: int, in_features: int, fmt: Format):
+        """The shape every search is seeded with and falls back to (see the module docstring)."""
+        if self.whole_input:
+            return low_rank_shape(out_features, in_features, fmt)
+        return balanced_shape(out_features, in_features, fmt, self.balanced_order)
 
 
 def search_matrix(weight: np.ndarray, eps: float | list[float], fmt: Format | str = Format.TTM,
@@ -94,7 +109,7 @@ def _search_one(tensor: np.ndarray, fast: LocalExecutor, eps: float, fmt: Format
     start = time.perf_counter()
     norm = fast.norm
     out_features, in_features = tensor.shape if fmt is Format.TTM else tensor.shape[::-1]
-    balanced = balanced_shape(out_features, in_features, fmt, config.balanced_order)
+    balanced = config.reference_shape(out_features, in_features, fmt)
     bal = _measured(tensor, norm, balanced, eps)
     references = {"balanced": balanced}
     for i, plan in enumerate(starts or ()):
@@ -184,19 +199,21 @@ def search_layers(weights: Mapping[str, np.ndarray], eps_values: list[float], fm
 
 def make_plan(found: Mapping[str, Mapping[float, LayerPlan]], norms2: Mapping[str, float], budget: int | None,
               seed: int = 0, *, model: str | None = None, layer_types: Mapping[str, str] | None = None,
-              biases: Mapping[str, bool] | None = None) -> Plan:
+              biases: Mapping[str, bool] | None = None, importance: Mapping[str, float] | None = None) -> Plan:
     """The plan: one layer plan per layer of ``found`` (from :func:`search_layers`).
 
     Without ``budget``, each layer at the single ε searched; with ``budget`` (TT parameters
     over all listed layers), the per-layer ε that fits it with the least total error energy
-    Σ ε_l²‖W_l‖²_F (``norms2``: ‖W_l‖²_F; a DEAP GA over the choices, seeded greedily).
+    Σ ε_l²‖W_l‖²_F (``norms2``: ‖W_l‖²_F; a DEAP GA over the choices, seeded greedily), or
+    with ``importance`` (a measured sensitivity per layer) Σ importance_l ε_l²‖W_l‖²_F.
     ``model``, ``layer_types`` and ``biases`` (per layer name) are recorded as given."""
     names = list(found)
     grid = list(next(iter(found.values())))
     if budget is None:
         layers = {n: next(iter(found[n].values())) for n in names}
     else:
-        options = [[(rec.params, rec.rel_error ** 2 * norms2[n]) for rec in found[n].values()] for n in names]
+        weight = {n: norms2[n] * (1.0 if importance is None else importance[n]) for n in names}
+        options = [[(rec.params, rec.rel_error ** 2 * weight[n]) for rec in found[n].values()] for n in names]
         choice = allocate(options, budget, seed)
         layers = {n: list(found[n].values())[c] for n, c in zip(names, choice)}
     layers = {n: replace(rec, type=None if layer_types is None else layer_types[n],

@@ -43,7 +43,8 @@ def _number(where: str, key: str, value: Any) -> float:
 
 @dataclass(frozen=True)
 class BalancedShape:
-    """The Saten authors' fixed (balanced) shape TT-SVD'd at the layer's ε, for comparison."""
+    """The reference shape TT-SVD'd at the layer's ε, for comparison: the Saten authors' fixed (balanced)
+    shape, or in an activation-aware plan the rank factorization (see ``layer_search``)."""
 
     out_modes: tuple[int, ...]
     in_modes: tuple[int, ...]
@@ -68,7 +69,12 @@ class LayerPlan:
     The search also records what it found (``ranks``, ``params`` = TT parameters,
     ``rel_error`` measured, the ``balanced`` shape at the same ε, GA ``evaluations`` and
     ``seconds``); the model adds ``type`` (name without block index) and ``bias``.  These are
-    ``None`` in a hand-written plan."""
+    ``None`` in a hand-written plan.
+
+    ``error_space`` "activation": ε (and ``rel_error``) are relative errors on the layer's
+    calibration inputs, ‖(W − Ŵ)X‖_F / ‖W X‖_F, and the layer is built whitened by their second
+    moment (``compressors.whitening``); ``held_out_error`` is that error measured on held-back
+    calibration windows.  None: ε is the weight error ‖W − Ŵ‖_F / ‖W‖_F."""
 
     format: Format
     eps: float
@@ -83,6 +89,12 @@ class LayerPlan:
     seconds: float | None = None
     type: str | None = None
     bias: bool | None = None
+    error_space: str | None = None
+    held_out_error: float | None = None
+
+    @property
+    def activation_aware(self) -> bool:
+        return self.error_space == "activation"
 
     @property
     def out_features(self) -> int:
@@ -109,7 +121,8 @@ class LayerPlan:
              "params": self.params, "dense_params": self.dense_params, "rel_error": self.rel_error,
              "balanced": None if self.balanced is None else self.balanced.to_dict(),
              "balanced_params": self.balanced_params, "evaluations": self.evaluations, "seconds": self.seconds,
-             "type": self.type, "bias": self.bias}
+             "type": self.type, "bias": self.bias, "error_space": self.error_space,
+             "held_out_error": self.held_out_error}
         return {k: v for k, v in d.items() if v is not None}
 
     @classmethod
@@ -127,6 +140,8 @@ class LayerPlan:
         for key, modes in (("out_features", out_modes), ("in_features", in_modes)):
             if key in d and d[key] != math.prod(modes):
                 raise _fail(f"{where}: {key} {d[key]} is not the product of its modes {list(modes)}")
+        if d.get("error_space") not in (None, "weight", "activation"):
+            raise _fail(f"{where}: error_space must be 'weight' or 'activation', got {d['error_space']!r}")
         balanced = d.get("balanced")
         try:
             return cls(format=Format(d["format"]), eps=_number(where, "eps", d["eps"]), out_modes=out_modes,
@@ -135,7 +150,8 @@ class LayerPlan:
                        rel_error=d.get("rel_error"),
                        balanced=None if balanced is None else BalancedShape.from_dict(balanced),
                        evaluations=d.get("evaluations"), seconds=d.get("seconds"), type=d.get("type"),
-                       bias=d.get("bias"))
+                       bias=d.get("bias"), error_space=d.get("error_space"),
+                       held_out_error=d.get("held_out_error"))
         except (KeyError, TypeError) as exc:
             raise _fail(f"{where} has a malformed record ({exc!r})") from exc
 
@@ -167,7 +183,9 @@ class PlanSummary:
 class Plan:
     """A TT shape per layer name (dotted, from the model root), with where it came from:
     ``model`` searched, ``format``, the single ``eps`` searched or, under a budget, the
-    ``eps_grid`` each layer picked from."""
+    ``eps_grid`` each layer picked from.  An activation-aware plan records its ``calibration``
+    (``windows`` fitted, ``held_out_windows``, ``tokens`` per window, ``sensitivity``): the
+    compressor whitens with the first ``windows`` of the same calibration windows."""
 
     layers: dict[str, LayerPlan]
     model: str | None = None
@@ -175,6 +193,7 @@ class Plan:
     eps: float | None = None
     eps_grid: tuple[float, ...] | None = None
     summary: PlanSummary | None = None
+    calibration: dict | None = None
     version: int = field(default=PLAN_VERSION)
 
     def __post_init__(self) -> None:
@@ -186,7 +205,8 @@ class Plan:
                 "format": None if self.format is None else self.format.value, "eps": self.eps,
                 "eps_grid": None if self.eps_grid is None else list(self.eps_grid),
                 "layers": {name: rec.to_dict() for name, rec in self.layers.items()},
-                "summary": None if self.summary is None else self.summary.to_dict()}
+                "summary": None if self.summary is None else self.summary.to_dict(),
+                **({} if self.calibration is None else {"calibration": self.calibration})}
 
     @classmethod
     def from_dict(cls, d: Any) -> Plan:
@@ -210,8 +230,14 @@ class Plan:
         except (KeyError, TypeError) as exc:
             raise _fail(f"the plan's summary is malformed ({exc!r})") from exc
         grid = d.get("eps_grid")
+        calibration = d.get("calibration")
+        if any(r.activation_aware for r in recs.values()) and not (
+                isinstance(calibration, dict) and isinstance(calibration.get("windows"), int)
+                and calibration["windows"] >= 1):
+            raise _fail("an activation-aware plan needs its calibration record (windows >= 1)")
         return cls(layers=recs, model=d.get("model"), format=None if fmt is None else Format(fmt), eps=d.get("eps"),
-                   eps_grid=None if grid is None else tuple(grid), summary=summary, version=version)
+                   eps_grid=None if grid is None else tuple(grid), summary=summary, calibration=calibration,
+                   version=version)
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as JSON (parent folders created)."""

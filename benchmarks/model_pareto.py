@@ -1,0 +1,203 @@
+"""Perplexity against parameters on SmolLM2-135M: FLAT-LLM, SVD-LLM, TT / Saten with
+weight-space vs activation-aware shapes and energy vs sensitivity budgets, and a recipe.
+
+    python benchmarks/model_pareto.py [--fractions 0.8 0.6] [--finetune 0.75] [--windows 30]
+
+Budget: the fraction of SmolLM2's decoder-linear parameters kept (FLAT-LLM at ratio 1 − f;
+SVD-LLM at FLAT-LLM's count, its own rule; TT / Saten plans fit f × the dense count, a
+Saten residual of density d taking d of it).  Calibration: 32 windows of 512 tokens of the
+gensim Wikipedia calibration articles (as benchmarks/flat_llm.py); an activation-aware plan
+fits on the first 24 and measures its errors on the last 8.  Perplexity: 512-token windows of
+the held-out articles.  Weight-space shapes: the committed per-layer search of every linear
+(results/layer_shapes-smollm2-ttm.jsonl, benchmarks/layer_shapes.py); activation-aware
+shapes: searched here, once for every budget, at the ε grid below.  ``--finetune F``: the
+same short fine-tune (next-token loss, calibration articles, compressed layers only) for the
+methods at budget F.  Rows are appended to results/model_pareto.jsonl as they finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from _report import RESULTS, append_row, load_rows, machine, main_with_report, table
+from layer_shapes import found_layers
+
+import compressors
+from compressors import FinetuneConfig, FlatLLMConfig, SatenConfig, SVDLLMConfig, TTConfig
+from compressors.architectures import decoder_linear_params, decoder_weight_params, total_params
+from compressors.corpus import calibration_windows, wikipedia
+from compressors.layer_plans import LayerOptions, PlanRequest, search_options
+from compressors.lm_metrics import perplexity, speed
+from compressors.targets import layer_type, target_linears
+
+JSONL = RESULTS / "model_pareto.jsonl"
+MARKDOWN = Path(__file__).parent / "model_pareto.md"
+GRID = (0.04, 0.06, 0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6)  # activation-relative ε choices per layer
+DENSITY = 0.05  # the Saten rows' residual: 5 % of each layer's entries
+RECIPE_RATIO = 0.1  # the recipe's FLAT-LLM step; activation-aware Saten takes the rest of the budget
+
+
+def weight_space_options(model: torch.nn.Module) -> LayerOptions:
+    """The committed weight-space search of every linear, as the options plans pick from."""
+    linears = target_linears(model)
+    return LayerOptions(found=found_layers("smollm2", "ttm"),
+                        norms2={n: float(m.weight.double().pow(2).sum()) for n, m in linears.items()},
+                        layer_types={n: layer_type(n) for n in linears}, biases=dict.fromkeys(linears, False),
+                        model_name="smollm2")
+
+
+def methods(weight: LayerOptions, aware: LayerOptions, grid: tuple[float, ...]) -> dict[str, Callable]:
+    """name → f ↦ the config (or recipe) that keeps the fraction f of the decoder linears."""
+    return {
+        "flat-llm": lambda f: FlatLLMConfig(1 - f),
+        "svd-llm": lambda f: SVDLLMConfig(1 - f),
+        "tt weight-space": lambda f: TTConfig(weight.plan(f)),
+        "tt activation-aware": lambda f: TTConfig(aware.plan(f)),
+        "tt activation-aware, sensitivity": lambda f: TTConfig(aware.plan(f, sensitivity=True)),
+        "saten weight-space": lambda f: SatenConfig(weight.plan(f - DENSITY), density=DENSITY),
+        "saten activation-aware, sensitivity": lambda f: SatenConfig(aware.plan(f - DENSITY, sensitivity=True),
+                                                                     density=DENSITY),
+        "recipe flat-llm → saten activation-aware": lambda f: [
+            FlatLLMConfig(RECIPE_RATIO),
+            SatenConfig(PlanRequest(budget=(f - DENSITY * (1 - RECIPE_RATIO)) / (1 - RECIPE_RATIO) - 1e-9,
+                                    activations=True, sensitivity=True, eps_grid=grid, generations=2, population=4,
+                                    workers=2), density=DENSITY)],
+    }
+
+
+def state_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the saved tensors (parameters and index buffers; a tied table once)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen and not t.dtype.is_complex:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(2)
+    dense, tok = compressors.load_model("smollm2")
+    calib = calibration_windows(tok, wikipedia("calibration"), args.samples, 512)
+    text = wikipedia("evaluation")
+    rows = load_rows(JSONL)
+    done = {(r["method"], r["fraction"], r.get("finetune_steps", 0)) for r in rows}
+    linear_dense = decoder_linear_params(dense)
+
+    def measure(model: torch.nn.Module, with_speed: bool = True) -> dict:
+        ppl = perplexity(model, tok, text, 512, args.windows)
+        out = {"perplexity": ppl["perplexity"], "windows": ppl["windows"],
+               "decoder_fraction": decoder_weight_params(model) / linear_dense, "params": total_params(model),
+               "bytes": state_bytes(model)}
+        if args.speed and with_speed:
+            s = speed(model, tok, text)
+            out.update(prefill_tokens_per_s=s["prefill_tokens_per_s"], decode_tokens_per_s=s["decode_tokens_per_s"])
+        return out
+
+    if ("dense", 1.0, 0) not in done:
+        append_row(JSONL, {"method": "dense", "fraction": 1.0, **measure(dense), "machine": machine()})
+    search = next((r for r in rows if r["method"] == "activation-aware search"), None)
+    start = time.perf_counter()
+    aware = search_options(dense, GRID, "ttm", calibration=calib, sensitivity=True, workers=2, model_name="smollm2")
+    if search is None:
+        append_row(JSONL, {"method": "activation-aware search", "fraction": None,
+                           "seconds": time.perf_counter() - start, "grid": list(GRID), "layers": len(aware.found),
+                           "machine": machine()})
+    table_of = methods(weight_space_options(dense), aware, GRID)
+    train = calibration_windows(tok, wikipedia("calibration"), args.steps, 256, seed=1)
+    jobs = [(f, m, 0) for f in args.fractions for m in args.methods]
+    jobs += [(f, m, args.steps) for f in args.finetune for m in args.finetune_methods]
+    for fraction, method, steps in jobs:
+        if (method, fraction, steps) in done:
+            continue
+        print(f"  {method} @ {fraction} ({steps} fine-tune steps) ...", file=sys.stderr, flush=True)
+        model = copy.deepcopy(dense)
+        start = time.perf_counter()
+        report = compressors.compress(model, table_of[method](fraction), calibration=calib)
+        row = {"method": method, "fraction": fraction, "finetune_steps": steps,
+               "compress_seconds": time.perf_counter() - start, **measure(model, with_speed=not steps)}
+        if "steps" in report:
+            row["steps"] = [{k: s.get(k) for k in ("method", "decoder_linear_params_now", "plan_seconds")}
+                            for s in report["steps"]]
+        if steps:
+            row["perplexity_before_finetune"] = row["perplexity"]
+            row["finetune"] = compressors.finetune(model, train, FinetuneConfig(steps=steps, lr=args.lr))
+            row["perplexity"] = perplexity(model, tok, text, 512, args.windows)["perplexity"]
+        append_row(JSONL, {**row, "machine": machine()})
+        print(json.dumps(row), flush=True)
+
+
+def report_markdown() -> str:
+    rows = load_rows(JSONL)
+    dense = next(r for r in rows if r["method"] == "dense")
+    search = next((r for r in rows if r["method"] == "activation-aware search"), None)
+    body = []
+    speed_cols = "prefill_tokens_per_s" in dense
+
+    def line(r: dict, label: str) -> list:
+        cells = [label, f"{r['decoder_fraction']:.3f}", f"{r['params']:,}", f"{r['bytes']:,}", r["perplexity"],
+                 f"{r['perplexity'] / dense['perplexity']:.2f}"]
+        if speed_cols and "prefill_tokens_per_s" in r:
+            cells += [f"{r['prefill_tokens_per_s'] / dense['prefill_tokens_per_s']:.2f}",
+                      f"{r['decode_tokens_per_s'] / dense['decode_tokens_per_s']:.2f}"]
+        elif speed_cols:
+            cells += ["—", "—"]  # a fine-tuned row has the structure (and speed) of its row without
+        return cells + [f"{r.get('compress_seconds', 0):.0f}"]
+
+    body.append(line({**dense, "decoder_fraction": 1.0}, "dense"))
+    for steps in sorted({r.get("finetune_steps", 0) for r in rows if r["fraction"]}):
+        for fraction in sorted({r["fraction"] for r in rows if r["fraction"] and r["fraction"] < 1
+                                and r.get("finetune_steps", 0) == steps}, reverse=True):
+            group = [r for r in rows if r["fraction"] == fraction and r.get("finetune_steps", 0) == steps]
+            best = min(r["perplexity"] for r in group)
+            for r in group:
+                label = f"{r['method']} @ {fraction:g}" + (f", {steps}-step fine-tune (before: "
+                                                           f"{r['perplexity_before_finetune']:.1f})" if steps else "")
+                body.append(line(r, f"**{label}**" if r["perplexity"] == best else label))
+    headers = ["method @ budget", "decoder linears kept", "whole-model parameters", "bytes", "perplexity", "× dense"]
+    if speed_cols:
+        headers += ["prefill × dense", "decode × dense"]
+    headers.append("compression s")
+    search_note = (f"The activation-aware search of all {search['layers']} linears at {len(search['grid'])} ε "
+                   f"({', '.join(f'{e:g}' for e in search['grid'])}; whitened, every input digit in one core, "
+                   f"the spectra and sensitivity included) took {search['seconds']:.0f} s once; every activation-aware "
+                   "plan below is picked from it.") if search else ""
+    return "\n".join([
+        "# Perplexity against parameters on SmolLM2-135M", "",
+        f"Printed by `benchmarks/model_pareto.py` (rows in `results/model_pareto.jsonl`) on {dense['machine']}, "
+        f"torch {torch.__version__}. Budget = fraction of the decoder-linear parameters kept (what replaced them "
+        "counted: TT cores, sparse values, low-rank factors); bytes = every saved tensor, sparse indices included. "
+        f"Saten rows: a top-K residual of density {DENSITY:g} plus a TT plan for the rest of the budget. Recipe: "
+        f"FLAT-LLM at ratio {RECIPE_RATIO:g}, then activation-aware Saten (sensitivity budget) searched on what "
+        f"FLAT-LLM left. Perplexity: {dense['windows']} windows of 512 tokens of the held-out articles; speed: "
+        "batch 4, prompt 256, 32 new tokens, median of 3, relative to dense in the same run. Best of each budget in "
+        "bold. " + search_note, "",
+        table(headers, body), ""])
+
+
+def main() -> None:
+    names = list(methods(None, None, GRID))  # type: ignore[arg-type]
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fractions", nargs="+", type=float, default=[0.8, 0.6])
+    p.add_argument("--methods", nargs="+", default=[n for n in names if n != "saten weight-space"], choices=names)
+    p.add_argument("--finetune", nargs="*", type=float, default=[0.75], help="budgets that also get the fine-tune")
+    p.add_argument("--finetune-methods", nargs="+",
+                   default=["flat-llm", "saten activation-aware, sensitivity"],
+                   choices=names)
+    p.add_argument("--steps", type=int, default=60, help="fine-tune steps (256-token windows)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--samples", type=int, default=32, help="calibration windows of 512 tokens")
+    p.add_argument("--windows", type=int, default=30, help="perplexity windows of 512 tokens")
+    p.add_argument("--no-speed", dest="speed", action="store_false")
+    main_with_report(p, run, report_markdown, MARKDOWN)
+
+
+if __name__ == "__main__":
+    main()
