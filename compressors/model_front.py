@@ -14,7 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from shapesearch.errors import ArgumentError
+from shapesearch.engine.executors import limit_threads, start_ray
+from shapesearch.errors import ArgumentError, ShapesearchError
 from shapesearch.paths import check_writable_dir
 
 from .architectures import decoder_linear_params, decoder_weight_params, total_params
@@ -37,8 +38,9 @@ def model_front(model: str, budgets: Sequence[float], out: str | Path, methods: 
                 text: str | Path | None = None, calib: str | Path | None = None, samples: int = 32,
                 seqlen: int = 512, seed: int = 0, windows: int = 10, eps_grid: Sequence[float] = EPS_GRID,
                 workers: int | None = None, address: str | None = None, overwrite: bool = False) -> list[dict]:
-    """Rows {method, budget, perplexity, params, decoder_fraction, seconds, front} for every
-    method at every budget (the fraction of the decoder-linear parameters kept), written to
+    """Rows {method, budget, perplexity, params, decoder_fraction, seconds, front} (or
+    {method, budget, error} for a point the method cannot make, e.g. a budget its rounding
+    misses) for every method at every budget (the fraction of the decoder-linear parameters kept), written to
     ``out`` as front.json, a markdown table and a plot of perplexity against whole-model
     parameters.  ``text``: held-out text (default: the Wikipedia evaluation split), ``windows``
     windows of 512 tokens; calibration as for ``compress``."""
@@ -58,6 +60,20 @@ def model_front(model: str, budgets: Sequence[float], out: str | Path, methods: 
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ArgumentError("out", f"{out} is not empty; pick another directory or overwrite it")
     held_out = read_text(text, "evaluation", "text") if text is not None else wikipedia("evaluation")
+    import ray  # the points and the search run on it; a Ray this call starts is shut down at its end
+
+    running = ray.is_initialized()
+    try:
+        return _front(model, budgets, out, methods, held_out, calib, samples, seqlen, seed, windows, eps_grid,
+                      workers, address)
+    finally:
+        if not running and ray.is_initialized():
+            ray.shutdown()
+
+
+def _front(model: str, budgets: list[float], out: Path, methods: Sequence[str], held_out: str,
+           calib: str | Path | None, samples: int, seqlen: int, seed: int, windows: int,
+           eps_grid: Sequence[float], workers: int | None, address: str | None) -> list[dict]:
     net, _, calibration, _ = model_calibration(model, calib, samples, seqlen, seed)
     plans: dict[tuple[str, float], dict | None] = {}
     if {"tt", "saten"} & set(methods):
@@ -75,8 +91,6 @@ def model_front(model: str, budgets: Sequence[float], out: str | Path, methods: 
     else:
         import ray
 
-        from shapesearch.engine.executors import start_ray
-
         start_ray(address, workers)
         task = ray.remote(num_cpus=1, max_retries=1)(_front_task)
         rows = ray.get([task.remote(m, b, p, args) for m, b, p in points])
@@ -89,8 +103,6 @@ def model_front(model: str, budgets: Sequence[float], out: str | Path, methods: 
 
 
 def _front_task(method: str, budget: float, plan: dict | None, args: dict) -> dict:
-    from shapesearch.engine.executors import limit_threads
-
     limit_threads()
     return front_point(method, budget, plan, **args)
 
@@ -101,7 +113,10 @@ def front_point(method: str, budget: float, plan: dict | None, *, model: str, ca
     net, tok, calibration, _ = model_calibration(model, calib, samples, seqlen, seed)
     dense = decoder_linear_params(net)
     start = time.perf_counter()
-    compress(net, _config(method, budget, plan), calibration=calibration)
+    try:
+        compress(net, _config(method, budget, plan), calibration=calibration)
+    except ShapesearchError as exc:  # e.g. a budget this method cannot meet on this model: the other points stand
+        return {"method": method, "budget": budget, "error": str(exc)}
     seconds = time.perf_counter() - start
     return {"method": method, "budget": budget, "perplexity": perplexity(net, tok, text, 512, windows)["perplexity"],
             "params": total_params(net), "decoder_fraction": decoder_weight_params(net) / dense, "seconds": seconds}
@@ -118,16 +133,22 @@ def _config(method: str, budget: float, plan: dict | None) -> object:
 
 
 def mark_front(rows: list[dict]) -> None:
-    """``front``: no other row has at most its parameters and perplexity, one of them lower."""
+    """``front``: no other row has at most its parameters and perplexity, one of them lower
+    (a point that could not be made, with its ``error``, is never on it)."""
+    made = [r for r in rows if "error" not in r]
     for r in rows:
-        r["front"] = not any(o is not r and o["params"] <= r["params"] and o["perplexity"] <= r["perplexity"]
-                             and (o["params"], o["perplexity"]) != (r["params"], r["perplexity"]) for o in rows)
+        r["front"] = "error" not in r and not any(
+            o is not r and o["params"] <= r["params"] and o["perplexity"] <= r["perplexity"]
+            and (o["params"], o["perplexity"]) != (r["params"], r["perplexity"]) for o in made)
 
 
 def front_table(rows: list[dict]) -> str:
     lines = ["| method | budget | decoder linears kept | whole-model parameters | perplexity | front |",
              "|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (-r["budget"], r["perplexity"])):
+    for r in sorted(rows, key=lambda r: (-r["budget"], r.get("perplexity", float("inf")))):
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['budget']:g} | not made: {r['error']} | | | |")
+            continue
         lines.append(f"| {r['method']} | {r['budget']:g} | {r['decoder_fraction']:.3f} | {r['params']:,} | "
                      f"{r['perplexity']:.2f} | {'yes' if r['front'] else ''} |")
     return "\n".join(lines)
@@ -142,7 +163,7 @@ def plot_front(rows: list[dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for method in dict.fromkeys(r["method"] for r in rows):
-        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["params"])
+        mine = sorted((r for r in rows if r["method"] == method and "error" not in r), key=lambda r: r["params"])
         line, = ax.plot([r["params"] / 1e6 for r in mine], [r["perplexity"] for r in mine], "-", label=method)
         for r in mine:
             ax.plot(r["params"] / 1e6, r["perplexity"], "o", color=line.get_color(),

@@ -243,9 +243,11 @@ def test_model_front_cli_writes_every_point_and_marks_the_front(tmp_path, capsys
                             "--eps-grid", "0.1", "0.3", "0.6", "--out", out, "--json"], capsys)
     rows = json.loads(stdout)["rows"]
     assert code == 0 and len(rows) == 8 and {r["method"] for r in rows} == {"flat-llm", "svd-llm", "tt", "saten"}
-    for r in rows:
+    made = [r for r in rows if "error" not in r]
+    assert len(made) >= 6  # a budget a method's rounding cannot meet on this tiny model is reported, not fatal
+    for r in made:
         assert r["decoder_fraction"] <= r["budget"] + 0.02 and np.isfinite(r["perplexity"])
-        dominated = any(o["params"] <= r["params"] and o["perplexity"] < r["perplexity"] for o in rows)
+        dominated = any(o["params"] <= r["params"] and o["perplexity"] < r["perplexity"] for o in made)
         assert r["front"] == (not dominated)
     assert json.loads((out / "front.json").read_text()) == rows
     assert (out / "front.png").stat().st_size > 0 and "| tt | 0.8 |" in (out / "front.md").read_text()

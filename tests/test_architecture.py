@@ -82,9 +82,10 @@ def test_imports_point_downward():
 
 
 # what the compressors take from shapesearch: errors, destination checks, the engine's TT-SVD, the formats, the plan,
-# and the per-layer search that writes the plan
+# the per-layer search that writes the plan, and the one place Ray is started (loopback-only) and workers are limited
 COMPRESSORS_MAY_USE = ("shapesearch.errors", "shapesearch.paths", "shapesearch.engine.tt_svd",
-                       "shapesearch.matrix.formats", "shapesearch.matrix.plan", "shapesearch.matrix.layer_search")
+                       "shapesearch.matrix.formats", "shapesearch.matrix.plan", "shapesearch.matrix.layer_search",
+                       "shapesearch.engine.executors")
 
 
 def test_compressors_use_only_the_tt_svd_formats_and_plan():

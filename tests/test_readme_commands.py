@@ -47,7 +47,8 @@ from .tiny_models import TEXT, small_array, small_png, tiny_bert_dir, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-SUBCOMMANDS = ("image", "tensor", "reconstruct", "layers", "compress", "eval", "serve", "submit", "jobs", "result")
+SUBCOMMANDS = ("image", "tensor", "reconstruct", "layers", "compress", "eval", "pareto", "serve", "submit", "jobs",
+               "result")
 # README command (as written, without its comment) → why it is not run; empty: all of them run
 SKIP: dict[str, str] = {}
 
@@ -57,6 +58,7 @@ QUICK = {"image": {"--generations": "2", "--population": "6", "--workers": "0"},
          "layers": {"--generations": "2", "--population": "4", "--workers": "0"},
          "compress": {"--samples": "4", "--seqlen": "128"},
          "eval": {"--max-windows": "2"},
+         "pareto": {"--windows": "1", "--workers": "0", "--samples": "4", "--seqlen": "128"},
          "submit": {"--generations": "2", "--population": "6"}}
 ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "MPLBACKEND": "Agg",
        "HF_HUB_OFFLINE": "1",
@@ -183,6 +185,17 @@ def _labelled_file(path: Path, argv: list[str]) -> None:
             writer.writerows(rows)
 
 
+def _recipe_file(path: Path) -> None:
+    """The README's recipe (its ```json block), each planned step made quick (in process, a short GA)."""
+    if path.exists():
+        return
+    recipe = json.loads(re.findall(r"^```json[ \t]*\n(.*?)^```", README.read_text(), flags=re.S | re.M)[0])
+    for step in recipe["steps"]:
+        if isinstance(step.get("plan"), dict):
+            step["plan"].update(generations=2, population=4, workers=0)
+    path.write_text(json.dumps(recipe))
+
+
 def adapt(argv: list[str], cwd: Path, models: dict[str, str], text: Path, head: dict[str, str] | None,
           seen: set[str]) -> list[str]:
     """The README command with small inputs and quick settings (see the module docstring)."""
@@ -204,7 +217,15 @@ def adapt(argv: list[str], cwd: Path, models: dict[str, str], text: Path, head: 
                       and not args[i - 1].startswith("-") and a not in SUBCOMMANDS]
         for p in positional:
             _input_file(cwd / p)
+    if sub == "compress" and args[1] == "recipe":
+        _recipe_file(cwd / args[2])
     quick = dict(QUICK.get(sub, {}))
+    if sub == "layers" and "--activations" in args:  # the calibration compress then makes the same windows of
+        quick.update({"--samples": "4", "--seqlen": "128", "--calib": str(text)})
+    if sub == "pareto":
+        quick.update({"--calib": str(text), "--text": str(text)})
+        if "--eps-grid" not in args:
+            args += ["--eps-grid", "0.3", "0.6", "0.9"]
     if "--resume" in args:
         quick["--generations"] = "3"  # one generation more than the run it continues
     if "--address" in args:

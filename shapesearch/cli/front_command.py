@@ -67,8 +67,9 @@ def front_command(args: argparse.Namespace) -> tuple[dict, str]:
                        samples=args.samples, seqlen=args.seqlen, seed=args.seed, windows=args.windows,
                        workers=args.workers, address=args.address, overwrite=args.overwrite,
                        **({} if args.eps_grid is None else {"eps_grid": args.eps_grid}))
-    body = [(f"{r['method']} @ {r['budget']:g}", f"perplexity {r['perplexity']:.2f}, {r['params']:,} parameters "
+    body = [(f"{r['method']} @ {r['budget']:g}", f"not made: {r['error']}" if "error" in r else
+             f"perplexity {r['perplexity']:.2f}, {r['params']:,} parameters "
              f"({r['decoder_fraction']:.3f} of the decoder linears){'  ← front' if r['front'] else ''}")
-            for r in sorted(rows, key=lambda r: (-r["budget"], r["perplexity"]))]
+            for r in sorted(rows, key=lambda r: (-r["budget"], r.get("perplexity", float("inf"))))]
     body.append(("saved", f"{args.out}/front.json, front.md, front.png"))
     return {"rows": rows, "out": str(args.out)}, table(body)
