@@ -8,7 +8,7 @@ produces the inputs of the next one.  Layers left whole still run forward.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -125,19 +125,29 @@ class Accumulator:
 
 
 @torch.no_grad()
+def input_moments(model: nn.Module, windows: Iterable[torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """E[x xᵀ] (float64 [in, in]) of what each named linear of the dense ``model`` receives on
+    the token ``windows`` (each [1, T] or [T])."""
+    stats = {n: Accumulator(model.get_submodule(n)) for n in names}
+    tokens, training = 0, model.training
+    model.eval()  # no dropout in the statistics
+    try:
+        for window in windows:
+            model(input_ids=window.reshape(1, -1), use_cache=False)
+            tokens += window.numel()
+    finally:
+        sums = {n: a.close() for n, a in stats.items()}
+        model.train(training)
+    if not tokens:
+        raise ValueError("no calibration windows to measure the layers' inputs on")
+    return {n: s / tokens for n, s in sums.items()}
+
+
 def head_input_moment(model: nn.Module, windows: Iterable[torch.Tensor]) -> torch.Tensor:
     """E[h hᵀ] (float64 [D, D]) of the hidden states the output projection (``lm_head``)
     receives on the calibration ``windows`` — what a tied TT embedding is whitened by."""
     head = model.get_output_embeddings()
     if head is None:
         raise ValueError(f"{type(model).__name__} has no output projection to measure")
-    stats, tokens = Accumulator(head), 0
-    try:
-        for window in windows:
-            model(input_ids=window.reshape(1, -1), use_cache=False)
-            tokens += window.numel()
-    finally:
-        stats.close()
-    if not tokens:
-        raise ValueError("no calibration windows to measure the output projection's input on")
-    return stats.sum / tokens
+    name = next(n for n, m in model.named_modules() if m is head)
+    return input_moments(model, windows, [name])[name]

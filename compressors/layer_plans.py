@@ -20,11 +20,12 @@ from shapesearch.matrix.formats import Format
 from shapesearch.matrix.layer_search import DEFAULT_EPS_GRID, LayerSearchConfig, make_plan, search_layers
 from shapesearch.matrix.plan import LayerPlan, Plan
 
+from .calibration import input_moments
 from .model_loading import load_model
 from .sensitivity import output_sensitivity
 from .targets import input_embedding, layer_type, target_linears
 from .tt_embedding import padded_vocab
-from .whitening import activation_error, input_moments, whitened_tt_layer, whitening_factor
+from .whitening import activation_error, whitened_tt_layer, whitening_factor
 
 HELD_OUT = 0.25  # fraction of the calibration windows an activation-aware plan measures its errors on
 

@@ -22,13 +22,14 @@ from shapesearch.errors import ArgumentError, ShapesearchError
 from shapesearch.matrix.plan import LayerPlan, Plan
 
 from .accounting import dense_params, layer_bytes, layer_params
+from .calibration import input_moments
 from .compress import register_handler
 from .layer_plans import PlanRequest
 from .saten import SatenLinear
 from .targets import tied_output
 from .tt_embedding import TiedLMHead, TTEmbedding
 from .tt_linear import TT_LAYERS, tt_layer
-from .whitening import input_moments, whitened_tt_layer, whitening_factor
+from .whitening import whitened_tt_layer, whitening_factor
 
 SPEC_CLASSES: dict[str, type[nn.Module]] = {**TT_LAYERS, "saten": SatenLinear, "tt-embedding": TTEmbedding}
 

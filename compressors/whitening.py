@@ -5,20 +5,18 @@ E‖(W − Ŵ) x‖² = ‖(W − Ŵ) L‖²_F, so factoring W·L and multiplyin
 activation error exactly as a plain factorization bounds the weight error (SVD-LLM's
 observation).  A TT layer keeps this at no parameter cost when every input digit sits in one
 core (``LayerSearchConfig.whole_input``): L⁻¹ folds into that core (:func:`fold_inverse`).
-This module is the one owner of the factor (float64 Cholesky), the moments it comes from, and
-the activation-relative error.
+This module owns the factor (float64 Cholesky) and the activation-relative error; the moments
+it comes from are ``calibration.input_moments``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from shapesearch.matrix.formats import Format
 
-from .calibration import Accumulator
 from .tt_linear import TTLinear, TTMatrixLinear, tt_layer
 
 
@@ -34,25 +32,6 @@ def whitening_factor(moment: torch.Tensor) -> torch.Tensor:
             return factor
         jitter *= 10
     raise RuntimeError("input covariance is not positive definite even with jitter")
-
-
-@torch.no_grad()
-def input_moments(model: nn.Module, windows: Iterable[torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """E[x xᵀ] (float64 [in, in]) of what each named linear of the dense ``model`` receives on
-    the token ``windows`` (each [1, T] or [T])."""
-    stats = {n: Accumulator(model.get_submodule(n)) for n in names}
-    tokens, training = 0, model.training
-    model.eval()  # no dropout in the statistics
-    try:
-        for window in windows:
-            model(input_ids=window.reshape(1, -1), use_cache=False)
-            tokens += window.numel()
-    finally:
-        sums = {n: a.close() for n, a in stats.items()}
-        model.train(training)
-    if not tokens:
-        raise ValueError("no calibration windows to measure the layers' inputs on")
-    return {n: s / tokens for n, s in sums.items()}
 
 
 def fold_inverse(layer: TTMatrixLinear | TTLinear, factor: torch.Tensor) -> None:

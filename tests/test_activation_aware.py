@@ -10,6 +10,7 @@ import torch
 
 import compressors
 from compressors import FlatLLMConfig, SatenConfig, TTConfig
+from compressors.calibration import input_moments
 from compressors.layer_plans import PlanRequest, plan_layers, search_options
 from compressors.sensitivity import output_sensitivity
 from compressors.targets import target_linears
@@ -17,7 +18,6 @@ from compressors.tt_linear import tt_layer
 from compressors.whitening import (
     activation_error,
     fold_inverse,
-    input_moments,
     refit_sparse,
     whitened_tt_layer,
     whitening_factor,
