@@ -143,6 +143,57 @@ def input_moments(model: nn.Module, windows: Iterable[torch.Tensor], names: Sequ
     return {n: s / tokens for n, s in sums.items()}
 
 
+def _first_inputs(module: nn.Module, paths: Sequence[str], hidden: torch.Tensor,
+                  kwargs: dict) -> dict[str, torch.Tensor]:
+    """What each of the submodules ``paths`` receives first while ``module(hidden, **kwargs)``
+    runs, in call order."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def note(path: str) -> Callable:
+        def hook(m: nn.Module, args: tuple) -> None:
+            seen.setdefault(path, args[0])
+        return hook
+
+    hooks = [module.get_submodule(p).register_forward_pre_hook(note(p)) for p in paths]
+    try:
+        module(hidden, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+@torch.no_grad()
+def staged_moments(layer: nn.Module, inputs: LayerInputs, paths: Sequence[str],
+                   rewrite: Callable[[dict[str, torch.Tensor]], None]) -> None:
+    """Visit the linears ``paths`` of one layer a stage at a time, in the order its forward
+    calls them; a stage is the linears that read the same input (q/k/v, gate/up).  For each,
+    gather E[x xᵀ] (float64) of what they receive on ``inputs`` with the stages before already
+    rewritten, then ``rewrite({path: moment})`` — so each linear is fitted to the inputs it
+    will really see (o_proj after the compressed q/k/v, down_proj after gate/up)."""
+    pending = list(paths)
+    tokens = sum(h.shape[:-1].numel() for h, _ in inputs)
+    while pending:
+        stage: list[str] = []
+        gram = None
+        for hidden, kwargs in inputs:
+            seen = _first_inputs(layer, pending, hidden, kwargs)
+            if not stage:
+                if not seen:
+                    raise ValueError(f"{sorted(pending)} received no input on the calibration windows")
+                # the leading calls on one input; the held inputs keep their addresses from being
+                # reused, so one address (and layout) means one tensor
+                first = next(iter(seen.values()))
+                for path, x in seen.items():
+                    if (x.data_ptr(), x.shape, x.stride()) != (first.data_ptr(), first.shape, first.stride()):
+                        break
+                    stage.append(path)
+            x = seen[stage[0]].detach().reshape(-1, seen[stage[0]].shape[-1]).double()
+            gram = x.T @ x if gram is None else gram + x.T @ x
+        rewrite(dict.fromkeys(stage, gram / tokens))  # a stage's linears share their input
+        pending = [p for p in pending if p not in stage]
+
+
 def head_input_moment(model: nn.Module, windows: Iterable[torch.Tensor]) -> torch.Tensor:
     """E[h hᵀ] (float64 [D, D]) of the hidden states the output projection (``lm_head``)
     receives on the calibration ``windows`` — what a tied TT embedding is whitened by."""

@@ -66,16 +66,19 @@ def parse_nm(text: str | None) -> tuple[int, int] | None:
 
 def compression_config(compressor: str, *, ratio: float = 0.2, method: str = "flat-llm", uniform: bool = False,
                        plan: str | Path | None = None, density: float | None = None, nm: str | None = None,
-                       finetune_steps: int = 0) -> object:
+                       finetune_steps: int = 0, dense_inputs: bool = False) -> object:
     """The config of a ``compressor`` job ("flat-llm": FLAT-LLM or an SVD ``method`` at its size;
-    "tt" / "saten": layers from the ``plan`` file), refusing options that belong to another."""
+    "tt" / "saten": layers from the ``plan`` file; ``dense_inputs``: an activation-aware plan's
+    layers whitened by the dense model's inputs, not sequentially), refusing options that
+    belong to another."""
     from .tt_compress import SatenConfig, TTConfig, read_plan
 
     if compressor not in COMPRESSORS:
         raise ArgumentError("compressor", f"must be one of {', '.join(COMPRESSORS)}, got {compressor!r}")
     if compressor == "flat-llm":
-        if plan is not None or density is not None or nm is not None or finetune_steps:
-            raise ShapesearchError("plan / density / nm / finetune_steps are for tt and saten, not flat-llm")
+        if plan is not None or density is not None or nm is not None or finetune_steps or dense_inputs:
+            raise ShapesearchError("plan / density / nm / finetune_steps / dense_inputs are for tt and saten, "
+                                   "not flat-llm")
         if method not in METHODS:
             raise ArgumentError("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
         if method == "flat-llm":
@@ -87,11 +90,12 @@ def compression_config(compressor: str, *, ratio: float = 0.2, method: str = "fl
         raise ShapesearchError("density / nm are for saten; tt has no sparse residual")
     plan = plan if isinstance(plan, dict) else read_plan(plan)  # a dict: a plan or options to search one with
     if compressor == "saten":
-        return SatenConfig(plan=plan, density=density, nm=parse_nm(nm))
-    return TTConfig(plan=plan)
+        return SatenConfig(plan=plan, density=density, nm=parse_nm(nm), sequential=not dense_inputs)
+    return TTConfig(plan=plan, sequential=not dense_inputs)
 
 
-RECIPE_KEYS = {"flat-llm": {"ratio", "method", "uniform"}, "tt": {"plan"}, "saten": {"plan", "density", "nm"}}
+RECIPE_KEYS = {"flat-llm": {"ratio", "method", "uniform"}, "tt": {"plan", "dense_inputs"},
+               "saten": {"plan", "density", "nm", "dense_inputs"}}
 
 
 def read_recipe(path: str | Path) -> list[object]:

@@ -249,7 +249,8 @@ class SatenLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, format: Format | str, out_modes: Sequence[int], in_modes: Sequence[int],
                     eps: float, density: float | None = None, nm: tuple[int, int] | None = None,
-                    reverse: bool = False, factor: torch.Tensor | None = None) -> SatenLinear:
+                    reverse: bool = False, factor: torch.Tensor | None = None,
+                    max_ranks: Sequence[int] | None = None) -> SatenLinear:
         """ε-TT-SVD of W (relative Frobenius error ≤ ε; ttm: TT-matrix, paired modes; tt: plain TT
         of Wᵀ), then the sparse residual from E = W − TT(W) (float64): top-K at ``density``
         (fraction of the layer's entries kept) or N:M with ``nm`` = (n_keep, group).
@@ -257,7 +258,8 @@ class SatenLinear(nn.Module):
         Activation-aware with ``factor`` = L (L Lᵀ the input second moment): the TT part is
         ``whitening.whitened_tt_layer`` (ε on the activations) and the residual keeps the
         entries of largest |E_ij|·‖x_j‖, the ones that matter on the inputs (as OATS ranks its
-        sparse part) with values refitted to the activations (``whitening.refit_sparse``)."""
+        sparse part) with values refitted to the activations (``whitening.refit_sparse``).
+        ``max_ranks`` caps the TT ranks (``tt_linear.tt_layer``)."""
         format = Format.parse(format)
         if (density is None) == (nm is None):
             raise ValueError("give exactly one of density (unstructured top-K) or nm (e.g. (2, 4))")
@@ -265,9 +267,9 @@ class SatenLinear(nn.Module):
             raise ValueError(f"nm must be a pair (n_keep, group) such as (2, 4), got {nm!r}")
         w = linear.weight
         if factor is None:
-            tt, scores = tt_layer(w, format, out_modes, in_modes, eps, reverse=reverse), None
+            tt, scores = tt_layer(w, format, out_modes, in_modes, eps, reverse=reverse, max_ranks=max_ranks), None
         else:
-            tt = whitened_tt_layer(w, format, out_modes, in_modes, eps, factor, reverse=reverse)
+            tt = whitened_tt_layer(w, format, out_modes, in_modes, eps, factor, reverse=reverse, max_ranks=max_ranks)
         e = w.detach().double() - _tt_weight_f64(tt).to(w.device)
         if factor is not None:
             scores = e * factor.double().to(w.device).norm(dim=1)[None, :]  # ‖L_j‖ = √E[x_j²]

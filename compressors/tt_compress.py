@@ -12,7 +12,7 @@ from __future__ import annotations
 import numbers
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,7 +22,8 @@ from shapesearch.errors import ArgumentError, ShapesearchError
 from shapesearch.matrix.plan import LayerPlan, Plan
 
 from .accounting import dense_params, layer_bytes, layer_params
-from .calibration import input_moments
+from .architectures import block_list
+from .calibration import LayerInputs, input_moments, sequential, staged_moments
 from .compress import register_handler
 from .layer_plans import PlanRequest
 from .saten import SatenLinear
@@ -58,9 +59,14 @@ def _plan_argument(plan: Plan | PlanRequest | dict | str | Path) -> Plan | PlanR
 class TTConfig:
     """Every layer of ``plan`` (a :class:`Plan`, its dict or the path of a plan JSON) as a TT
     alone; or a :class:`~compressors.layer_plans.PlanRequest` (or its dict): the plan is then
-    searched on the model when it is compressed."""
+    searched on the model when it is compressed.  ``sequential`` (activation-aware plans):
+    whiten each layer by the inputs it receives once the layers before it are compressed, as
+    SVD-LLM and FLAT-LLM calibrate, at the ranks the plan's search found (so its parameter
+    count holds); False: by the dense model's inputs at the plan's ε, the inputs its ε and
+    held-out errors were measured on."""
 
     plan: Plan | PlanRequest | dict | str | Path
+    sequential: bool = True
 
     def __post_init__(self) -> None:
         self.plan = _plan_argument(self.plan)
@@ -70,11 +76,12 @@ class TTConfig:
 class SatenConfig:
     """TT from ``plan`` plus a sparse residual of E = W − TT(W): ``density`` (fraction of the
     layer's entries kept, exact top-K of |E|) or ``nm`` = (n, m): n of every m consecutive
-    inputs of each output row (e.g. (2, 4))."""
+    inputs of each output row (e.g. (2, 4)).  ``sequential`` as in :class:`TTConfig`."""
 
     plan: Plan | PlanRequest | dict | str | Path
     density: float | None = None
     nm: tuple[int, int] | None = None
+    sequential: bool = True
 
     def __post_init__(self) -> None:
         if (self.density is None) == (self.nm is None):
@@ -110,10 +117,11 @@ def _build(linear: nn.Linear | nn.Embedding, rec: LayerPlan, config: TTConfig | 
                                           row_weights=embedding_weights, head_moment=head_moment)
     if saten:
         return SatenLinear.from_linear(linear, rec.format, rec.out_modes, rec.in_modes, rec.eps,
-                                       density=config.density, nm=config.nm, reverse=rec.reverse_sweep, factor=factor)
+                                       density=config.density, nm=config.nm, reverse=rec.reverse_sweep, factor=factor,
+                                       max_ranks=rec.ranks)
     if factor is not None:
         return whitened_tt_layer(linear.weight, rec.format, rec.out_modes, rec.in_modes, rec.eps, factor,
-                                 rec.reverse_sweep, linear.bias)
+                                 rec.reverse_sweep, linear.bias, rec.ranks)
     return tt_layer(linear.weight, rec.format, rec.out_modes, rec.in_modes, rec.eps, rec.reverse_sweep, linear.bias)
 
 
@@ -153,15 +161,16 @@ def tensorize(model: nn.Module, config: TTConfig | SatenConfig,
                                    "make the plan from the same model")
         targets[name] = linear
     start = time.perf_counter()
-    factors = _whitening(model, plan, calibration)
     total_before = sum(p.numel() for p in model.parameters())
     layers, rows, tied = {}, [], None
-    for i, (name, linear) in enumerate(targets.items()):
-        rec = plan.layers[name]
+
+    def swap(name: str, factor: torch.Tensor | None) -> None:
+        nonlocal tied
+        linear, rec = targets[name], plan.layers[name]
         head = tied_output(model, linear) if isinstance(linear, nn.Embedding) else None
         try:
-            new = _build(linear, rec, config, embedding_weights, head_moment if head is not None else None,
-                         factors.get(name))
+            new = _build(linear, _build_record(rec, factor is not None and config.sequential), config,
+                         embedding_weights, head_moment if head is not None else None, factor)
         except ValueError as exc:
             raise ShapesearchError(f"layer {name}: {exc}") from exc
         new.train(linear.training)  # a fresh module is in training mode; an eval model must stay eval
@@ -173,7 +182,19 @@ def tensorize(model: nn.Module, config: TTConfig | SatenConfig,
             tied = [head, name]
             model.set_submodule(head, TiedLMHead(new))
         if progress:
-            progress(i)
+            progress(len(rows) - 1)
+
+    aware = [n for n, rec in plan.layers.items() if rec.activation_aware]
+    windows = _plan_windows(plan, calibration) if aware else []
+    for name in targets:
+        if name not in aware:
+            swap(name, None)
+    if aware and config.sequential:
+        _swap_sequentially(model, aware, windows, swap)
+    elif aware:
+        for name, moment in input_moments(model, windows, aware).items():
+            swap(name, whitening_factor(moment))
+    rows.sort(key=lambda r: list(targets).index(r["name"]))
     method = "saten" if isinstance(config, SatenConfig) else "tt"
     record = {"method": method, "format": None if plan.format is None else plan.format.value, "layers": layers}
     if tied is not None:
@@ -189,17 +210,55 @@ def tensorize(model: nn.Module, config: TTConfig | SatenConfig,
     return report
 
 
-def _whitening(model: nn.Module, plan: Plan, calibration: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
-    """The whitening factor of every activation-aware layer of ``plan``, from the plan's windows."""
-    names = [n for n, rec in plan.layers.items() if rec.activation_aware]
-    if not names:
-        return {}
+def _build_record(rec: LayerPlan, fixed_ranks: bool) -> LayerPlan:
+    """What a layer is built from (``rec.ranks`` then cap the TT ranks): ε-truncated as the plan
+    says or, for a layer fitted to other inputs than the plan's (``fixed_ranks``), at exactly
+    the ranks the search found, so the plan's parameter count (its budget) holds; a
+    hand-written plan without ranks keeps ε."""
+    if fixed_ranks and rec.ranks is not None:
+        return replace(rec, eps=0.0)  # ε 0 keeps every rank; the caps cut them to the plan's
+    return replace(rec, ranks=None)
+
+
+def _plan_windows(plan: Plan, calibration: list[torch.Tensor] | None) -> list[torch.Tensor]:
+    """The windows an activation-aware plan was fitted on (the first ``plan.calibration["windows"]``)."""
     needed = plan.calibration["windows"]
     if calibration is None or len(calibration) < needed:
         raise ShapesearchError(f"this plan is activation-aware: give the calibration it was made on (at least "
                                f"{needed} windows; got {len(calibration or [])})")
-    moments = input_moments(model, calibration[:needed], names)
-    return {n: whitening_factor(m) for n, m in moments.items()}
+    return list(calibration[:needed])
+
+
+def _swap_sequentially(model: nn.Module, names: list[str], windows: list[torch.Tensor],
+                       swap: Callable[[str, torch.Tensor], None]) -> None:
+    """Whiten each layer by the inputs it gets once everything before it is compressed: decoder
+    layer by decoder layer, and within one, stage by stage (``calibration.staged_moments``);
+    linears outside the decoder stack afterwards, on the compressed stack's outputs."""
+    try:
+        prefix, _ = block_list(model)
+    except ShapesearchError:
+        prefix = None
+    staged: dict[int, dict[str, str]] = {}  # decoder layer → {path inside it: full name}
+    rest = []
+    for name in names:
+        index, path = "", ""
+        if prefix and name.startswith(prefix + "."):
+            index, _, path = name[len(prefix) + 1:].partition(".")
+        if index.isdigit() and path:
+            staged.setdefault(int(index), {})[path] = name
+        else:
+            rest.append(name)
+
+    def rewrite(index: int, layer: nn.Module, inputs: LayerInputs) -> None:
+        paths = staged.get(index, {})
+        if paths:
+            staged_moments(layer, inputs, list(paths),
+                           lambda moments: [swap(paths[p], whitening_factor(m)) for p, m in moments.items()])
+
+    if staged:
+        sequential(model, windows, rewrite)
+    for name, moment in (input_moments(model, windows, rest) if rest else {}).items():
+        swap(name, whitening_factor(moment))
 
 
 def _fits(module: nn.Module, rec: LayerPlan) -> bool:

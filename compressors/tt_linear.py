@@ -32,8 +32,10 @@ from shapesearch.engine.tt_svd import TTResult, tt_svd
 from shapesearch.matrix.formats import Format, layer_tensor
 
 
-def eps_tt_svd(tensor: np.ndarray, eps: float, reverse: bool = False, method: str = "svd") -> TTResult:
-    """ε-TT-SVD on the numpy backend (carry-over on) with ‖T − T̂‖_F ≤ ε‖T‖_F.
+def eps_tt_svd(tensor: np.ndarray, eps: float, reverse: bool = False, method: str = "svd",
+               max_ranks: Sequence[int] | None = None) -> TTResult:
+    """ε-TT-SVD on the numpy backend (carry-over on) with ‖T − T̂‖_F ≤ ε‖T‖_F (ranks capped at
+    ``max_ranks`` if given: ``tt_svd``'s rule).
 
     The layers use ``method="svd"`` (``"gram"`` is the faster search-time variant).  ``tt_svd``
     accepts ε < 1 only; for ε ≥ 1 (the Saten 2:4 release uses ε = 1) the same tail budget
@@ -46,9 +48,9 @@ def eps_tt_svd(tensor: np.ndarray, eps: float, reverse: bool = False, method: st
         raise ValueError(f"eps must be a finite number ≥ 0 (relative Frobenius error), got {eps!r}")
     with tl.backend_context("numpy"):
         if eps < 1.0:
-            return tt_svd(tensor, eps, method=method, reverse=reverse)
+            return tt_svd(tensor, eps, method=method, reverse=reverse, max_ranks=max_ranks)
         ref = 2.0 * eps * float(np.linalg.norm(tensor))
-        return tt_svd(tensor, 0.5, norm=ref, method=method, reverse=reverse)
+        return tt_svd(tensor, 0.5, norm=ref, method=method, reverse=reverse, max_ranks=max_ranks)
 
 
 def _check_modes(name: str, modes: Sequence[int], size: int) -> tuple[int, ...]:
@@ -161,13 +163,14 @@ class _TTLayer(_CachedModule):
 
     @classmethod
     def _decompose(cls, weight: torch.Tensor, out_modes: Sequence[int], in_modes: Sequence[int], eps: float,
-                   reverse: bool, bias: torch.Tensor | None) -> _TTLayer:
-        """ε-TT-SVD (float64) with ‖W − W_TT‖_F ≤ ε‖W‖_F; cores in W's dtype and device."""
+                   reverse: bool, bias: torch.Tensor | None, max_ranks: Sequence[int] | None = None) -> _TTLayer:
+        """ε-TT-SVD (float64) with ‖W − W_TT‖_F ≤ ε‖W‖_F (ranks capped at ``max_ranks``, then
+        the bound holds only where no cap binds); cores in W's dtype and device."""
         n_out, n_in = weight.shape
         out_modes = _check_modes("out_modes", out_modes, n_out)
         in_modes = _check_modes("in_modes", in_modes, n_in)
         w = weight.detach().double().cpu().numpy()
-        tt = eps_tt_svd(layer_tensor(w, cls.format, out_modes, in_modes), eps, reverse=reverse)
+        tt = eps_tt_svd(layer_tensor(w, cls.format, out_modes, in_modes), eps, reverse=reverse, max_ranks=max_ranks)
         shapes = cls._core_shapes(out_modes, in_modes, tt.ranks)
         cores = [torch.from_numpy(np.ascontiguousarray(c).reshape(shape)).to(weight.dtype).to(weight.device)
                  for c, shape in zip(tt.cores, shapes)]
@@ -340,15 +343,16 @@ class TTMatrixLinear(_TTLayer):
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, out_modes: Sequence[int], in_modes: Sequence[int], eps: float,
-                    reverse: bool = False, bias: torch.Tensor | None = None) -> TTMatrixLinear:
-        """ε-TT-SVD (float64) of W [M, N]: ‖W − W_TT‖_F ≤ ε‖W‖_F (ε relative Frobenius error);
-        cores in W's dtype/device."""
+                    reverse: bool = False, bias: torch.Tensor | None = None,
+                    max_ranks: Sequence[int] | None = None) -> TTMatrixLinear:
+        """ε-TT-SVD (float64) of W [M, N]: ‖W − W_TT‖_F ≤ ε‖W‖_F (ε relative Frobenius error;
+        ranks capped at ``max_ranks``); cores in W's dtype/device."""
         if len(out_modes) != len(in_modes):
             raise ValueError(f"need as many output as input modes, got {tuple(out_modes)} and {tuple(in_modes)}")
         m, n = weight.shape
         if math.prod(out_modes) != m or math.prod(in_modes) != n:
             raise ValueError(f"modes {tuple(out_modes)}×{tuple(in_modes)} do not factor a {m}×{n} weight")
-        return cls._decompose(weight, out_modes, in_modes, eps, reverse, bias)
+        return cls._decompose(weight, out_modes, in_modes, eps, reverse, bias, max_ranks)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, out_modes: Sequence[int], in_modes: Sequence[int],
@@ -511,10 +515,11 @@ class TTLinear(_TTLayer):
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, in_modes: Sequence[int], out_modes: Sequence[int], eps: float,
-                    reverse: bool = False, bias: torch.Tensor | None = None) -> TTLinear:
+                    reverse: bool = False, bias: torch.Tensor | None = None,
+                    max_ranks: Sequence[int] | None = None) -> TTLinear:
         """ε-TT-SVD (float64) of Wᵀ reshaped to (*in_modes, *out_modes), ε the relative Frobenius
-        error; cores in W's dtype."""
-        return cls._decompose(weight, out_modes, in_modes, eps, reverse, bias)
+        error (ranks capped at ``max_ranks``); cores in W's dtype."""
+        return cls._decompose(weight, out_modes, in_modes, eps, reverse, bias, max_ranks)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, in_modes: Sequence[int], out_modes: Sequence[int], eps: float,
@@ -565,9 +570,11 @@ TT_LAYERS: dict[Format, type[TTMatrixLinear] | type[TTLinear]] = {Format.TTM: TT
 
 
 def tt_layer(weight: torch.Tensor, fmt: Format | str, out_modes: Sequence[int], in_modes: Sequence[int],
-             eps: float, reverse: bool = False, bias: torch.Tensor | None = None) -> TTMatrixLinear | TTLinear:
+             eps: float, reverse: bool = False, bias: torch.Tensor | None = None,
+             max_ranks: Sequence[int] | None = None) -> TTMatrixLinear | TTLinear:
     """The TT layer of format ``fmt`` for W [out, in] at relative Frobenius error ≤ ``eps``
-    (modes always given output first, whatever the layer's own argument order)."""
+    (modes always given output first, whatever the layer's own argument order; ranks capped at
+    ``max_ranks``, e.g. a plan's, if given)."""
     if Format.parse(fmt) is Format.TTM:
-        return TTMatrixLinear.from_weight(weight, out_modes, in_modes, eps, reverse, bias)
-    return TTLinear.from_weight(weight, in_modes, out_modes, eps, reverse, bias)
+        return TTMatrixLinear.from_weight(weight, out_modes, in_modes, eps, reverse, bias, max_ranks)
+    return TTLinear.from_weight(weight, in_modes, out_modes, eps, reverse, bias, max_ranks)

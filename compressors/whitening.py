@@ -58,12 +58,13 @@ def fold_inverse(layer: TTMatrixLinear | TTLinear, factor: torch.Tensor) -> None
 
 def whitened_tt_layer(weight: torch.Tensor, fmt: Format | str, out_modes: Sequence[int], in_modes: Sequence[int],
                       eps: float, factor: torch.Tensor, reverse: bool = False,
-                      bias: torch.Tensor | None = None) -> TTMatrixLinear | TTLinear:
+                      bias: torch.Tensor | None = None, max_ranks: Sequence[int] | None = None
+                      ) -> TTMatrixLinear | TTLinear:
     """The TT layer TT(W·L)·L⁻¹ with ‖(W − Ŵ) L‖_F ≤ ε‖W L‖_F: ε is the relative error on
-    activations whose second moment is L Lᵀ.  Cores in W's dtype."""
+    activations whose second moment is L Lᵀ (ranks capped at ``max_ranks``).  Cores in W's dtype."""
     whitened = weight.detach().double() @ factor.double()
     layer = tt_layer(whitened, fmt, out_modes, in_modes, eps, reverse,
-                     None if bias is None else bias.detach().double())
+                     None if bias is None else bias.detach().double(), max_ranks)
     fold_inverse(layer, factor)
     return layer.to(weight.dtype)
 

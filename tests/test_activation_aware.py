@@ -3,6 +3,7 @@ Saten residual, sensitivity budgets and recipes, on tiny random models."""
 
 import copy
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 import compressors
 from compressors import FlatLLMConfig, SatenConfig, TTConfig
-from compressors.calibration import input_moments
+from compressors.calibration import input_moments, layer_inputs, staged_moments
 from compressors.layer_plans import PlanRequest, plan_layers, search_options
 from compressors.sensitivity import output_sensitivity
 from compressors.targets import target_linears
@@ -110,18 +111,47 @@ def test_activation_aware_plan_round_trips_and_compresses_within_its_bound():
     plan = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
     with pytest.raises(ShapesearchError, match="activation-aware"):
         compressors.compress(copy.deepcopy(model), TTConfig(plan))
-    moments = input_moments(model, WINDOWS[:6], list(plan.layers))
+    dense_moments = input_moments(model, WINDOWS[:6], list(plan.layers))
     dense = target_linears(model)
-    for config in (TTConfig(plan), SatenConfig(plan, density=0.1)):
+    # without rank caps (a hand-written plan) a sequential fit keeps ε on its own inputs
+    uncapped = replace(plan, layers={n: replace(r, ranks=None) for n, r in plan.layers.items()})
+    for config in (TTConfig(uncapped), SatenConfig(uncapped, density=0.1), TTConfig(plan, sequential=False)):
         net = copy.deepcopy(model)
         report = compressors.compress(net, config, calibration=WINDOWS)
+        # sequential: each layer is bounded on what it receives in the compressed model, which is
+        # what it was fitted on only if every stage before it was compressed first
+        moments = input_moments(net, WINDOWS[:6], list(plan.layers)) if config.sequential else dense_moments
         errors = {n: activation_error(dense[n].weight, net.get_submodule(n).weight(), moments[n]) for n in plan.layers}
         assert max(errors.values()) <= 0.3 * (1 + 1e-5), errors  # float32 cores
         assert report["replaced_params_after"] < report["replaced_params_before"]
+        if config.sequential:  # and later layers do see other inputs than the dense ones
+            assert any(not torch.allclose(moments[n], dense_moments[n]) for n in plan.layers)
+    # with the searched ranks as caps, every layer stays within the plan's size
+    report = compressors.compress(copy.deepcopy(model), TTConfig(plan), calibration=WINDOWS)
+    assert all(r["params"] <= plan.layers[r["name"]].params for r in report["layers"])
     bad = plan.to_dict()
     del bad["calibration"]
     with pytest.raises(ShapesearchError, match="calibration record"):
         Plan.from_dict(bad)
+
+
+def test_staged_moments_visit_the_linears_in_the_order_their_inputs_are_made():
+    model = tiny_llama()
+    layer = model.model.layers[1]
+    hidden = [torch.randn(1, 40, model.config.hidden_size, generator=torch.Generator().manual_seed(s))
+              for s in range(2)]
+    inputs = [(h, kw) for h, kw in zip(hidden, layer_inputs(model, WINDOWS[:2])[1][1])]
+    paths = [p for p, m in layer.named_modules() if isinstance(m, torch.nn.Linear)]
+    stages = []
+
+    def rewrite(moments):
+        stages.append(sorted(moments))
+        for p in moments:  # zero the stage: what the next stage sees must change with it
+            layer.get_submodule(p).weight.data.zero_()
+
+    staged_moments(layer, inputs, paths[::-1], rewrite)
+    assert stages == [["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                      ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
 
 
 def test_sensitivity_budget_fits_and_differs_from_the_energy_budget():

@@ -239,6 +239,7 @@ def test_layers_cli_does_not_write_over_a_plan(tiny_dir, tmp_path, capsys):
     (["tt", "--plan", "PLAN", "--density", "0.1"], "for saten"),
     (["tt", "--plan", "NOPLAN"], "not found"),
     (["flat-llm", "--plan", "PLAN"], "are for tt and saten"),
+    (["flat-llm", "--dense-inputs"], "are for tt and saten"),
 ])
 def test_compress_tt_saten_cli_bad_inputs(tiny_dir, tmp_path, capsys, args, msg):
     plan = tmp_path / "plan.json"

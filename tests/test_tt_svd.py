@@ -59,6 +59,19 @@ def test_zero_eps_is_exact_and_full_rank():
     assert relative_error(x, tt.to_tensor()) < 1e-12
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_rank_caps_bind_only_where_they_are_lower_and_report_the_error_reached(reverse):
+    x = _low_rank_plus_noise((6, 7, 8, 5), np.random.default_rng(5))
+    free = tt_svd(x, 0.05, method="svd", reverse=reverse)
+    assert tt_svd(x, 0.05, method="svd", reverse=reverse, max_ranks=(1, 99, 99, 99, 1)).ranks == free.ranks
+    caps = tuple(max(1, r // 2) for r in free.ranks)
+    capped = tt_svd(x, 0.05, method="svd", reverse=reverse, max_ranks=caps)
+    assert all(r <= c for r, c in zip(capped.ranks, caps)) and capped.params < free.params
+    # the bound no longer holds, and the result says so
+    assert capped.rel_error > 0.05
+    assert relative_error(x, capped.to_tensor()) == pytest.approx(capped.rel_error, abs=1e-9)
+
+
 def test_carry_over_never_uses_more_parameters_here():
     x = _low_rank_plus_noise((8, 8, 8, 8), np.random.default_rng(3))
     uniform = tt_svd(x, 0.2, carry_over=False, method="svd")

@@ -48,6 +48,10 @@ def compress_options(comp: argparse.ArgumentParser, for_job: bool = False) -> No
     comp.add_argument("--plain-embedding", action="store_true", default=dflt(False),
                       help="tt/saten: fit a planned token embedding by plain Frobenius error (default: rows "
                            "weighted by each token's frequency in the --calib text)")
+    comp.add_argument("--dense-inputs", action="store_true", default=dflt(False),
+                      help="tt/saten with an activation-aware plan: whiten each layer by the dense model's "
+                           "inputs, the ones the plan's errors were measured on (default: by the inputs it "
+                           "receives once the layers before it are compressed, as SVD-LLM and FLAT-LLM do)")
     comp.add_argument("--distill", action="store_true", default=dflt(False),
                       help="fine-tune by distillation from the dense model (always so for encoders)")
     comp.add_argument("--ratio", type=float, default=dflt(0.2),
@@ -140,7 +144,8 @@ def _config(args: argparse.Namespace) -> object:
     from compressors.model_jobs import compression_config
 
     return compression_config(args.compressor, ratio=args.ratio, method=args.method, uniform=args.uniform,
-                              plan=args.plan, density=args.density, nm=args.nm, finetune_steps=args.finetune_steps)
+                              plan=args.plan, density=args.density, nm=args.nm, finetune_steps=args.finetune_steps,
+                              dense_inputs=args.dense_inputs)
 
 
 def tensorize_command(args: argparse.Namespace) -> tuple[dict, str]:
@@ -219,7 +224,7 @@ def recipe_command(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 _RECIPE_ONLY = {"plan": None, "density": None, "nm": None, "ratio": 0.2, "method": "flat-llm", "uniform": False,
-                "finetune_steps": 0}
+                "finetune_steps": 0, "dense_inputs": False}
 
 
 def compress_command(args: argparse.Namespace) -> tuple[dict, str]:

@@ -33,9 +33,11 @@ class TTResult:
         return tl.tt_to_tensor(TTTensor(self.cores))
 
 
-def truncation_rank(eigs: np.ndarray, delta2: float, energy: float | None = None) -> tuple[int, float]:
+def truncation_rank(eigs: np.ndarray, delta2: float, energy: float | None = None,
+                    max_rank: int | None = None) -> tuple[int, float]:
     """The rank rule of every truncation (TT-SVD and the surrogate's bounds): the smallest
-    rank r ≥ 1 whose discarded tail energy is ≤ ``delta2``.  Returns (r, tail).
+    rank r ≥ 1 whose discarded tail energy is ≤ ``delta2`` (at most ``max_rank``, whatever the
+    tail then is).  Returns (r, tail).
 
     ``eigs``: squared singular values, descending; ``energy``: the unfolding's ‖·‖_F²
     (default: the sum of ``eigs``, for a full spectrum); ``delta2`` in the same squared units.
@@ -46,7 +48,7 @@ def truncation_rank(eigs: np.ndarray, delta2: float, energy: float | None = None
         energy = eigs.sum()
     tails = np.maximum(energy - kept, 0.0)  # tails[r-1] = energy discarded when keeping r
     r = int(np.searchsorted(-tails, -delta2, side="left")) + 1
-    r = min(max(r, 1), len(eigs))
+    r = min(max(r, 1), len(eigs), len(eigs) if max_rank is None else max(int(max_rank), 1))
     return r, float(tails[r - 1])
 
 
@@ -84,18 +86,23 @@ def _truncate(mat, decomposition: tuple, r: int):
 
 
 def tt_svd(tensor, eps: float, *, norm: float | None = None, carry_over: bool = True,
-           method: str = "gram", reverse: bool = False) -> TTResult:
+           method: str = "gram", reverse: bool = False, max_ranks: tuple[int, ...] | None = None) -> TTResult:
     """TT-SVD of ``tensor`` with relative error ≤ ``eps`` (Frobenius).
 
     ``norm`` is the reference ‖A‖_F the bound is relative to (default: the tensor's own;
     pass the unpadded norm for a zero-padded tensor so the bound holds on the original data).
-    ``reverse`` sweeps right to left: same guarantee, often other ranks.
+    ``reverse`` sweeps right to left: same guarantee, often other ranks.  ``max_ranks`` (TT
+    ranks with the boundary 1s, e.g. what a search found on other data) caps each rank: the
+    parameters never exceed theirs, and the bound holds only where no cap binds (the returned
+    ``rel_error`` says what was reached).
     """
-    return tt_svd_grid(tensor, (eps,), norm=norm, carry_over=carry_over, method=method, reverse=reverse)[0]
+    return tt_svd_grid(tensor, (eps,), norm=norm, carry_over=carry_over, method=method, reverse=reverse,
+                       max_ranks=max_ranks)[0]
 
 
 def tt_svd_grid(tensor, eps_grid, *, norm: float | None = None, carry_over: bool = True,
-                method: str = "gram", reverse: bool = False) -> list[TTResult]:
+                method: str = "gram", reverse: bool = False,
+                max_ranks: tuple[int, ...] | None = None) -> list[TTResult]:
     """:func:`tt_svd` at each ε of ``eps_grid``.  Sweeps share what they have in common: the
     first unfolding (the whole tensor) is factorised once, and sweeps that kept the same ranks
     so far share the next unfoldings' factorisations too (same ranks, same carried matrix)."""
@@ -104,7 +111,8 @@ def tt_svd_grid(tensor, eps_grid, *, norm: float | None = None, carry_over: bool
             raise ArgumentError("eps", f"must be in [0, 1) (relative Frobenius error), got {eps}")
     if reverse:
         order = tuple(range(tl.ndim(tensor)))[::-1]
-        tts = tt_svd_grid(tl.transpose(tensor, order), eps_grid, norm=norm, carry_over=carry_over, method=method)
+        tts = tt_svd_grid(tl.transpose(tensor, order), eps_grid, norm=norm, carry_over=carry_over, method=method,
+                          max_ranks=None if max_ranks is None else tuple(max_ranks)[::-1])
         return [TTResult([tl.transpose(c, (2, 1, 0)) for c in reversed(tt.cores)], tt.ranks[::-1], tt.params,
                          tt.rel_error) for tt in tts]
     shape = tl.shape(tensor)
@@ -115,13 +123,13 @@ def tt_svd_grid(tensor, eps_grid, *, norm: float | None = None, carry_over: bool
     out = []
     for i, eps in enumerate(eps_grid):
         last = i == len(eps_grid) - 1
-        tt, memo = _sweep(memo, shape, (eps * ref) ** 2, ref, carry_over, method, keep=not last)
+        tt, memo = _sweep(memo, shape, (eps * ref) ** 2, ref, carry_over, method, keep=not last, max_ranks=max_ranks)
         out.append(tt)
     return out
 
 
 def _sweep(memo: dict, shape: tuple, budget: float, ref: float, carry_over: bool, method: str,
-           keep: bool = True) -> tuple[TTResult, dict]:
+           keep: bool = True, max_ranks: tuple[int, ...] | None = None) -> tuple[TTResult, dict]:
     """The left-to-right sweep with squared error budget ``budget``.  ``memo``: the previous
     sweep's steps — by the ranks kept so far, the unfolding and its factorisation; by those ranks and the next one, the
     truncation.  Returns the TT and this sweep's steps (the grid is sorted, so neighbours share
@@ -140,7 +148,8 @@ def _sweep(memo: dict, shape: tuple, budget: float, ref: float, carry_over: bool
         if keep:
             path[prefix] = (mat, decomposition)
         delta2 = (budget - spent) / (d - 1 - k) if carry_over else budget / (d - 1)
-        r, tail = truncation_rank(decomposition[1], max(delta2, 0.0), decomposition[2])
+        r, tail = truncation_rank(decomposition[1], max(delta2, 0.0), decomposition[2],
+                                  None if max_ranks is None else max_ranks[k + 1])
         cut = ("cut", *prefix, r)
         u, carry = memo.get(cut) or _truncate(mat, decomposition, r)
         if keep:

@@ -148,7 +148,8 @@ class JobRunner:
 
         p = self.params
         config = compression_config(p["compressor"], ratio=p["ratio"], method=p["method"], uniform=p["uniform"],
-                                    plan=p.get("plan"), density=p.get("density"), nm=p.get("nm"))
+                                    plan=p.get("plan"), density=p.get("density"), nm=p.get("nm"),
+                                    dense_inputs=p.get("dense_inputs", False))
         tune = FinetuneConfig(steps=p["finetune_steps"], lr=p["lr"], distill=p["distill"])
         report = compress_model(p["model"], config, self.dir / OUT / "model", calib=p.get("calib"),
                                 samples=p["samples"], seqlen=p["seqlen"], seed=p["seed"], finetune_config=tune,

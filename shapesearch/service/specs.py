@@ -28,7 +28,7 @@ OPTIONS: dict[str, dict[str, type]] = {
                "generations": int, "population": int, "seed": int, "embeddings": bool},
     "compress": {"compressor": str, "model": str, "plan": str, "density": float, "nm": str, "finetune_steps": int,
                  "lr": float, "distill": bool, "ratio": float, "method": str, "uniform": bool, "calib": str,
-                 "samples": int, "seqlen": int, "seed": int, "plain_embedding": bool},
+                 "samples": int, "seqlen": int, "seed": int, "plain_embedding": bool, "dense_inputs": bool},
 }
 # the defaults of the commands that are not SearchConfig's
 DEFAULTS = {
