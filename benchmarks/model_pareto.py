@@ -11,7 +11,7 @@ fits on the first 24 and measures its errors on the last 8.  Perplexity: 512-tok
 the held-out articles.  Weight-space shapes: the committed per-layer search of every linear
 (results/layer_shapes-smollm2-ttm.jsonl, benchmarks/layer_shapes.py); activation-aware
 shapes: searched here, once for every budget, at the ε grid below.  ``--finetune F``: the
-same short fine-tune (next-token loss, calibration articles, compressed layers only) for the
+same short fine-tune (next-token loss, calibration articles, every decoder linear trained) for the
 methods at budget F.  Rows are appended to results/model_pareto.jsonl as they finish.
 """
 
@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> None:
                             for s in report["steps"]]
         if steps:
             row["perplexity_before_finetune"] = row["perplexity"]
-            row["finetune"] = compressors.finetune(model, train, FinetuneConfig(steps=steps, lr=args.lr))
+            row["finetune"] = compressors.finetune(model, train, FinetuneConfig(steps=steps, lr=args.lr,
+                                                                                 train="decoder-linears"))
             row["perplexity"] = perplexity(model, tok, text, 512, args.windows)["perplexity"]
         append_row(JSONL, {**row, "machine": machine()})
         print(json.dumps(row), flush=True)

@@ -18,6 +18,7 @@ from torch import nn
 
 from shapesearch.errors import ArgumentError, ShapesearchError
 
+from .architectures import decoder_layers
 from .low_rank import LowRankLinear
 from .model_loading import is_causal_lm
 from .saten import SatenLinear
@@ -25,13 +26,17 @@ from .tt_embedding import TTEmbedding
 from .tt_linear import TTLinear, TTMatrixLinear
 
 COMPRESSED = (TTMatrixLinear, TTLinear, SatenLinear, LowRankLinear, TTEmbedding)
+TRAINED = ("compressed", "decoder-linears")
 
 
 @dataclass
 class FinetuneConfig:
     """``steps`` optimizer steps of ``batch`` windows each; AdamW at learning rate ``lr`` (no
     weight decay by default: decay would pull the kept residual values and TT cores toward zero).
-    ``distill``: KL to the dense teacher's next-token distribution at ``temperature``."""
+    ``distill``: KL to the dense teacher's next-token distribution at ``temperature``.
+    ``train``: "compressed" (the compressed layers) or "decoder-linears" (every linear of the
+    decoder stack, compressed or not: what a FLAT-LLM model, whose linears are only narrowed,
+    has to train, so methods can get the same fine-tune)."""
 
     steps: int = 100
     lr: float = 1e-4
@@ -39,8 +44,11 @@ class FinetuneConfig:
     distill: bool = False
     weight_decay: float = 0.0
     temperature: float = 1.0
+    train: str = "compressed"
 
     def __post_init__(self) -> None:
+        if self.train not in TRAINED:
+            raise ArgumentError("train", f"must be one of {', '.join(TRAINED)}, got {self.train!r}")
         if self.steps < 0:
             raise ArgumentError("steps", f"must be >= 0 (optimizer steps of fine-tuning), got {self.steps}")
         if self.batch < 1:
@@ -53,11 +61,15 @@ class FinetuneConfig:
             raise ArgumentError("temperature", f"must be positive (distillation temperature), got {self.temperature}")
 
 
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters of the compressed layers (each once)."""
+def trainable_parameters(model: nn.Module, train: str = "compressed") -> list[nn.Parameter]:
+    """Parameters of the compressed layers, or with ``train="decoder-linears"`` of every linear
+    of the decoder stack (each once)."""
+    kinds, root = COMPRESSED, model
+    if train == "decoder-linears":
+        kinds, root = (*COMPRESSED, nn.Linear), decoder_layers(model)
     params: dict[int, nn.Parameter] = {}
-    for module in model.modules():
-        if isinstance(module, COMPRESSED):
+    for module in root.modules():
+        if isinstance(module, kinds):
             params.update((id(p), p) for p in module.parameters())
     return list(params.values())
 
@@ -93,7 +105,7 @@ def finetune(model: nn.Module, windows: list[torch.Tensor], config: FinetuneConf
         raise ShapesearchError("fine-tuning needs at least one text window")
     if (config.distill or not is_causal_lm(model)) and teacher is None:
         raise ShapesearchError("distillation (and any encoder fine-tune) needs the dense model as teacher")
-    params = trainable_parameters(model)
+    params = trainable_parameters(model, config.train)
     if not params:
         raise ShapesearchError("the model has no compressed layers to fine-tune; compress it first")
     teacher = teacher if (config.distill or not is_causal_lm(model)) else None

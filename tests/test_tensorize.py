@@ -9,7 +9,8 @@ import torch
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 import compressors
-from compressors import FinetuneConfig, SatenConfig, TTConfig
+from compressors import FinetuneConfig, FlatLLMConfig, SatenConfig, TTConfig
+from compressors.architectures import decoder_weight_params
 from compressors.finetune import trainable_parameters
 from compressors.saten import SatenLinear
 from compressors.targets import target_linears
@@ -132,6 +133,23 @@ def test_finetune_trains_only_compressed_layers_keeps_masks_and_lowers_the_loss(
         assert changed == (id(p) in trainable), n
         assert p.requires_grad  # flags restored
     assert all(torch.equal(b, masks[n]) for n, b in model.named_buffers() if n in masks)
+
+
+def test_decoder_linears_finetune_trains_what_flat_llm_left():
+    model = tiny_llama()
+    windows = [torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    compressors.compress(model, FlatLLMConfig(0.3), calibration=windows * 8)
+    with pytest.raises(ShapesearchError, match="no compressed layers"):
+        compressors.finetune(model, windows, FinetuneConfig(steps=1), progress=False)
+    trainable = trainable_parameters(model, "decoder-linears")
+    # every decoder-linear weight the budget counts, and nothing outside the decoder stack
+    assert sum(p.numel() for p in trainable if p.dim() == 2) == decoder_weight_params(model)
+    assert all(id(p) not in {id(q) for q in trainable} for p in model.get_input_embeddings().parameters())
+    rep = compressors.finetune(model, windows, FinetuneConfig(steps=20, lr=3e-3, train="decoder-linears"),
+                               progress=False)
+    assert rep["loss_end"] < rep["loss_start"] and rep["trainable_params"] == sum(p.numel() for p in trainable)
+    with pytest.raises(ArgumentError, match="train"):
+        FinetuneConfig(train="everything")
 
 
 def test_encoder_finetune_distills():

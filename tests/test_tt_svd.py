@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from shapesearch.engine.fitness import EvalSettings, confirm, score
 from shapesearch.engine.operators import ShapeSpace, random_shape
 from shapesearch.engine.tt_svd import relative_error, tt_params, tt_svd
+from shapesearch.errors import ArgumentError
 
 shapes = st.lists(st.integers(1, 9), min_size=2, max_size=4).filter(lambda s: 8 <= math.prod(s) <= 3000)
 
@@ -70,6 +71,8 @@ def test_rank_caps_bind_only_where_they_are_lower_and_report_the_error_reached(r
     # the bound no longer holds, and the result says so
     assert capped.rel_error > 0.05
     assert relative_error(x, capped.to_tensor()) == pytest.approx(capped.rel_error, abs=1e-9)
+    with pytest.raises(ArgumentError, match="max_ranks"):
+        tt_svd(x, 0.05, max_ranks=(1, 2, 1))
 
 
 def test_carry_over_never_uses_more_parameters_here():

@@ -109,6 +109,9 @@ def tt_svd_grid(tensor, eps_grid, *, norm: float | None = None, carry_over: bool
     for eps in eps_grid:
         if not 0.0 <= eps < 1.0:
             raise ArgumentError("eps", f"must be in [0, 1) (relative Frobenius error), got {eps}")
+    if max_ranks is not None and len(max_ranks) != tl.ndim(tensor) + 1:
+        raise ArgumentError("max_ranks", f"needs {tl.ndim(tensor) + 1} TT ranks (the boundary 1s included) for a "
+                                         f"{tl.ndim(tensor)}-way tensor, got {tuple(max_ranks)}")
     if reverse:
         order = tuple(range(tl.ndim(tensor)))[::-1]
         tts = tt_svd_grid(tl.transpose(tensor, order), eps_grid, norm=norm, carry_over=carry_over, method=method,
