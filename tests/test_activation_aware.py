@@ -212,8 +212,9 @@ def test_recipe_cli_reports_every_step_and_refuses_bad_files(tmp_path, capsys):
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"steps": [
         {"compressor": "flat-llm", "ratio": 0.2},
-        {"compressor": "tt", "plan": {"eps": 0.4, "activations": True, "generations": 1, "population": 4,
-                                      "workers": 0, "layers": "self_attn"}}]}))
+        {"compressor": "tt", "dense_inputs": True,
+         "plan": {"eps": 0.4, "activations": True, "generations": 1, "population": 4, "workers": 0,
+                  "layers": "self_attn"}}]}))
     out = tmp_path / "out"
     base = ["--model", model, "--calib", calib, "--samples", "4", "--seqlen", "32", "--out"]
     code, text, _ = _run(["compress", "recipe", recipe, *base, out, "--json"], capsys)
@@ -255,6 +256,13 @@ def test_layers_cli_activation_aware_plan_compresses_only_on_its_windows(tmp_pat
     assert not out.exists()
     code, _, _ = _run(["compress", "tt", "--plan", plan, "--model", model, *win, "--out", out], capsys)
     assert code == 0 and (out / "report.json").exists()
+    # sequential (the default) builds the searched ranks: the plan's size exactly; --dense-inputs its ε
+    planned = sum(r["params"] for r in json.loads(plan.read_text())["layers"].values())
+    assert json.loads((out / "report.json").read_text())["replaced_params_after"] == planned
+    code, _, _ = _run(["compress", "tt", "--plan", plan, "--model", model, *win, "--dense-inputs",
+                       "--out", tmp_path / "dense"], capsys)
+    dense = json.loads((tmp_path / "dense" / "report.json").read_text())
+    assert code == 0 and dense["replaced_params_after"] <= planned
     assert "needs --activations and --budget" in _error(["layers", "--model", model, "--sensitivity", "--out",
                                                           tmp_path / "p2.json"], capsys)
     assert "is for --activations" in _error(["layers", "--model", model, "--calib", calib, "--out",
