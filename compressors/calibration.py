@@ -165,11 +165,11 @@ def _first_inputs(module: nn.Module, paths: Sequence[str], hidden: torch.Tensor,
 
 @torch.no_grad()
 def staged_moments(layer: nn.Module, inputs: LayerInputs, paths: Sequence[str],
-                   rewrite: Callable[[dict[str, torch.Tensor]], None]) -> None:
+                   rewrite: Callable[[list[str], torch.Tensor], None]) -> None:
     """Visit the linears ``paths`` of one layer a stage at a time, in the order its forward
     calls them; a stage is the linears that read the same input (q/k/v, gate/up).  For each,
     gather E[x xᵀ] (float64) of what they receive on ``inputs`` with the stages before already
-    rewritten, then ``rewrite({path: moment})`` — so each linear is fitted to the inputs it
+    rewritten, then ``rewrite(stage, moment)`` — so each linear is fitted to the inputs it
     will really see (o_proj after the compressed q/k/v, down_proj after gate/up)."""
     pending = list(paths)
     tokens = sum(h.shape[:-1].numel() for h, _ in inputs)
@@ -190,7 +190,7 @@ def staged_moments(layer: nn.Module, inputs: LayerInputs, paths: Sequence[str],
                     stage.append(path)
             x = seen[stage[0]].detach().reshape(-1, seen[stage[0]].shape[-1]).double()
             gram = x.T @ x if gram is None else gram + x.T @ x
-        rewrite(dict.fromkeys(stage, gram / tokens))  # a stage's linears share their input
+        rewrite(stage, gram / tokens)
         pending = [p for p in pending if p not in stage]
 
 

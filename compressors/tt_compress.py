@@ -194,7 +194,8 @@ def tensorize(model: nn.Module, config: TTConfig | SatenConfig,
     elif aware:
         for name, moment in input_moments(model, windows, aware).items():
             swap(name, whitening_factor(moment))
-    rows.sort(key=lambda r: list(targets).index(r["name"]))
+    order = {name: i for i, name in enumerate(targets)}
+    rows.sort(key=lambda r: order[r["name"]])
     method = "saten" if isinstance(config, SatenConfig) else "tt"
     record = {"method": method, "format": None if plan.format is None else plan.format.value, "layers": layers}
     if tied is not None:
@@ -251,9 +252,14 @@ def _swap_sequentially(model: nn.Module, names: list[str], windows: list[torch.T
 
     def rewrite(index: int, layer: nn.Module, inputs: LayerInputs) -> None:
         paths = staged.get(index, {})
+
+        def swap_stage(stage: list[str], moment: torch.Tensor) -> None:
+            factor = whitening_factor(moment)  # one input, one factor for the whole stage
+            for path in stage:
+                swap(paths[path], factor)
+
         if paths:
-            staged_moments(layer, inputs, list(paths),
-                           lambda moments: [swap(paths[p], whitening_factor(m)) for p, m in moments.items()])
+            staged_moments(layer, inputs, list(paths), swap_stage)
 
     if staged:
         sequential(model, windows, rewrite)

@@ -144,9 +144,9 @@ def test_staged_moments_visit_the_linears_in_the_order_their_inputs_are_made():
     paths = [p for p, m in layer.named_modules() if isinstance(m, torch.nn.Linear)]
     stages = []
 
-    def rewrite(moments):
-        stages.append(sorted(moments))
-        for p in moments:  # zero the stage: what the next stage sees must change with it
+    def rewrite(stage, moment):
+        stages.append(sorted(stage))
+        for p in stage:  # zero the stage: what the next stage sees must change with it
             layer.get_submodule(p).weight.data.zero_()
 
     staged_moments(layer, inputs, paths[::-1], rewrite)
