@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.client
 import json
 import os
 import shutil
@@ -199,7 +200,9 @@ def start_service(data: Path, token: str | None = None) -> Service:
         try:
             svc.get_json("/api/jobs")
             return svc
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+            # HTTPException: something else answered on the port before the server bound it
+            # (e.g. a Ray worker's gRPC); the server then exits, which the loop reports above
             last = str(exc)
         time.sleep(0.25)
     stop_service(svc)
