@@ -11,8 +11,10 @@ fits on the first 24 and measures its errors on the last 8.  Perplexity: 512-tok
 the held-out articles.  Weight-space shapes: the committed per-layer search of every linear
 (results/layer_shapes-smollm2-ttm.jsonl, benchmarks/layer_shapes.py); activation-aware
 shapes: searched here, once for every budget, at the ε grid below.  ``--finetune F``: the
-same short fine-tune (next-token loss, calibration articles, every decoder linear trained) for the
-methods at budget F.  Rows are appended to results/model_pareto.jsonl as they finish.
+same short fine-tune for the methods at budget F: next-token loss on windows of the first 85 %
+of the calibration text, every decoder linear trained, at each learning rate of ``--lrs``; the
+model kept is the one with the lowest perplexity on the last 15 % (the dev text, never the
+held-out articles).  Rows are appended to results/model_pareto.jsonl as they finish.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ RECIPE_RATIO = 0.1  # the first recipe's FLAT-LLM step; activation-aware Saten t
 # once, before any recipe ran at 60 %, from FLAT-LLM's and Saten's own curves (FLAT-LLM loses
 # less per parameter removed deep into a budget, Saten less at first), not tuned on the rows.
 RECIPE_SHARE = 0.75
+DEV_SHARE = 0.15  # the tail of the calibration text that picks the fine-tune's learning rate
+DEV_WINDOWS = 8
+ONE_EPS = 0.2  # the ε of the timed one-ε activation-aware search
 
 
 def weight_space_options(model: torch.nn.Module) -> LayerOptions:
@@ -96,13 +101,30 @@ def state_bytes(model: torch.nn.Module) -> int:
     return total
 
 
+def finetune_picked_on_dev(model: torch.nn.Module, train: list[torch.Tensor], dev: Callable[[torch.nn.Module], float],
+                           steps: int, lrs: list[float]) -> dict:
+    """Fine-tune ``model`` once per learning rate from the same start; keep the lowest ``dev``."""
+    start, trials, best = copy.deepcopy(model.state_dict()), [], None
+    for lr in lrs:
+        model.load_state_dict(start)
+        out = compressors.finetune(model, train, FinetuneConfig(steps=steps, lr=lr, train="decoder-linears"),
+                                   progress=False)
+        trials.append({**out, "dev_perplexity": dev(model)})
+        if best is None or trials[-1]["dev_perplexity"] < best[0]:
+            best = (trials[-1]["dev_perplexity"], lr, copy.deepcopy(model.state_dict()))
+    model.load_state_dict(best[2])
+    return {"lr": best[1], "trials": trials}
+
+
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(2)
     dense, tok = compressors.load_model("smollm2")
-    calib = calibration_windows(tok, wikipedia("calibration"), args.samples, 512)
+    calib_text = wikipedia("calibration")
+    calib = calibration_windows(tok, calib_text, args.samples, 512)
     text = wikipedia("evaluation")
+    cut = round((1 - DEV_SHARE) * len(calib_text))
     rows = load_rows(JSONL)
-    done = {(r["method"], r["fraction"], r.get("finetune_steps", 0)) for r in rows}
+    done = {(r["method"], r["fraction"], r.get("finetune_steps", 0), r.get("lr_picked_on")) for r in rows}
     linear_dense = decoder_linear_params(dense)
 
     def measure(model: torch.nn.Module, with_speed: bool = True) -> dict:
@@ -125,11 +147,15 @@ def run(args: argparse.Namespace) -> None:
                            "seconds": time.perf_counter() - start, "grid": list(GRID), "layers": len(aware.found),
                            "machine": machine()})
     table_of = methods(weight_space_options(dense), aware, GRID)
-    train = calibration_windows(tok, wikipedia("calibration"), args.steps, 256, seed=1)
+    train = calibration_windows(tok, calib_text[:cut], args.steps, 256, seed=1)
+
+    def dev(model: torch.nn.Module) -> float:
+        return perplexity(model, tok, calib_text[cut:], 512, DEV_WINDOWS)["perplexity"]
+
     jobs = [(f, m, args.steps) for f in args.finetune for m in args.finetune_methods]
     jobs += [(f, m, 0) for f in args.fractions for m in args.methods]
     for fraction, method, steps in jobs:
-        if (method, fraction, steps) in done:
+        if (method, fraction, steps, "dev" if steps else None) in done:
             continue
         print(f"  {method} @ {fraction} ({steps} fine-tune steps) ...", file=sys.stderr, flush=True)
         model = copy.deepcopy(dense)
@@ -141,12 +167,25 @@ def run(args: argparse.Namespace) -> None:
             row["steps"] = [{k: s.get(k) for k in ("method", "decoder_linear_params_now", "plan_seconds")}
                             for s in report["steps"]]
         if steps:
-            row["perplexity_before_finetune"] = row["perplexity"]
-            row["finetune"] = compressors.finetune(model, train, FinetuneConfig(steps=steps, lr=args.lr,
-                                                                                 train="decoder-linears"))
+            row.update(perplexity_before_finetune=row["perplexity"], lr_picked_on="dev",
+                       finetune=finetune_picked_on_dev(model, train, dev, steps, args.lrs))
             row["perplexity"] = perplexity(model, tok, text, 512, args.windows)["perplexity"]
         append_row(JSONL, {**row, "machine": machine()})
         print(json.dumps(row), flush=True)
+    if not any(r["method"] == "activation-aware search, one ε" for r in rows):
+        start = time.perf_counter()
+        one = search_options(dense, (ONE_EPS,), "ttm", calibration=calib, sensitivity=True, workers=2,
+                             model_name="smollm2")
+        append_row(JSONL, {"method": "activation-aware search, one ε", "fraction": None, "grid": [ONE_EPS],
+                           "seconds": time.perf_counter() - start, "layers": len(one.found), "machine": machine()})
+
+
+def finetune_lr(row: dict) -> str:
+    ft = row["finetune"]
+    if row.get("lr_picked_on") != "dev":
+        return f"lr {ft['lr']:g}"
+    tried = ", ".join(f"{t['lr']:g}: {t['dev_perplexity']:.1f}" for t in ft["trials"])
+    return f"lr {ft['lr']:g} picked on dev ({tried})"
 
 
 def report_markdown() -> str:
@@ -173,7 +212,7 @@ def report_markdown() -> str:
             group = [r for r in rows if r["fraction"] == fraction and r.get("finetune_steps", 0) == steps]
             best = min(r["perplexity"] for r in group)
             for r in group:
-                label = f"{r['method']} @ {fraction:g}" + (f", {steps}-step fine-tune (before: "
+                label = f"{r['method']} @ {fraction:g}" + (f", {steps}-step fine-tune, {finetune_lr(r)} (before: "
                                                            f"{r['perplexity_before_finetune']:.1f})" if steps else "")
                 body.append(line(r, f"**{label}**" if r["perplexity"] == best else label))
     headers = ["method @ budget", "decoder linears kept", "whole-model parameters", "bytes", "perplexity", "× dense"]
@@ -184,6 +223,10 @@ def report_markdown() -> str:
                    f"({', '.join(f'{e:g}' for e in search['grid'])}; whitened, every input digit in one core, "
                    f"the spectra and sensitivity included) took {search['seconds']:.0f} s once; every activation-aware "
                    "plan below is picked from it.") if search else ""
+    one = next((r for r in rows if r["method"] == "activation-aware search, one ε"), None)
+    if one:
+        search_note += (f" The same search at the one ε {one['grid'][0]:g} (whitening and sensitivity included) took "
+                         f"{one['seconds']:.0f} s.")
     return "\n".join([
         "# Perplexity against parameters on SmolLM2-135M", "",
         f"Printed by `benchmarks/model_pareto.py` (rows in `results/model_pareto.jsonl`) on {dense['machine']}, "
@@ -195,6 +238,11 @@ def report_markdown() -> str:
         "are compressed, at the ranks the plan's search found. Recipes: FLAT-LLM first, then activation-aware Saten "
         "(sensitivity budget) searched on what FLAT-LLM left; the first at FLAT-LLM ratio "
         f"{RECIPE_RATIO:g}, the second with FLAT-LLM removing {RECIPE_SHARE:g} of what is removed. "
+        "Fine-tune rows: one 256-token window of the calibration text per step, next-token loss, AdamW, every "
+        "decoder linear trained. \"Picked on dev\" rows train on the first "
+        f"{1 - DEV_SHARE:.0%} of that text, run at each learning rate listed, with its perplexity on {DEV_WINDOWS} "
+        f"windows of the last {DEV_SHARE:.0%} (the dev text), and keep the lowest; the lr 1e-4 rows (an earlier run) "
+        "train on windows of the whole text. "
         f"Perplexity: {dense['windows']} windows of 512 tokens of the held-out articles; speed: "
         "batch 4, prompt 256, 32 new tokens, median of 3, relative to dense in the same run. Best of each budget in "
         "bold. " + search_note, "",
@@ -211,7 +259,8 @@ def main() -> None:
                    default=["flat-llm", "saten activation-aware, sensitivity, sequential"],
                    choices=names)
     p.add_argument("--steps", type=int, default=60, help="fine-tune steps (256-token windows)")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lrs", nargs="+", type=float, default=[1e-5, 3e-5, 1e-4],
+                   help="fine-tune learning rates; the one with the lowest dev perplexity is kept")
     p.add_argument("--samples", type=int, default=32, help="calibration windows of 512 tokens")
     p.add_argument("--windows", type=int, default=30, help="perplexity windows of 512 tokens")
     p.add_argument("--no-speed", dest="speed", action="store_false")

@@ -30,7 +30,7 @@ from .saten import SatenLinear
 from .targets import tied_output
 from .tt_embedding import TiedLMHead, TTEmbedding
 from .tt_linear import TT_LAYERS, tt_layer
-from .whitening import whitened_tt_layer, whitening_factor
+from .whitening import activation_error, whitened_tt_layer, whitening_factor
 
 SPEC_CLASSES: dict[str, type[nn.Module]] = {**TT_LAYERS, "saten": SatenLinear, "tt-embedding": TTEmbedding}
 
@@ -164,7 +164,7 @@ def tensorize(model: nn.Module, config: TTConfig | SatenConfig,
     total_before = sum(p.numel() for p in model.parameters())
     layers, rows, tied = {}, [], None
 
-    def swap(name: str, factor: torch.Tensor | None) -> None:
+    def swap(name: str, factor: torch.Tensor | None, moment: torch.Tensor | None = None) -> None:
         nonlocal tied
         linear, rec = targets[name], plan.layers[name]
         head = tied_output(model, linear) if isinstance(linear, nn.Embedding) else None
@@ -176,6 +176,8 @@ def tensorize(model: nn.Module, config: TTConfig | SatenConfig,
         new.train(linear.training)  # a fresh module is in training mode; an eval model must stay eval
         rows.append({"name": name, "dense_params": dense_params(linear), "params": layer_params(new),
                      "dense_bytes": layer_bytes(linear), "bytes": layer_bytes(new), "eps": rec.eps})
+        if moment is not None:  # the error reached on the inputs it was fitted to (sequential: compressed ones)
+            rows[-1]["activation_error"] = activation_error(linear.weight, new.weight(), moment)
         model.set_submodule(name, new)
         layers[name] = new.spec()
         if head is not None:
@@ -193,7 +195,7 @@ def tensorize(model: nn.Module, config: TTConfig | SatenConfig,
         _swap_sequentially(model, aware, windows, swap)
     elif aware:
         for name, moment in input_moments(model, windows, aware).items():
-            swap(name, whitening_factor(moment))
+            swap(name, whitening_factor(moment), moment)
     order = {name: i for i, name in enumerate(targets)}
     rows.sort(key=lambda r: order[r["name"]])
     method = "saten" if isinstance(config, SatenConfig) else "tt"
@@ -231,7 +233,7 @@ def _plan_windows(plan: Plan, calibration: list[torch.Tensor] | None) -> list[to
 
 
 def _swap_sequentially(model: nn.Module, names: list[str], windows: list[torch.Tensor],
-                       swap: Callable[[str, torch.Tensor], None]) -> None:
+                       swap: Callable[[str, torch.Tensor, torch.Tensor], None]) -> None:
     """Whiten each layer by the inputs it gets once everything before it is compressed: decoder
     layer by decoder layer, and within one, stage by stage (``calibration.staged_moments``);
     linears outside the decoder stack afterwards, on the compressed stack's outputs."""
@@ -256,7 +258,7 @@ def _swap_sequentially(model: nn.Module, names: list[str], windows: list[torch.T
         def swap_stage(stage: list[str], moment: torch.Tensor) -> None:
             factor = whitening_factor(moment)  # one input, one factor for the whole stage
             for path in stage:
-                swap(paths[path], factor)
+                swap(paths[path], factor, moment)
 
         if paths:
             staged_moments(layer, inputs, list(paths), swap_stage)
@@ -264,7 +266,7 @@ def _swap_sequentially(model: nn.Module, names: list[str], windows: list[torch.T
     if staged:
         sequential(model, windows, rewrite)
     for name, moment in (input_moments(model, windows, rest) if rest else {}).items():
-        swap(name, whitening_factor(moment))
+        swap(name, whitening_factor(moment), moment)
 
 
 def _fits(module: nn.Module, rec: LayerPlan) -> bool:

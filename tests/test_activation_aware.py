@@ -123,6 +123,8 @@ def test_activation_aware_plan_round_trips_and_compresses_within_its_bound():
         moments = input_moments(net, WINDOWS[:6], list(plan.layers)) if config.sequential else dense_moments
         errors = {n: activation_error(dense[n].weight, net.get_submodule(n).weight(), moments[n]) for n in plan.layers}
         assert max(errors.values()) <= 0.3 * (1 + 1e-5), errors  # float32 cores
+        # the report gives the same error, on the inputs each layer was fitted to
+        assert {r["name"]: r["activation_error"] for r in report["layers"]} == pytest.approx(errors, rel=1e-3)
         assert report["replaced_params_after"] < report["replaced_params_before"]
         if config.sequential:  # and later layers do see other inputs than the dense ones
             assert any(not torch.allclose(moments[n], dense_moments[n]) for n in plan.layers)
