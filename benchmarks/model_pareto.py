@@ -1,7 +1,7 @@
 """Perplexity against parameters on SmolLM2-135M: FLAT-LLM, SVD-LLM, TT / Saten with
 weight-space vs activation-aware shapes and energy vs sensitivity budgets, and a recipe.
 
-    python benchmarks/model_pareto.py [--fractions 0.8 0.6] [--finetune 0.75] [--windows 30]
+    python benchmarks/model_pareto.py [--fractions 0.9 0.8 0.7 0.6 0.5] [--methods …] [--finetune 0.75]
 
 Budget: the fraction of SmolLM2's decoder-linear parameters kept (FLAT-LLM at ratio 1 − f;
 SVD-LLM at FLAT-LLM's count, its own rule; TT / Saten plans fit f × the dense count, a
@@ -252,14 +252,14 @@ def report_markdown() -> str:
 def main() -> None:
     names = list(methods(None, None, GRID))  # type: ignore[arg-type]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fractions", nargs="+", type=float, default=[0.8, 0.6])
+    p.add_argument("--fractions", nargs="+", type=float, default=[0.9, 0.8, 0.7, 0.6, 0.5])
     p.add_argument("--methods", nargs="+", default=[n for n in names if n != "saten weight-space"], choices=names)
     p.add_argument("--finetune", nargs="*", type=float, default=[0.75], help="budgets that also get the fine-tune")
     p.add_argument("--finetune-methods", nargs="+",
                    default=["flat-llm", "saten activation-aware, sensitivity, sequential"],
                    choices=names)
     p.add_argument("--steps", type=int, default=60, help="fine-tune steps (256-token windows)")
-    p.add_argument("--lrs", nargs="+", type=float, default=[1e-5, 3e-5, 1e-4],
+    p.add_argument("--lrs", nargs="+", type=float, default=[3e-6, 1e-5, 3e-5, 1e-4],
                    help="fine-tune learning rates; the one with the lowest dev perplexity is kept")
     p.add_argument("--samples", type=int, default=32, help="calibration windows of 512 tokens")
     p.add_argument("--windows", type=int, default=30, help="perplexity windows of 512 tokens")
