@@ -4,6 +4,7 @@
     python benchmarks/ptnn.py minilm-seeds  # PTNN, TT all at once, dense with retraining seeds 2, 3
     python benchmarks/ptnn.py smollm2     # Saten(e) and TT-only on the tied embedding + lm_head
     python benchmarks/ptnn.py vit         # DINOv2 ViT-S/14: TT / SVD / Saten, cosine and probe
+    python benchmarks/ptnn.py vit-ptnn    # DINOv2: PTNN by feature distillation vs all at once
     python benchmarks/ptnn.py --report-only
 
 **minilm.** all-MiniLM-L6-v2 with a new classification head, fine-tuned dense for
@@ -19,6 +20,15 @@ of the model's encoder, parameter ratios (whole model, replaced layers), bytes, 
 **smollm2.** The tied 49,152 × 576 embedding serves input lookups and ``lm_head``.  TT-only
 and Saten(e) (TT + top-K residual) are built at ≤ ``--budget`` of the table's parameters
 (the TT's ε found by bisection) and scored by perplexity before any fine-tuning.
+
+**vit-ptnn.** PTNN on DINOv2 ViT-S/14 with no labels: each candidate is retrained by feature
+distillation to the dense model (``compressors.image_distillation``) on random crops of the
+training photos, and kept if its [CLS] cosine to the dense model on the dev photos stays within
+``--vit-tolerance`` of 1.  A seeded split of the offline scikit-image photos gives train / dev
+/ test.  Baselines: TT (PTNN's shapes and ε) and SVD (each layer's TT count) of the layers PTNN
+kept, all at once, retrained for as many steps from the same crops.  Columns: test cosine
+(mean, worst), linear-probe accuracy on faces vs non-faces, parameter ratios (wall times stay
+in the rows).
 
 Rows go to results/ptnn.jsonl; the tables to ptnn.md.
 """
@@ -371,6 +381,89 @@ def run_vit(args) -> None:
         print(f"vit {method} done", flush=True)
 
 
+VIT_EXTRA_PHOTOS = ("cell", "motorcycle left", "motorcycle right")  # offline, not in PHOTOS
+
+
+def vit_photos() -> dict[str, np.ndarray]:
+    """Every offline scikit-image photo by name: PHOTOS plus the extra ones."""
+    import skimage.data
+
+    left, right, _ = skimage.data.stereo_motorcycle()
+    return {**{n: getattr(skimage.data, n)() for n in PHOTOS}, "cell": skimage.data.cell(),
+            "motorcycle left": left, "motorcycle right": right}
+
+
+def vit_split(names: list[str], dev: int, test: int, seed: int = 0) -> tuple[list[str], list[str], list[str]]:
+    """A seeded split of photo names into train / dev / test."""
+    order = list(np.random.default_rng(seed).permutation(sorted(names)))
+    return order[dev + test:], order[:dev], order[dev:dev + test]
+
+
+def run_vit_ptnn(args) -> None:
+    """PTNN on the ViT, retrained by feature distillation, against all-at-once TT and SVD of
+    the layers it kept, retrained for as many steps."""
+    import skimage.data
+
+    from compressors.image_distillation import ImageDistillation
+    from compressors.vit import dinov2_small, features, pixels, probe_accuracy
+
+    torch.set_num_threads(2)
+    run = time.strftime("%Y-%m-%dT%H:%M:%S")
+    photos = vit_photos()
+    train, dev, test = vit_split(list(photos), 4, 6)
+    base = {"part": "vit-ptnn", "run": run, "machine": machine(), "torch": torch.__version__, "eps": args.vit_eps,
+            "budget": args.vit_budget, "steps": args.vit_steps, "lr": args.vit_lr, "batch": args.vit_batch,
+            "train_size": args.vit_train_size, "split": {"train": train, "dev": dev, "test": test}}
+    dense = dinov2_small()
+
+    def task() -> ImageDistillation:  # a fresh one: every method sees the same crops in the same order
+        return ImageDistillation(dense, [photos[n] for n in train], [photos[n] for n in dev],
+                                 [photos[n] for n in test], size=224, train_size=args.vit_train_size,
+                                 tolerance=args.vit_tolerance)
+
+    faces = pixels(list(skimage.data.lfw_subset()), size=112)
+    labels = torch.tensor([1] * 100 + [0] * 100)  # the first 100 are faces
+    order = torch.randperm(200, generator=torch.Generator().manual_seed(0))
+    p_train, p_test = order[:100], order[100:]
+    scorer = task()
+
+    def score(model, seconds: float) -> dict:
+        f = features(model, faces)
+        cos = torch.cosine_similarity(features(model, scorer.test_batch), scorer.test_target, dim=-1)
+        return {"dev_cosine": scorer.dev(model), "test_cosine": float(cos.mean()), "worst_cosine": float(cos.min()),
+                "probe_accuracy": probe_accuracy(f[p_train], labels[p_train], f[p_test], labels[p_test]),
+                "params": whole_params(model), "seconds": seconds}
+
+    append_row(JSONL, {**base, "method": "dense", **score(dense, 0.0)})
+    model = copy.deepcopy(dense)
+    t0 = time.perf_counter()
+    config = PTNNConfig(budget=args.vit_budget, tolerance=args.vit_tolerance, eps=args.vit_eps, embeddings=False,
+                        steps=args.vit_steps, dense_steps=0, lr=args.vit_lr, batch=args.vit_batch, seed=0)
+    report = compressors.compress(model, config, retraining=task(),
+                                  progress=lambda m: print(f"  vit ptnn {m}", flush=True))
+    append_row(JSONL, {**base, "method": "ptnn", **score(model, time.perf_counter() - t0),
+                       "replaced_ratio": report["replaced_ratio"], "train_steps": report["train_steps"],
+                       "report": {k: v for k, v in report.items() if k != "decisions"},
+                       "decisions": report["decisions"]})
+    kept = [r for r in report["decisions"] if r["kept"]]
+    steps = report["train_steps"]
+    print(f"vit ptnn: {len(kept)} kept, model {report['model_ratio']:.3f}, {steps} steps", flush=True)
+    for method in ("tt", "svd"):
+        model = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for r in kept:
+                model.set_submodule(r["name"], _replacement(method, model.get_submodule(r["name"]), r))
+        before = score(model, 0.0)
+        task().train(model, TrainConfig(steps, args.vit_lr, args.vit_batch, seed=0))
+        replaced = sum(p.numel() for r in kept for p in model.get_submodule(r["name"]).parameters())
+        append_row(JSONL, {**base, "method": f"{method} all at once", **score(model, time.perf_counter() - t0),
+                           "test_cosine_before_retraining": before["test_cosine"],
+                           "probe_accuracy_before_retraining": before["probe_accuracy"], "train_steps": steps,
+                           "replaced_ratio": replaced / sum(r["dense_params"] for r in kept)})
+        print(f"vit {method} all at once done", flush=True)
+
+
 # ---------------------------------------------------------------------------------------------
 
 def _latest(rows: list[dict], part: str) -> tuple[str, list[dict]]:
@@ -487,12 +580,39 @@ def report() -> str:
                 "100 / 100 split.", "",
                 table(["method", "cosine (mean)", "cosine (worst)", "probe accuracy", "whole model",
                        "replaced layers", "bytes (replaced)", "wall s"], body), ""]
+    last, mine = _latest(rows, "vit-ptnn")
+    if mine:
+        dense = next(r for r in mine if r["method"] == "dense")
+        body = [[r["method"], r["dev_cosine"], r["test_cosine"], r["worst_cosine"],
+                 r.get("test_cosine_before_retraining", "—"), r["probe_accuracy"],
+                 f"{r['params'] / dense['params']:.3f}", f"{r['replaced_ratio']:.3f}" if "replaced_ratio" in r else "—",
+                 r.get("train_steps", 0)] for r in mine]
+        split = dense["split"]
+        out += ["## DINOv2 ViT-S/14: PTNN retrained by feature distillation (our reconstruction)", "",
+                f"Printed by `benchmarks/ptnn.py vit-ptnn` (run {last}) on {dense['machine']}. PTNN: FFN linears "
+                f"top → down, then attention; each at TT ε = {dense['eps']:g} (searched shape, format tt), retrained "
+                f"{dense['steps']} steps of {dense['batch']} random crops ({dense['train_size']}²) of the "
+                f"{len(split['train'])} training photos (MSE to the dense model's last hidden states, lr "
+                f"{dense['lr']:g}), kept if the dev cosine is ≥ 1 − τ; stop at {dense['budget']:g} of the model. "
+                "Baselines: the layers PTNN kept, compressed all at once (TT: its shapes and ε; SVD: each "
+                "layer's TT count), retrained for the same total steps on the same crops. Cosine: [CLS] features "
+                f"against the dense model's at 224² on the dev photos ({', '.join(split['dev'])}) and the test "
+                f"photos ({', '.join(split['test'])}); probe as above.", "",
+                table(["method", "dev cosine", "test cosine (mean)", "test cosine (worst)",
+                       "test cosine before retraining", "probe accuracy", "whole model", "replaced layers",
+                       "retraining steps"], body), ""]
+        ptnn_row = next((r for r in mine if r["method"] == "ptnn"), None)
+        if ptnn_row:
+            dec = [[d["name"], f"{d['params']:,} / {d['dense_params']:,}", d["dev_cosine"],
+                    "kept" if d["kept"] else "reverted", f"{d['model_ratio']:.3f}"] for d in ptnn_row["decisions"]]
+            out += [f"PTNN's decisions on the ViT (τ = {ptnn_row['report']['tolerance']:g}):", "",
+                    table(["layer", "parameters / dense", "dev cosine", "decision", "model after"], dec), ""]
     return "\n".join(out)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("part", nargs="?", choices=["minilm", "minilm-seeds", "smollm2", "vit"], default=None)
+    p.add_argument("part", nargs="?", choices=["minilm", "minilm-seeds", "smollm2", "vit", "vit-ptnn"], default=None)
     p.add_argument("--dense-steps", type=int, default=300)
     p.add_argument("--steps", type=int, default=30, help="PTNN retraining steps per candidate")
     p.add_argument("--budget", type=float, default=None, help="minilm: 0.6 of the model; smollm2: 0.5 of the table")
@@ -508,7 +628,13 @@ def main() -> None:
     p.add_argument("--resume", action="store_true",
                    help="minilm: add the latest run's missing rows (reusing its PTNN decisions)")
     p.add_argument("--seeds", type=int, nargs="+", default=[2, 3], help="minilm-seeds: the retraining seeds")
-    p.add_argument("--vit-eps", type=float, default=0.4, help="vit: TT ε of every encoder linear")
+    p.add_argument("--vit-eps", type=float, default=0.4, help="vit, vit-ptnn: TT ε of every (candidate) linear")
+    p.add_argument("--vit-budget", type=float, default=0.6, help="vit-ptnn: whole-model fraction to reach")
+    p.add_argument("--vit-tolerance", type=float, default=0.05, help="vit-ptnn: dev cosine a kept layer may lose")
+    p.add_argument("--vit-steps", type=int, default=10, help="vit-ptnn: retraining steps per candidate")
+    p.add_argument("--vit-lr", type=float, default=1e-5, help="vit-ptnn: retraining learning rate")
+    p.add_argument("--vit-batch", type=int, default=4, help="vit-ptnn: crops per retraining step")
+    p.add_argument("--vit-train-size", type=int, default=112, help="vit-ptnn: crop size (pixels) for retraining")
 
     def run(args) -> None:
         if args.part == "minilm":
@@ -521,6 +647,8 @@ def main() -> None:
             run_smollm2(args)
         elif args.part == "vit":
             run_vit(args)
+        elif args.part == "vit-ptnn":
+            run_vit_ptnn(args)
 
     main_with_report(p, run, report, MARKDOWN)
 

@@ -4,21 +4,24 @@ PTNN (Vadlamannati & Solgi, "Partial Tensorized Transformers for Natural Languag
 Processing", ICAART 2024) publishes no layer order, ranks, schedule or stopping rule (notes
 §10), so every choice below is ours:
 
-1. Optionally fine-tune the dense classifier first; its dev accuracy is the reference.
+1. Optionally fine-tune the dense model first; its dev metric is the reference.
 2. Candidates, in this stated order: the token embedding, then the FFN linears from the top
    block down, then the attention linears from the top block down (the layers nearest the
    task head first: they adapt fastest when retrained).
 3. For each: search its TT shape at ε with the layer GA (the embedding's fitted to rows
    weighted by token frequency in the training texts, and sized to ``embedding_keep`` of the
-   table), swap it in, retrain the whole model for ``steps`` steps, measure dev accuracy.
-   Keep it when dev ≥ reference − τ (default: two standard errors of the reference's dev
-   accuracy), else restore the whole model as it was before the candidate.
+   table), swap it in, retrain the whole model for ``steps`` steps, measure the dev metric.
+   Keep it when dev ≥ reference − τ (default for a classifier: two standard errors of the
+   reference's dev accuracy), else restore the whole model as it was before the candidate.
 4. Stop when the whole model holds at most ``budget`` of its dense parameters, or when no
    candidate is left.
 
+What "retrain" and "dev metric" mean is a :class:`~compressors.retraining.Retraining`:
 ``compress(model, PTNNConfig(...), tokenizer=tok, task=task)`` runs it on a sequence
-classifier and returns the report: every decision with its dev accuracy, the dense and
-final dev / test accuracy, and the whole-model and replaced-layer parameter ratios.
+classifier (accuracy); ``retraining=ImageDistillation(...)`` on a ViT (feature cosine to the
+dense model, no labels; a ViT has no token embedding: ``embeddings=False``).  The report
+holds every decision with its dev metric, the dense and final dev / test metric, and the
+whole-model and replaced-layer parameter ratios.
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ from shapesearch.matrix.formats import Format
 from shapesearch.matrix.layer_search import LayerSearchConfig, search_matrix
 
 from .accounting import dense_params, layer_params
-from .classifier import TrainConfig, accuracy, batches, train_classifier
+from .classifier import TrainConfig
 from .compress import register_handler
 from .layer_plans import searched_weight
+from .retraining import Retraining, TextClassification
 from .targets import input_embedding, layer_type, target_linears
 from .text_tasks import TextTask
-from .tt_embedding import TTEmbedding, frequency_weights
+from .tt_embedding import TTEmbedding
 from .tt_linear import tt_layer
 
 ATTENTION_WORDS = ("attention", "attn", "query", "key", "value", "q_proj", "k_proj", "v_proj", "o_proj")
@@ -144,30 +148,30 @@ def _tensorized(module: nn.Module, config: PTNNConfig, seed: int,
 
 @register_handler(PTNNConfig)
 def ptnn(model: nn.Module, config: PTNNConfig, *, tokenizer=None, task: TextTask | None = None,
-         progress: Callable[[str], None] | None = None) -> dict:
-    """Run PTNN on the sequence classifier ``model`` (rewritten in place) with ``task``'s
-    train / dev / test texts; returns the report (see the module docstring)."""
-    if tokenizer is None or task is None:
-        raise ArgumentError("task", "PTNN retrains: pass tokenizer= and task= (a TextTask) to compress()")
+         retraining: Retraining | None = None, progress: Callable[[str], None] | None = None) -> dict:
+    """Run PTNN on ``model`` (rewritten in place) and return the report (see the module
+    docstring).  ``retraining`` says what to retrain on and how to score (a sequence
+    classifier: ``tokenizer=`` and ``task=`` build one); report keys name its metric."""
+    if retraining is None:
+        if tokenizer is None or task is None:
+            raise ArgumentError("task", "PTNN retrains: pass tokenizer= and task= (a TextTask), or retraining=, "
+                                        "to compress()")
+        retraining = TextClassification(tokenizer, task)
     if getattr(model.config, "shapesearch_compression", None):
         raise ShapesearchError("this model is already compressed; start from the dense model")
     say = progress or (lambda message: None)
+    metric = retraining.metric
     start = time.perf_counter()
-    draw = batches(task.train, config.batch, config.seed)
-    dense_losses = train_classifier(model, tokenizer, task.train, config.train_config(config.dense_steps), draw)
-    dense_dev, dense_test = accuracy(model, tokenizer, task.dev), accuracy(model, tokenizer, task.test)
+    dense_losses = retraining.train(model, config.train_config(config.dense_steps))
+    dense_dev, dense_test = retraining.dev(model), retraining.test(model)
     tolerance = config.tolerance
     if tolerance is None:
-        tolerance = 2 * math.sqrt(dense_dev * (1 - dense_dev) / len(task.dev))
+        tolerance = retraining.default_tolerance(dense_dev)
     say(f"dense: dev {dense_dev:.4f}, test {dense_test:.4f}; τ = {tolerance:.4f}")
     total_before = whole_params(model)
     target = config.budget * total_before
     order = candidate_order(model, config.embeddings)
-    weights = None
-    if config.embeddings and config.frequency_weighted:
-        vocab = input_embedding(model)[1].num_embeddings
-        ids = tokenizer(list(task.train.texts), add_special_tokens=True)["input_ids"]
-        weights = frequency_weights(torch.tensor([i for row in ids for i in row]), vocab)
+    weights = retraining.embedding_weights(model) if config.embeddings and config.frequency_weighted else None
     decisions, layers, steps = [], {}, config.dense_steps
     for i, name in enumerate(order):
         if whole_params(model) <= target:
@@ -179,12 +183,12 @@ def ptnn(model: nn.Module, config: PTNNConfig, *, tokenizer=None, task: TextTask
                                weights if isinstance(old, nn.Embedding) else None)
         new.train(old.training)
         model.set_submodule(name, new)
-        train_classifier(model, tokenizer, task.train, config.train_config(config.steps), draw)
+        retraining.train(model, config.train_config(config.steps))
         steps += config.steps
-        dev = accuracy(model, tokenizer, task.dev)
+        dev = retraining.dev(model)
         kept = dev >= dense_dev - tolerance
-        row.update(name=name, dense_params=dense_params(old), params=layer_params(new), dev_accuracy=dev,
-                   kept=kept, seconds=time.perf_counter() - t0)
+        row.update(name=name, dense_params=dense_params(old), params=layer_params(new), kept=kept,
+                   seconds=time.perf_counter() - t0, **{f"dev_{metric}": dev})
         if kept:
             layers[name] = new.spec()
         else:
@@ -198,10 +202,10 @@ def ptnn(model: nn.Module, config: PTNNConfig, *, tokenizer=None, task: TextTask
     replaced_before = sum(r["dense_params"] for r in kept_rows)
     total_after = whole_params(model)
     return {
-        "method": "ptnn",
+        "method": "ptnn", "retraining": retraining.description, "metric": metric,
         "budget": config.budget, "tolerance": tolerance,
-        "dense_dev_accuracy": dense_dev, "dense_test_accuracy": dense_test,
-        "dev_accuracy": accuracy(model, tokenizer, task.dev), "test_accuracy": accuracy(model, tokenizer, task.test),
+        f"dense_dev_{metric}": dense_dev, f"dense_test_{metric}": dense_test,
+        f"dev_{metric}": retraining.dev(model), f"test_{metric}": retraining.test(model),
         "params_before": total_before, "params_after": total_after, "model_ratio": total_after / total_before,
         "budget_met": total_after <= target,
         "replaced_layers": len(kept_rows),

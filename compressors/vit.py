@@ -86,7 +86,6 @@ def pixels(images: list[np.ndarray], size: int = 224) -> torch.Tensor:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def features(model: nn.Module, batch: torch.Tensor, chunk: int = 16) -> torch.Tensor:
     """The [CLS] features (the final layer norm's output) of each image, [n, hidden]."""
     model.eval()

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 import compressors
-from compressors import ptnn as ptnn_module
+from compressors import retraining as retraining_module
 from compressors.classifier import accuracy, classifier_from_encoder
 from compressors.ptnn import PTNNConfig, candidate_order
 from compressors.text_tasks import LabelledText, TextTask, read_split
@@ -83,7 +83,7 @@ def test_a_layer_that_costs_dev_accuracy_is_reverted_exactly(bert_dir, task, mon
     model, tok = _classifier(bert_dir)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     scores = iter([0.9, 0.9] + [0.1] * 50)  # dense dev, dense test, then every candidate's dev
-    monkeypatch.setattr(ptnn_module, "accuracy", lambda *a, **k: next(scores))
+    monkeypatch.setattr(retraining_module, "accuracy", lambda *a, **k: next(scores))
     report = compressors.compress(model, PTNNConfig(tolerance=0.01, **{**FAST, "dense_steps": 0}),
                                   tokenizer=tok, task=task)
     assert report["decisions"] and not any(d["kept"] for d in report["decisions"])
