@@ -79,6 +79,31 @@ def batches(data: LabelledText, batch: int, seed: int):
             yield order[i:i + batch]
 
 
+def optimize(params: list[nn.Parameter], config: TrainConfig, loss_at: Callable[[int], torch.Tensor],
+             weight_decay: float = 0.01, progress: Callable[[int, float], None] | None = None) -> list[float]:
+    """``config.steps`` AdamW steps on ``loss_at(step)``, with a linear warm-up over the first
+    6 % of the steps and the gradient norm clipped to 1; returns the losses.  A non-finite loss
+    is an :class:`ArgumentError` on ``lr``."""
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=weight_decay)
+    warm = max(1, round(0.06 * config.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    losses = []
+    for step in range(config.steps):
+        loss = loss_at(step)
+        if not torch.isfinite(loss):
+            raise ArgumentError("lr", f"{config.lr:g} made the training loss {loss.item()} at step {step + 1}; "
+                                      "give a smaller learning rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if progress:
+            progress(step, losses[-1])
+    return losses
+
+
 def train_classifier(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: LabelledText,
                      config: TrainConfig = TrainConfig(), draw=None,
                      progress: Callable[[int, float], None] | None = None) -> list[float]:
@@ -88,33 +113,18 @@ def train_classifier(model: nn.Module, tokenizer: PreTrainedTokenizerBase, data:
     if config.steps == 0:
         return []
     draw = draw if draw is not None else batches(data, config.batch, config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
-    warm = max(1, round(0.06 * config.steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+
+    def loss_at(step: int) -> torch.Tensor:
+        idx = next(draw)
+        enc = _encode(tokenizer, [data.texts[i] for i in idx], config.max_tokens)
+        return model(**enc, labels=torch.tensor([data.labels[i] for i in idx])).loss
+
     torch.manual_seed(config.seed)  # dropout
     model.train()
-    losses = []
     try:
-        for step in range(config.steps):
-            idx = next(draw)
-            enc = _encode(tokenizer, [data.texts[i] for i in idx], config.max_tokens)
-            labels = torch.tensor([data.labels[i] for i in idx])
-            loss = model(**enc, labels=labels).loss
-            if not torch.isfinite(loss):
-                raise ArgumentError("lr", f"{config.lr:g} made the training loss {loss.item()} at step {step + 1}; "
-                                          "give a smaller learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            if progress:
-                progress(step, losses[-1])
+        return optimize([p for p in model.parameters() if p.requires_grad], config, loss_at, progress=progress)
     finally:
         model.eval()
-    return losses
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from torch import nn
 
 from shapesearch.errors import ShapesearchError
 
-from .classifier import TrainConfig
+from .classifier import TrainConfig, optimize
 from .retraining import Retraining
 from .vit import features, pixels
 
@@ -59,25 +59,16 @@ class ImageDistillation(Retraining):
             return []
         if self._rng is None:
             self._rng = np.random.default_rng(config.seed)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-        warm = max(1, round(0.06 * config.steps))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
         model.eval()  # DINOv2 has no dropout; eval keeps a run reproducible either way
-        losses = []
-        for _ in range(config.steps):
+
+        def loss_at(step: int) -> torch.Tensor:
             picks = self._rng.integers(0, len(self.train_images), config.batch)
             x = pixels([random_crop(self.train_images[i], self._rng) for i in picks], self.train_size)
             with torch.no_grad():
                 target = self.teacher(pixel_values=x).last_hidden_state
-            loss = nn.functional.mse_loss(model(pixel_values=x).last_hidden_state, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        return losses
+            return nn.functional.mse_loss(model(pixel_values=x).last_hidden_state, target)
+
+        return optimize([p for p in model.parameters() if p.requires_grad], config, loss_at, weight_decay=0.0)
 
     def _cosine(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> float:
         return float(torch.cosine_similarity(features(model, batch), target, dim=-1).mean())
