@@ -35,7 +35,8 @@ def random_crop(image: np.ndarray, rng: np.random.Generator, smallest: float = 0
 class ImageDistillation(Retraining):
     """Feature distillation to ``teacher`` (the dense ViT, copied and frozen) on crops of
     ``train_images``; the metric is the mean [CLS] cosine on ``dev_images`` / ``test_images``
-    at ``size`` pixels.  ``tolerance``: the default τ (cosine a kept layer may lose)."""
+    at ``size`` pixels; ``train_size``: the crops' size in pixels (default ``size``: smaller is
+    cheaper).  ``tolerance``: the default τ (cosine a kept layer may lose)."""
 
     metric = "cosine"
 
@@ -43,7 +44,8 @@ class ImageDistillation(Retraining):
                  test_images: list[np.ndarray], size: int = 224, train_size: int | None = None,
                  tolerance: float = 0.05) -> None:
         if not (train_images and dev_images and test_images):
-            raise ShapesearchError("image distillation needs at least one train, dev and test image")
+            raise ShapesearchError("image distillation needs images to train on, and to score on (dev and test): "
+                                   "give at least one of each")
         self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
         self.train_images, self.size = [np.asarray(i) for i in train_images], size
         self.train_size, self.tolerance = train_size or size, tolerance
