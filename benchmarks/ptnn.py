@@ -381,11 +381,8 @@ def run_vit(args) -> None:
         print(f"vit {method} done", flush=True)
 
 
-VIT_EXTRA_PHOTOS = ("cell", "motorcycle left", "motorcycle right")  # offline, not in PHOTOS
-
-
 def vit_photos() -> dict[str, np.ndarray]:
-    """Every offline scikit-image photo by name: PHOTOS plus the extra ones."""
+    """Every offline scikit-image photo by name: PHOTOS plus cell and the two motorcycle views."""
     import skimage.data
 
     left, right, _ = skimage.data.stereo_motorcycle()
