@@ -329,11 +329,30 @@ PHOTOS = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "
           "retina", "rocket", "text")
 
 
+def face_probe():
+    """model ↦ the faces-vs-non-faces probe accuracy of its [CLS] features on ``lfw_subset()``
+    (a seeded 100 / 100 split)."""
+    import skimage.data
+
+    from compressors.vit import features, pixels, probe_accuracy
+
+    faces = pixels(list(skimage.data.lfw_subset()), size=112)  # 25×25 crops: 8×8 patches are plenty
+    labels = torch.tensor([1] * 100 + [0] * 100)  # the first 100 are faces
+    order = torch.randperm(200, generator=torch.Generator().manual_seed(0))
+    train, test = order[:100], order[100:]
+
+    def probe(model) -> float:
+        f = features(model, faces)
+        return probe_accuracy(f[train], labels[train], f[test], labels[test])
+
+    return probe
+
+
 def run_vit(args) -> None:
     import skimage.data
 
     from compressors.layer_plans import plan_layers
-    from compressors.vit import dinov2_small, feature_cosine, features, pixels, probe_accuracy
+    from compressors.vit import dinov2_small, feature_cosine, features, pixels
 
     torch.set_num_threads(2)
     run = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -341,16 +360,12 @@ def run_vit(args) -> None:
     dense = dinov2_small()
     photos = pixels([getattr(skimage.data, n)() for n in PHOTOS])
     dense_features = features(dense, photos)
-    faces = pixels(list(skimage.data.lfw_subset()), size=112)  # 25×25 crops: 8×8 patches are plenty
-    labels = torch.tensor([1] * 100 + [0] * 100)  # the first 100 are faces
-    order = torch.randperm(200, generator=torch.Generator().manual_seed(0))
-    train, test = order[:100], order[100:]
+    probe = face_probe()
 
     def score(model, seconds: float) -> dict:
-        f = features(model, faces)
         mean, worst = feature_cosine(model, dense_features, photos)
-        return {"cosine": mean, "worst_cosine": worst, "probe_accuracy": probe_accuracy(
-            f[train], labels[train], f[test], labels[test]), "params": whole_params(model), "seconds": seconds}
+        return {"cosine": mean, "worst_cosine": worst, "probe_accuracy": probe(model), "params": whole_params(model),
+                "seconds": seconds}
 
     append_row(JSONL, {**base, "method": "dense", **score(dense, 0.0)})
     t0 = time.perf_counter()
@@ -399,10 +414,9 @@ def vit_split(names: list[str], dev: int, test: int, seed: int = 0) -> tuple[lis
 def run_vit_ptnn(args) -> None:
     """PTNN on the ViT, retrained by feature distillation, against all-at-once TT and SVD of
     the layers it kept, retrained for as many steps."""
-    import skimage.data
 
     from compressors.image_distillation import ImageDistillation
-    from compressors.vit import dinov2_small, features, pixels, probe_accuracy
+    from compressors.vit import dinov2_small
 
     torch.set_num_threads(2)
     run = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -418,18 +432,12 @@ def run_vit_ptnn(args) -> None:
                                  [photos[n] for n in test], size=224, train_size=args.vit_train_size,
                                  tolerance=args.vit_tolerance)
 
-    faces = pixels(list(skimage.data.lfw_subset()), size=112)
-    labels = torch.tensor([1] * 100 + [0] * 100)  # the first 100 are faces
-    order = torch.randperm(200, generator=torch.Generator().manual_seed(0))
-    p_train, p_test = order[:100], order[100:]
-    scorer = task()
+    probe, scorer = face_probe(), task()
 
     def score(model, seconds: float) -> dict:
-        f = features(model, faces)
-        cos = torch.cosine_similarity(features(model, scorer.test_batch), scorer.test_target, dim=-1)
+        cos = scorer.cosines(model, "test")
         return {"dev_cosine": scorer.dev(model), "test_cosine": float(cos.mean()), "worst_cosine": float(cos.min()),
-                "probe_accuracy": probe_accuracy(f[p_train], labels[p_train], f[p_test], labels[p_test]),
-                "params": whole_params(model), "seconds": seconds}
+                "probe_accuracy": probe(model), "params": whole_params(model), "seconds": seconds}
 
     append_row(JSONL, {**base, "method": "dense", **score(dense, 0.0)})
     model = copy.deepcopy(dense)

@@ -47,7 +47,7 @@ class ImageDistillation(Retraining):
             raise ShapesearchError("image distillation needs images to train on, and to score on (dev and test): "
                                    "give at least one of each")
         self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
-        self.train_images, self.size = [np.asarray(i) for i in train_images], size
+        self.train_images = [np.asarray(i) for i in train_images]
         self.train_size, self.tolerance = train_size or size, tolerance
         self.dev_batch, self.test_batch = pixels(dev_images, size), pixels(test_images, size)
         self.dev_target = features(self.teacher, self.dev_batch)
@@ -72,14 +72,16 @@ class ImageDistillation(Retraining):
 
         return optimize([p for p in model.parameters() if p.requires_grad], config, loss_at, weight_decay=0.0)
 
-    def _cosine(self, model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> float:
-        return float(torch.cosine_similarity(features(model, batch), target, dim=-1).mean())
+    def cosines(self, model: nn.Module, part: str) -> torch.Tensor:
+        """Each ``part`` ("dev" or "test") image's [CLS] cosine to the dense model's, [n]."""
+        batch, target = {"dev": (self.dev_batch, self.dev_target), "test": (self.test_batch, self.test_target)}[part]
+        return torch.cosine_similarity(features(model, batch), target, dim=-1)
 
     def dev(self, model: nn.Module) -> float:
-        return self._cosine(model, self.dev_batch, self.dev_target)
+        return float(self.cosines(model, "dev").mean())
 
     def test(self, model: nn.Module) -> float:
-        return self._cosine(model, self.test_batch, self.test_target)
+        return float(self.cosines(model, "test").mean())
 
     def default_tolerance(self, dense_dev: float) -> float:
         return self.tolerance
