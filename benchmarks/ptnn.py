@@ -62,6 +62,7 @@ from compressors.tt_linear import TTLinear, tt_layer
 from compressors.word_similarity import word_similarity
 
 JSONL = RESULTS / "ptnn.jsonl"
+CACHE = Path(__file__).parent / ".cache"  # recomputable models, not committed
 MARKDOWN = Path(__file__).parent / "ptnn.md"
 
 
@@ -228,46 +229,98 @@ def run_minilm(args) -> None:
     emit({**base, "method": "summary", "dense_params": dense_count})
 
 
+def _kept(report: dict) -> list:
+    """What an all-at-once baseline depends on besides its seed and steps: the kept layers' shapes."""
+    return [(d["name"], d["out_modes"], d["in_modes"], d["eps"]) for d in report["decisions"] if d["kept"]]
+
+
+def _measured_before(rows: list[dict], seed: int, kept: list, steps: int, method: str) -> dict | None:
+    """A ``method`` row measured before for ``seed`` at ``steps`` retraining steps (and, for TT
+    all at once, the same kept layers): a deterministic function of those, so it is reused, not
+    run again.  Seed 1 is the minilm run's own."""
+    groups: dict = {}
+    for r in rows:
+        key = (r["part"], r.get("measured"), r.get("seed", 1))
+        groups.setdefault(key, {})[r["method"]] = r
+    for (_, _, s), group in groups.items():
+        ptnn = group.get("ptnn")
+        if s != seed or ptnn is None or method not in group or ptnn["report"]["train_steps"] != steps:
+            continue
+        if method == "dense, same total steps" or _kept(ptnn["report"]) == kept:
+            return group[method]
+    return None
+
+
+def _dense_classifier(tok, task, dense_steps: int, lr: float, expected: tuple[float, float], run: str):
+    """The minilm run's dense model: recomputed once, then loaded from a local cache (safetensors);
+    its dev and test accuracy are checked against the run's either way."""
+    from safetensors.torch import load_file, save_file
+
+    dense = classifier_from_encoder(str(builtin_path("minilm").parent), task.classes, seed=0)
+    cache = CACHE / f"minilm-dense-{run.replace(':', '')}.safetensors"
+    if cache.is_file():
+        dense.load_state_dict(load_file(cache))
+    else:
+        train_classifier(dense, tok, task.train, TrainConfig(dense_steps, lr, seed=0))
+    scores = (accuracy(dense, tok, task.dev), accuracy(dense, tok, task.test))
+    if scores != expected:
+        raise SystemExit(f"ptnn.py: error: the dense model scores {scores}, not the run's {expected}; "
+                         f"delete {cache} or rerun `benchmarks/ptnn.py minilm`")
+    if not cache.is_file():
+        CACHE.mkdir(exist_ok=True)
+        save_file({k: v.contiguous() for k, v in dense.state_dict().items()}, cache)
+    return dense
+
+
 def run_minilm_seeds(args) -> None:
     """PTNN, TT all at once and dense again with other retraining seeds (``--seeds``), from the
-    latest minilm run's dense model (recomputed and checked): one test split of 1,281 reviews
-    cannot tell a 1–2 point gap from the noise of one training run."""
+    latest minilm run's dense model (checked): one test split of 1,281 reviews cannot tell a
+    1–2 point gap from the noise of one training run.  ``--final-steps F`` adds PTNN's final
+    retraining (with ``--steps`` per candidate, default the run's); every baseline then gets the
+    same total steps."""
     torch.set_num_threads(2)
-    run, previous = _latest(load_rows(JSONL), "minilm")
+    rows = load_rows(JSONL)
+    run, previous = _latest(rows, "minilm")
     done = {r["method"]: r for r in previous}
     if "ptnn" not in done or "dense fine-tuned" not in done:
         raise SystemExit("ptnn.py: error: minilm-seeds needs a minilm run; run `benchmarks/ptnn.py minilm` first")
-    dense_steps, steps, budget, lr = (previous[0][k] for k in ("dense_steps", "steps", "budget", "lr"))
+    dense_steps, run_steps, budget, lr = (previous[0][k] for k in ("dense_steps", "steps", "budget", "lr"))
+    steps = run_steps if args.steps is None else args.steps
     base = {"part": "minilm-seeds", "run": run, "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "machine": machine(), "torch": torch.__version__}
+            "machine": machine(), "torch": torch.__version__, "steps": steps, "final_steps": args.final_steps}
+    earlier = previous + [r for r in rows if r.get("part") == "minilm-seeds" and r["run"] == run]
     _, tok = load_model("minilm")
     task = rotten_tomatoes(seed=0)
-    dense = classifier_from_encoder(str(builtin_path("minilm").parent), task.classes, seed=0)
-    train_classifier(dense, tok, task.train, TrainConfig(dense_steps, lr, seed=0))
-    scores = (accuracy(dense, tok, task.dev), accuracy(dense, tok, task.test))
-    if scores != (done["dense fine-tuned"]["dev_accuracy"], done["dense fine-tuned"]["test_accuracy"]):
-        raise SystemExit(f"ptnn.py: error: the recomputed dense model scores {scores}, not the run's; "
-                         "rerun `benchmarks/ptnn.py minilm`")
+    dense = _dense_classifier(tok, task, dense_steps, lr, (done["dense fine-tuned"]["dev_accuracy"],
+                                                           done["dense fine-tuned"]["test_accuracy"]), run)
     ids = tok(list(task.train.texts))["input_ids"]
     weights = frequency_weights(torch.tensor([i for row in ids for i in row]), dense.config.vocab_size)
     for seed in args.seeds:
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
         config = PTNNConfig(budget=budget, tolerance=args.tolerance, eps=args.eps, embedding_eps=args.embedding_eps,
-                            embedding_keep=args.embedding_keep, steps=steps, dense_steps=0, lr=lr, seed=seed)
+                            embedding_keep=args.embedding_keep, steps=steps, final_steps=args.final_steps,
+                            dense_steps=0, lr=lr, seed=seed)
         report = compressors.compress(model, config, tokenizer=tok, task=task,
                                       progress=lambda m: print(" ", m, flush=True))
         append_row(JSONL, {**base, "seed": seed, "method": "ptnn", **_score(model, tok, task, time.perf_counter() - t0),
                            "report": report})
-        kept = [r for r in report["decisions"] if r["kept"]]
-        train = TrainConfig(report["train_steps"], lr, seed=seed)
-        append_row(JSONL, {**base, "seed": seed, "method": "tt all at once",
-                           **_all_at_once(dense, tok, task, "tt", kept, weights, train)})
-        model = copy.deepcopy(dense)
-        t0 = time.perf_counter()
-        train_classifier(model, tok, task.train, train)
-        append_row(JSONL, {**base, "seed": seed, "method": "dense, same total steps",
-                           **_score(model, tok, task, time.perf_counter() - t0)})
+        kept, total = _kept(report), report["train_steps"]
+        kept_rows = [r for r in report["decisions"] if r["kept"]]
+        train = TrainConfig(total, lr, seed=seed)
+        for method in ("tt all at once", "dense, same total steps"):
+            old = _measured_before(earlier, seed, kept, total, method)
+            if old is not None:
+                row = {k: v for k, v in old.items() if k not in base and k not in ("part", "run", "seed", "method")}
+                row["reused_from"] = old.get("measured", old["run"])
+            elif method == "tt all at once":
+                row = _all_at_once(dense, tok, task, "tt", kept_rows, weights, train)
+            else:
+                model = copy.deepcopy(dense)
+                t0 = time.perf_counter()
+                train_classifier(model, tok, task.train, train)
+                row = _score(model, tok, task, time.perf_counter() - t0)
+            append_row(JSONL, {**base, "seed": seed, "method": method, **row})
         print(f"seed {seed}: PTNN test {report['test_accuracy']:.4f} at {report['model_ratio']:.3f}", flush=True)
 
 
@@ -478,25 +531,41 @@ def _latest(rows: list[dict], part: str) -> tuple[str, list[dict]]:
 
 
 def _seeds_table(run_rows: list[dict], seeded: list[dict]) -> list[str]:
-    """Test accuracy per retraining seed: seed 1 from the run itself, the others from minilm-seeds."""
-    by_seed = {1: {r["method"]: r for r in run_rows}}
-    for r in seeded:
-        by_seed.setdefault(r["seed"], {})[r["method"]] = r  # a seed measured again replaces the old
+    """Test accuracy per retraining seed, one table per PTNN schedule (steps per candidate, final
+    steps): seed 1 of the run's own schedule from the run itself, the rest from minilm-seeds."""
+    run_steps = run_rows[0]["steps"]
+    schedules: dict = {(run_steps, 0): {1: {r["method"]: r for r in run_rows}}}
+    for r in seeded:  # a seed measured again replaces the old
+        key = (r.get("steps", run_steps), r.get("final_steps", 0))
+        schedules.setdefault(key, {}).setdefault(r["seed"], {})[r["method"]] = r
     methods = ("ptnn", "tt all at once", "dense, same total steps")
-    complete = {s: rows for s, rows in sorted(by_seed.items()) if all(m in rows for m in methods)}
-    body = [[s, *(rows[m]["test_accuracy"] for m in methods), rows["ptnn"]["report"]["model_ratio"],
-             rows["ptnn"]["report"]["replaced_layers"],
-             rows["ptnn"]["test_accuracy"] - rows["tt all at once"]["test_accuracy"]] for s, rows in complete.items()]
-    gaps = np.array([b[-1] for b in body])
-    means = [float(np.mean([b[i] for b in body])) for i in (1, 2, 3)]
-    sd = float(gaps.std(ddof=1)) if len(gaps) > 1 else float("nan")
-    when = ", ".join(sorted({r["measured"] for r in seeded}))
-    return [f"Retraining seeds (`benchmarks/ptnn.py minilm-seeds`, measured {when}): "
-            "the same dense model; PTNN, TT all at once (PTNN's kept layers and shapes of that seed) and dense "
-            "fine-tuned for the same total steps, each with the seed's batch order. Test accuracy:", "",
-            table(["seed", "PTNN", "TT all at once", "dense, same total steps", "PTNN whole model", "layers kept",
-                   "PTNN − TT all at once"], body + [["mean", *means, "", "", float(gaps.mean())]]), "",
-            f"PTNN − TT all at once over {len(gaps)} seeds: mean {gaps.mean():+.4f}, standard deviation {sd:.4f}.", ""]
+    out = []
+    for (steps, final), by_seed in schedules.items():
+        complete = {s: rows for s, rows in sorted(by_seed.items()) if all(m in rows for m in methods)}
+        if not complete:
+            continue
+        body = [[s, *(rows[m]["test_accuracy"] for m in methods), rows["ptnn"]["report"]["model_ratio"],
+                 rows["ptnn"]["report"]["replaced_layers"], rows["ptnn"]["report"]["train_steps"],
+                 rows["ptnn"]["test_accuracy"] - rows["tt all at once"]["test_accuracy"]]
+                for s, rows in complete.items()]
+        gaps = np.array([b[-1] for b in body])
+        means = [float(np.mean([b[i] for b in body])) for i in (1, 2, 3)]
+        sd = float(gaps.std(ddof=1)) if len(gaps) > 1 else float("nan")
+        when = ", ".join(sorted({r["measured"] for r in seeded if (r.get("steps", run_steps),
+                                                                 r.get("final_steps", 0)) == (steps, final)}))
+        schedule = f"{steps} steps per candidate" + (f", then {final} final steps" if final else "")
+        reused = any(r.get("reused_from") for rows in complete.values() for r in rows.values())
+        out += [f"Retraining seeds, PTNN retraining {schedule} (`benchmarks/ptnn.py minilm-seeds`, measured "
+                f"{when or '—'}): the same dense model; PTNN, TT all at once (PTNN's kept layers and shapes of that "
+                "seed) and dense fine-tuned for the same total steps, each with the seed's batch order"
+                + (" (a baseline whose seed, steps and layers were measured before is reused)" if reused else "")
+                + ". Test accuracy:", "",
+                table(["seed", "PTNN", "TT all at once", "dense, same total steps", "PTNN whole model",
+                       "layers kept", "retraining steps", "PTNN − TT all at once"],
+                      body + [["mean", *means, "", "", "", float(gaps.mean())]]), "",
+                f"PTNN − TT all at once over {len(gaps)} seeds: mean {gaps.mean():+.4f}, standard deviation "
+                f"{sd:.4f}.", ""]
+    return out
 
 
 def report() -> str:
@@ -619,7 +688,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("part", nargs="?", choices=["minilm", "minilm-seeds", "smollm2", "vit", "vit-ptnn"], default=None)
     p.add_argument("--dense-steps", type=int, default=300)
-    p.add_argument("--steps", type=int, default=30, help="PTNN retraining steps per candidate")
+    p.add_argument("--steps", type=int, default=None,
+                   help="PTNN retraining steps per candidate (minilm: 30; minilm-seeds: the run's)")
+    p.add_argument("--final-steps", type=int, default=0,
+                   help="minilm-seeds: PTNN's final retraining steps after its last decision")
     p.add_argument("--budget", type=float, default=None, help="minilm: 0.6 of the model; smollm2: 0.5 of the table")
     p.add_argument("--tolerance", type=float, default=None, help="default: PTNN's (two standard errors)")
     p.add_argument("--eps", type=float, default=0.5)
@@ -644,6 +716,7 @@ def main() -> None:
     def run(args) -> None:
         if args.part == "minilm":
             args.budget = args.budget or 0.6
+            args.steps = 30 if args.steps is None else args.steps
             run_minilm(args)
         elif args.part == "minilm-seeds":
             run_minilm_seeds(args)

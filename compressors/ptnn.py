@@ -75,6 +75,7 @@ class PTNNConfig:
     embeddings: bool = True
     steps: int = 40
     dense_steps: int = 300
+    final_steps: int = 0
     lr: float = 5e-5
     batch: int = 32
     seed: int = 0
@@ -101,6 +102,8 @@ class PTNNConfig:
             raise ArgumentError("search_generations", f"must be >= 0, got {self.search_generations}")
         self.train_config(self.steps)  # checks steps, lr, batch
         self.train_config(self.dense_steps)
+        if self.final_steps < 0:
+            raise ArgumentError("final_steps", f"must be >= 0 retraining steps, got {self.final_steps}")
 
     def train_config(self, steps: int) -> TrainConfig:
         return TrainConfig(steps=steps, lr=self.lr, batch=self.batch, seed=self.seed)
@@ -197,6 +200,12 @@ def ptnn(model: nn.Module, config: PTNNConfig, *, tokenizer=None, task: TextTask
         row["model_ratio"] = whole_params(model) / total_before
         decisions.append(row)
         say(f"{name}: dev {dev:.4f} → {'kept' if kept else 'reverted'}, model at {row['model_ratio']:.3f}")
+    final_dev = None
+    if config.final_steps and layers:
+        retraining.train(model, config.train_config(config.final_steps))
+        steps += config.final_steps
+        final_dev = retraining.dev(model)
+        say(f"final retraining, {config.final_steps} steps: dev {final_dev:.4f}")
     model.config.shapesearch_compression = {"method": "ptnn", "format": config.format, "layers": layers}
     kept_rows = [r for r in decisions if r["kept"]]
     replaced_before = sum(r["dense_params"] for r in kept_rows)
@@ -205,14 +214,16 @@ def ptnn(model: nn.Module, config: PTNNConfig, *, tokenizer=None, task: TextTask
         "method": "ptnn", "retraining": retraining.description, "metric": metric,
         "budget": config.budget, "tolerance": tolerance,
         f"dense_dev_{metric}": dense_dev, f"dense_test_{metric}": dense_test,
-        f"dev_{metric}": retraining.dev(model), f"test_{metric}": retraining.test(model),
+        f"dev_{metric}": retraining.dev(model) if final_dev is None else final_dev,
+        f"test_{metric}": retraining.test(model),
         "params_before": total_before, "params_after": total_after, "model_ratio": total_after / total_before,
         "budget_met": total_after <= target,
         "replaced_layers": len(kept_rows),
         "replaced_params_before": replaced_before,
         "replaced_params_after": sum(r["params"] for r in kept_rows),
         "replaced_ratio": (sum(r["params"] for r in kept_rows) / replaced_before) if replaced_before else math.nan,
-        "train_steps": steps, "dense_final_loss": dense_losses[-1] if dense_losses else None,
+        "train_steps": steps, "final_steps": config.final_steps if layers else 0,
+        "dense_final_loss": dense_losses[-1] if dense_losses else None,
         "seconds": time.perf_counter() - start,
         "decisions": decisions,
     }

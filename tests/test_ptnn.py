@@ -84,18 +84,45 @@ def test_a_layer_that_costs_dev_accuracy_is_reverted_exactly(bert_dir, task, mon
     before = {k: v.clone() for k, v in model.state_dict().items()}
     scores = iter([0.9, 0.9] + [0.1] * 50)  # dense dev, dense test, then every candidate's dev
     monkeypatch.setattr(retraining_module, "accuracy", lambda *a, **k: next(scores))
-    report = compressors.compress(model, PTNNConfig(tolerance=0.01, **{**FAST, "dense_steps": 0}),
+    report = compressors.compress(model, PTNNConfig(tolerance=0.01, final_steps=3, **{**FAST, "dense_steps": 0}),
                                   tokenizer=tok, task=task)
     assert report["decisions"] and not any(d["kept"] for d in report["decisions"])
+    assert report["final_steps"] == 0  # nothing kept: no final retraining of the dense model
     assert len(report["decisions"]) == len(candidate_order(model)) and not report["budget_met"]
     assert isinstance(model.get_submodule("bert.embeddings.word_embeddings"), nn.Embedding)
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_final_retraining_runs_once_after_the_last_decision(bert_dir, task, monkeypatch):
+    model, tok = _classifier(bert_dir)
+    calls = []
+    train = retraining_module.TextClassification.train
+    dev = retraining_module.TextClassification.dev
+
+    def spy_train(self, m, config):
+        calls.append(("train", config.steps))
+        return train(self, m, config)
+
+    def spy_dev(self, m):
+        calls.append(("dev", None))
+        return dev(self, m)
+
+    monkeypatch.setattr(retraining_module.TextClassification, "train", spy_train)
+    monkeypatch.setattr(retraining_module.TextClassification, "dev", spy_dev)
+    config = PTNNConfig(budget=0.8, tolerance=0.5, final_steps=3, **FAST)
+    report = compressors.compress(model, config, tokenizer=tok, task=task)
+    decisions = len(report["decisions"])
+    assert [c for c in calls if c[0] == "train"] == [("train", 20)] + [("train", 2)] * decisions + [("train", 3)]
+    assert calls[-2:] == [("train", 3), ("dev", None)]  # after the last decision, and its dev is the report's
+    assert report["final_steps"] == 3 and report["train_steps"] == 20 + 2 * decisions + 3
+    assert report["dev_accuracy"] == accuracy(model, tok, task.dev)
+
+
 def test_bad_configs_name_the_argument():
     for kwargs, name in (({"budget": 0}, "budget"), ({"eps": 1.5}, "eps"), ({"tolerance": -0.1}, "tolerance"),
-                         ({"steps": -1}, "steps"), ({"lr": 0}, "lr"), ({"format": "xyz"}, "format")):
+                         ({"steps": -1}, "steps"), ({"final_steps": -1}, "final_steps"), ({"lr": 0}, "lr"),
+                         ({"format": "xyz"}, "format")):
         with pytest.raises(ArgumentError) as err:
             PTNNConfig(**kwargs)
         assert err.value.argument == name

@@ -100,6 +100,8 @@ def ptnn_options(comp: argparse.ArgumentParser) -> None:
     comp.add_argument("--steps", type=int, default=30, help="ptnn: retraining steps after each layer (default 30)")
     comp.add_argument("--dense-steps", type=int, default=300,
                       help="ptnn: dense fine-tuning steps before tensorizing (default 300)")
+    comp.add_argument("--final-steps", type=int, default=0,
+                      help="ptnn: retraining steps on the final model after the last layer (default 0)")
 
 
 def add_parsers(sub) -> None:
@@ -180,7 +182,8 @@ def ptnn_command(args: argparse.Namespace) -> tuple[dict, str]:
 
     config = PTNNConfig(budget=args.budget, tolerance=args.tolerance, eps=args.eps, embedding_eps=args.embedding_eps,
                         embedding_keep=args.embedding_keep, embeddings=not args.no_embeddings, steps=args.steps,
-                        dense_steps=args.dense_steps, lr=5e-5 if args.lr is None else args.lr, seed=args.seed)
+                        dense_steps=args.dense_steps, final_steps=args.final_steps,
+                        lr=5e-5 if args.lr is None else args.lr, seed=args.seed)
     task = task_from(args.task, args.train, args.dev, args.test, args.text_column, args.label_column)
     report = compress_classifier(args.model, config, args.out, task, overwrite=args.overwrite)
     kept = [d["name"] for d in report["decisions"] if d["kept"]]
@@ -257,7 +260,8 @@ def compress_command(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 _PTNN_FLAGS = {"task": None, "train": None, "dev": None, "test": None, "budget": 0.6, "tolerance": None, "eps": 0.5,
-               "embedding_eps": 0.6, "embedding_keep": 0.3, "no_embeddings": False, "steps": 30, "dense_steps": 300}
+               "embedding_eps": 0.6, "embedding_keep": 0.3, "no_embeddings": False, "steps": 30, "dense_steps": 300,
+               "final_steps": 0}
 
 
 def _refuse_ptnn_flags(args: argparse.Namespace) -> None:
