@@ -564,7 +564,7 @@ def _seeds_table(run_rows: list[dict], seeded: list[dict]) -> list[str]:
                        "layers kept", "retraining steps", "PTNN − TT all at once"],
                       body + [["mean", *means, "", "", "", float(gaps.mean())]]), "",
                 f"PTNN − TT all at once over {len(gaps)} seeds: mean {gaps.mean():+.4f}, standard deviation "
-                f"{sd:.4f}.", ""]
+                f"{sd:.4f}." if len(gaps) > 1 else f"PTNN − TT all at once, one seed: {gaps[0]:+.4f}.", ""]
     return out
 
 
