@@ -14,7 +14,8 @@ shapes: searched here, once for every budget, at the ε grid below.  ``--finetun
 same short fine-tune for the methods at budget F: next-token loss on windows of the first 85 %
 of the calibration text, every decoder linear trained, at each learning rate of ``--lrs``; the
 model kept is the one with the lowest perplexity on the last 15 % (the dev text, never the
-held-out articles).  Rows are appended to results/model_pareto.jsonl as they finish.
+held-out articles); ``--distill``: the loss is KL to the dense model's next-token distribution.
+Rows are appended to results/model_pareto.jsonl as they finish.
 """
 
 from __future__ import annotations
@@ -102,13 +103,14 @@ def state_bytes(model: torch.nn.Module) -> int:
 
 
 def finetune_picked_on_dev(model: torch.nn.Module, train: list[torch.Tensor], dev: Callable[[torch.nn.Module], float],
-                           steps: int, lrs: list[float]) -> dict:
-    """Fine-tune ``model`` once per learning rate from the same start; keep the lowest ``dev``."""
+                           steps: int, lrs: list[float], teacher: torch.nn.Module | None = None) -> dict:
+    """Fine-tune ``model`` once per learning rate from the same start; keep the lowest ``dev``.
+    With a ``teacher`` the loss is distillation (KL to its next-token distribution), else next-token."""
     start, trials, best = copy.deepcopy(model.state_dict()), [], None
+    config = {"steps": steps, "train": "decoder-linears", "distill": teacher is not None}
     for lr in lrs:
         model.load_state_dict(start)
-        out = compressors.finetune(model, train, FinetuneConfig(steps=steps, lr=lr, train="decoder-linears"),
-                                   progress=False)
+        out = compressors.finetune(model, train, FinetuneConfig(lr=lr, **config), teacher=teacher, progress=False)
         trials.append({**out, "dev_perplexity": dev(model)})
         if best is None or trials[-1]["dev_perplexity"] < best[0]:
             best = (trials[-1]["dev_perplexity"], lr, copy.deepcopy(model.state_dict()))
@@ -124,7 +126,8 @@ def run(args: argparse.Namespace) -> None:
     text = wikipedia("evaluation")
     cut = round((1 - DEV_SHARE) * len(calib_text))
     rows = load_rows(JSONL)
-    done = {(r["method"], r["fraction"], r.get("finetune_steps", 0), r.get("lr_picked_on")) for r in rows}
+    done = {(r["method"], r["fraction"], r.get("finetune_steps", 0), r.get("lr_picked_on"), finetune_loss(r))
+            for r in rows}
     linear_dense = decoder_linear_params(dense)
 
     def measure(model: torch.nn.Module, with_speed: bool = True) -> dict:
@@ -155,7 +158,8 @@ def run(args: argparse.Namespace) -> None:
     jobs = [(f, m, args.steps) for f in args.finetune for m in args.finetune_methods]
     jobs += [(f, m, 0) for f in args.fractions for m in args.methods]
     for fraction, method, steps in jobs:
-        if (method, fraction, steps, "dev" if steps else None) in done:
+        loss = ("distillation" if args.distill else "next-token") if steps else None
+        if (method, fraction, steps, "dev" if steps else None, loss) in done:
             continue
         print(f"  {method} @ {fraction} ({steps} fine-tune steps) ...", file=sys.stderr, flush=True)
         model = copy.deepcopy(dense)
@@ -168,7 +172,8 @@ def run(args: argparse.Namespace) -> None:
                             for s in report["steps"]]
         if steps:
             row.update(perplexity_before_finetune=row["perplexity"], lr_picked_on="dev",
-                       finetune=finetune_picked_on_dev(model, train, dev, steps, args.lrs))
+                       finetune=finetune_picked_on_dev(model, train, dev, steps, args.lrs,
+                                                       teacher=dense if args.distill else None))
             row["perplexity"] = perplexity(model, tok, text, 512, args.windows)["perplexity"]
         append_row(JSONL, {**row, "machine": machine()})
         print(json.dumps(row), flush=True)
@@ -178,6 +183,14 @@ def run(args: argparse.Namespace) -> None:
                              model_name="smollm2")
         append_row(JSONL, {"method": "activation-aware search, one ε", "fraction": None, "grid": [ONE_EPS],
                            "seconds": time.perf_counter() - start, "layers": len(one.found), "machine": machine()})
+
+
+def finetune_loss(row: dict) -> str | None:
+    """The fine-tune's loss ("next-token" or "distillation"); None for a row without one."""
+    if not row.get("finetune_steps"):
+        return None
+    ft = row["finetune"]
+    return ft["trials"][0]["loss"] if "trials" in ft else ft["loss"]
 
 
 def finetune_lr(row: dict) -> str:
@@ -206,14 +219,17 @@ def report_markdown() -> str:
         return cells + [f"{r.get('compress_seconds', 0):.0f}"]
 
     body.append(line({**dense, "decoder_fraction": 1.0}, "dense"))
-    for steps in sorted({r.get("finetune_steps", 0) for r in rows if r["fraction"]}):
-        for fraction in sorted({r["fraction"] for r in rows if r["fraction"] and r["fraction"] < 1
-                                and r.get("finetune_steps", 0) == steps}, reverse=True):
-            group = [r for r in rows if r["fraction"] == fraction and r.get("finetune_steps", 0) == steps]
+    schedules = sorted({(r.get("finetune_steps", 0), finetune_loss(r) or "") for r in rows if r["fraction"]})
+    for steps, loss in schedules:
+        same = [r for r in rows if r["fraction"] and r.get("finetune_steps", 0) == steps
+                and (finetune_loss(r) or "") == loss]
+        for fraction in sorted({r["fraction"] for r in same if r["fraction"] < 1}, reverse=True):
+            group = [r for r in same if r["fraction"] == fraction]
             best = min(r["perplexity"] for r in group)
             for r in group:
-                label = f"{r['method']} @ {fraction:g}" + (f", {steps}-step fine-tune, {finetune_lr(r)} (before: "
-                                                           f"{r['perplexity_before_finetune']:.1f})" if steps else "")
+                label = f"{r['method']} @ {fraction:g}" + (f", {steps}-step {loss} fine-tune, {finetune_lr(r)} "
+                                                           f"(before: {r['perplexity_before_finetune']:.1f})"
+                                                           if steps else "")
                 body.append(line(r, f"**{label}**" if r["perplexity"] == best else label))
     headers = ["method @ budget", "decoder linears kept", "whole-model parameters", "bytes", "perplexity", "× dense"]
     if speed_cols:
@@ -238,8 +254,9 @@ def report_markdown() -> str:
         "are compressed, at the ranks the plan's search found. Recipes: FLAT-LLM first, then activation-aware Saten "
         "(sensitivity budget) searched on what FLAT-LLM left; the first at FLAT-LLM ratio "
         f"{RECIPE_RATIO:g}, the second with FLAT-LLM removing {RECIPE_SHARE:g} of what is removed. "
-        "Fine-tune rows: one 256-token window of the calibration text per step, next-token loss, AdamW, every "
-        "decoder linear trained. \"Picked on dev\" rows train on the first "
+        "Fine-tune rows: one 256-token window of the calibration text per step, AdamW, every decoder linear "
+        "trained; the loss is next-token, or distillation (KL to the dense model's next-token distribution on the "
+        "same windows). \"Picked on dev\" rows train on the first "
         f"{1 - DEV_SHARE:.0%} of that text, run at each learning rate listed, with its perplexity on {DEV_WINDOWS} "
         f"windows of the last {DEV_SHARE:.0%} (the dev text), and keep the lowest; the lr 1e-4 rows (an earlier run) "
         "train on windows of the whole text. "
@@ -261,6 +278,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60, help="fine-tune steps (256-token windows)")
     p.add_argument("--lrs", nargs="+", type=float, default=[3e-6, 1e-5, 3e-5, 1e-4],
                    help="fine-tune learning rates; the one with the lowest dev perplexity is kept")
+    p.add_argument("--distill", action="store_true",
+                   help="fine-tune by distillation from the dense model instead of the next-token loss")
     p.add_argument("--samples", type=int, default=32, help="calibration windows of 512 tokens")
     p.add_argument("--windows", type=int, default=30, help="perplexity windows of 512 tokens")
     p.add_argument("--no-speed", dest="speed", action="store_false")

@@ -112,42 +112,46 @@ def test_auto_model_gives_a_compressed_encoder_and_no_lm_head(tmp_path):
 REFUSALS = """
 import sys
 import transformers
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, {cls}
-d = sys.argv[1]
-attempts = {{
-    "AutoConfig": lambda: AutoConfig.from_pretrained(d),
-    "AutoModelForCausalLM": lambda: AutoModelForCausalLM.from_pretrained(d),
-    "ignore_mismatched_sizes": lambda: AutoModelForCausalLM.from_pretrained(d, ignore_mismatched_sizes=True),
-    "trust_remote_code": lambda: AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True),
-    "AutoModel": lambda: AutoModel.from_pretrained(d, ignore_mismatched_sizes=True),
-    "{cls}": lambda: {cls}.from_pretrained(d),
-    "{cls} ignoring sizes": lambda: {cls}.from_pretrained(d, ignore_mismatched_sizes=True),
-}}
-assert "compressors" not in sys.modules
-for name, attempt in attempts.items():
-    try:
-        attempt()
-    except Exception as exc:
-        print(name, "refused", "compressors.load" in str(exc))
-    else:
-        print(name, "LOADED")
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+for cls_name, d in zip(sys.argv[1::2], sys.argv[2::2]):
+    cls = getattr(transformers, cls_name)
+    attempts = {
+        "AutoConfig": lambda: AutoConfig.from_pretrained(d),
+        "AutoModelForCausalLM": lambda: AutoModelForCausalLM.from_pretrained(d),
+        "ignore_mismatched_sizes": lambda: AutoModelForCausalLM.from_pretrained(d, ignore_mismatched_sizes=True),
+        "trust_remote_code": lambda: AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True),
+        "AutoModel": lambda: AutoModel.from_pretrained(d, ignore_mismatched_sizes=True),
+        cls_name: lambda: cls.from_pretrained(d),
+        cls_name + " ignoring sizes": lambda: cls.from_pretrained(d, ignore_mismatched_sizes=True),
+    }
+    assert "compressors" not in sys.modules
+    for name, attempt in attempts.items():
+        try:
+            attempt()
+        except Exception as exc:
+            print(d, name, "refused", "compressors.load" in str(exc))
+        else:
+            print(d, name, "LOADED")
 """
 
 
-@pytest.mark.parametrize("make", [pytest.param(svd_llm, id="svd-llm"), pytest.param(tt, id="tt"),
-                                  pytest.param(tiny_bert, id="bert")])
-def test_without_compressors_every_load_refuses_naming_compressors_load(make, tmp_path):
-    model = make()
-    if isinstance(model, BertModel):
-        compressors.compress(model, TTConfig(plan=plan_for(model, 0.4)))
-    directory = tmp_path / "runs" / "llama-20"  # a name that must not be taken for the base model type
-    compressors.save(model, directory)
-    cls = type(model).__name__
-    out = subprocess.run([sys.executable, "-c", REFUSALS.format(cls=cls), str(directory)], capture_output=True,
+def test_without_compressors_every_load_refuses_naming_compressors_load(tmp_path):
+    """One interpreter that never imported compressors (importing transformers is most of its
+    time) tries every way to load an SVD-LLM, a TT and a TT-compressed BERT directory."""
+    args = []
+    for name, make in (("svd-llm", svd_llm), ("tt", tt), ("bert", tiny_bert)):
+        model = make()
+        if isinstance(model, BertModel):
+            compressors.compress(model, TTConfig(plan=plan_for(model, 0.4)))
+        directory = tmp_path / name / "runs" / "llama-20"  # a name that must not be taken for the base model type
+        compressors.save(model, directory)
+        args += [type(model).__name__, str(directory)]
+    out = subprocess.run([sys.executable, "-c", REFUSALS, *args], capture_output=True,
                          text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert len(lines) == 7 and all(line.endswith("refused True") for line in lines), out.stdout
+    assert len(lines) == 3 * 7 and all(line.endswith("refused True") for line in lines), out.stdout
+    assert {line.split()[0] for line in lines} == set(args[1::2])
 
 
 def test_old_style_and_dense_directories_still_load(tmp_path):

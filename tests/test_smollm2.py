@@ -50,11 +50,12 @@ def test_cli_compress_and_eval(tmp_path, capsys):
                 "calibration_seconds", "layers"):
         assert key in report
     assert json.loads((tmp_path / "m" / "report.json").read_text())["method"] == "svd"
+    # the speed measurement (30 s on this model) is tested on tiny models (test_model_hardening.py)
     code = main(["eval", "--model", str(tmp_path / "m"), "--text", str(text), "--window", "128",
-                 "--max-windows", "2", "--json"])
+                 "--max-windows", "2", "--no-speed", "--json"])
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert code == 0 and result["window"] == 128 and result["tokens"] == 2 * 127
-    assert result["perplexity"] > 1 and result["prefill_tokens_per_s"] > 0 and result["decode_tokens_per_s"] > 0
+    assert result["perplexity"] > 1 and "prefill_tokens_per_s" not in result
 
 
 def test_cli_model_errors(tmp_path, capsys):
