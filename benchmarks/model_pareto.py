@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> None:
             out.update(prefill_tokens_per_s=s["prefill_tokens_per_s"], decode_tokens_per_s=s["decode_tokens_per_s"])
         return out
 
-    if ("dense", 1.0, 0) not in done:
+    if not any(r["method"] == "dense" for r in rows):
         append_row(JSONL, {"method": "dense", "fraction": 1.0, **measure(dense), "machine": machine()})
     search = next((r for r in rows if r["method"] == "activation-aware search"), None)
     start = time.perf_counter()
