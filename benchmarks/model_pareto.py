@@ -36,6 +36,7 @@ import compressors
 from compressors import FinetuneConfig, FlatLLMConfig, SatenConfig, SVDLLMConfig, TTConfig
 from compressors.architectures import decoder_linear_params, decoder_weight_params, total_params
 from compressors.corpus import calibration_windows, wikipedia
+from compressors.finetune import SCHEDULES
 from compressors.layer_plans import LayerOptions, PlanRequest, search_options
 from compressors.lm_metrics import perplexity, speed
 from compressors.targets import layer_type, target_linears
@@ -103,11 +104,13 @@ def state_bytes(model: torch.nn.Module) -> int:
 
 
 def finetune_picked_on_dev(model: torch.nn.Module, train: list[torch.Tensor], dev: Callable[[torch.nn.Module], float],
-                           steps: int, lrs: list[float], teacher: torch.nn.Module | None = None) -> dict:
+                           steps: int, lrs: list[float], schedule: dict,
+                           teacher: torch.nn.Module | None = None) -> dict:
     """Fine-tune ``model`` once per learning rate from the same start; keep the lowest ``dev``.
-    With a ``teacher`` the loss is distillation (KL to its next-token distribution), else next-token."""
+    With a ``teacher`` the loss is distillation (KL to its next-token distribution), else next-token;
+    ``schedule``: FinetuneConfig's schedule and warmup."""
     start, trials, best = copy.deepcopy(model.state_dict()), [], None
-    config = {"steps": steps, "train": "decoder-linears", "distill": teacher is not None}
+    config = {"steps": steps, "train": "decoder-linears", "distill": teacher is not None, **schedule}
     for lr in lrs:
         model.load_state_dict(start)
         out = compressors.finetune(model, train, FinetuneConfig(lr=lr, **config), teacher=teacher, progress=False)
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> None:
     text = wikipedia("evaluation")
     cut = round((1 - DEV_SHARE) * len(calib_text))
     rows = load_rows(JSONL)
-    done = {(r["method"], r["fraction"], r.get("finetune_steps", 0), r.get("lr_picked_on"), finetune_loss(r))
+    done = {(r["method"], r["fraction"], r.get("finetune_steps", 0), r.get("lr_picked_on"), finetune_kind(r))
             for r in rows}
     linear_dense = decoder_linear_params(dense)
 
@@ -155,11 +158,16 @@ def run(args: argparse.Namespace) -> None:
     def dev(model: torch.nn.Module) -> float:
         return perplexity(model, tok, calib_text[cut:], 512, DEV_WINDOWS)["perplexity"]
 
+    if not any(r["method"] == "dense, dev text" for r in rows):
+        append_row(JSONL, {"method": "dense, dev text", "fraction": None, "perplexity": dev(dense),
+                           "windows": DEV_WINDOWS, "machine": machine()})
+    schedule = {"schedule": args.schedule, "warmup": args.warmup}
     jobs = [(f, m, args.steps) for f in args.finetune for m in args.finetune_methods]
     jobs += [(f, m, 0) for f in args.fractions for m in args.methods]
     for fraction, method, steps in jobs:
-        loss = ("distillation" if args.distill else "next-token") if steps else None
-        if (method, fraction, steps, "dev" if steps else None, loss) in done:
+        kind = finetune_kind({"finetune_steps": steps, "finetune": {
+            "trials": [{"loss": "distillation" if args.distill else "next-token", **schedule}]}})
+        if (method, fraction, steps, "dev" if steps else None, kind) in done:
             continue
         print(f"  {method} @ {fraction} ({steps} fine-tune steps) ...", file=sys.stderr, flush=True)
         model = copy.deepcopy(dense)
@@ -172,7 +180,7 @@ def run(args: argparse.Namespace) -> None:
                             for s in report["steps"]]
         if steps:
             row.update(perplexity_before_finetune=row["perplexity"], lr_picked_on="dev",
-                       finetune=finetune_picked_on_dev(model, train, dev, steps, args.lrs,
+                       finetune=finetune_picked_on_dev(model, train, dev, steps, args.lrs, schedule,
                                                        teacher=dense if args.distill else None))
             row["perplexity"] = perplexity(model, tok, text, 512, args.windows)["perplexity"]
         append_row(JSONL, {**row, "machine": machine()})
@@ -185,12 +193,16 @@ def run(args: argparse.Namespace) -> None:
                            "seconds": time.perf_counter() - start, "layers": len(one.found), "machine": machine()})
 
 
-def finetune_loss(row: dict) -> str | None:
-    """The fine-tune's loss ("next-token" or "distillation"); None for a row without one."""
+def finetune_kind(row: dict) -> str | None:
+    """The fine-tune's loss ("next-token" or "distillation") and a learning-rate schedule other
+    than constant; None for a row without a fine-tune."""
     if not row.get("finetune_steps"):
         return None
     ft = row["finetune"]
-    return ft["trials"][0]["loss"] if "trials" in ft else ft["loss"]
+    first = ft["trials"][0] if "trials" in ft else ft
+    if first.get("schedule", "constant") == "constant" and not first.get("warmup"):
+        return first["loss"]
+    return f"{first['loss']}, {first['schedule']} lr with {first['warmup']:.0%} warmup"
 
 
 def finetune_lr(row: dict) -> str:
@@ -219,10 +231,10 @@ def report_markdown() -> str:
         return cells + [f"{r.get('compress_seconds', 0):.0f}"]
 
     body.append(line({**dense, "decoder_fraction": 1.0}, "dense"))
-    schedules = sorted({(r.get("finetune_steps", 0), finetune_loss(r) or "") for r in rows if r["fraction"]})
+    schedules = sorted({(r.get("finetune_steps", 0), finetune_kind(r) or "") for r in rows if r["fraction"]})
     for steps, loss in schedules:
         same = [r for r in rows if r["fraction"] and r.get("finetune_steps", 0) == steps
-                and (finetune_loss(r) or "") == loss]
+                and (finetune_kind(r) or "") == loss]
         for fraction in sorted({r["fraction"] for r in same if r["fraction"] < 1}, reverse=True):
             group = [r for r in same if r["fraction"] == fraction]
             best = min(r["perplexity"] for r in group)
@@ -239,6 +251,8 @@ def report_markdown() -> str:
                    f"({', '.join(f'{e:g}' for e in search['grid'])}; whitened, every input digit in one core, "
                    f"the spectra and sensitivity included) took {search['seconds']:.0f} s once; every activation-aware "
                    "plan below is picked from it.") if search else ""
+    dense_dev = next((r for r in rows if r["method"] == "dense, dev text"), None)
+    dev_note = f" (dense: {dense_dev['perplexity']:.1f})" if dense_dev else ""
     one = next((r for r in rows if r["method"] == "activation-aware search, one ε"), None)
     if one:
         search_note += (f" The same search at the one ε {one['grid'][0]:g} (whitening and sensitivity included) took "
@@ -258,8 +272,8 @@ def report_markdown() -> str:
         "trained; the loss is next-token, or distillation (KL to the dense model's next-token distribution on the "
         "same windows). \"Picked on dev\" rows train on the first "
         f"{1 - DEV_SHARE:.0%} of that text, run at each learning rate listed, with its perplexity on {DEV_WINDOWS} "
-        f"windows of the last {DEV_SHARE:.0%} (the dev text), and keep the lowest; the lr 1e-4 rows (an earlier run) "
-        "train on windows of the whole text. "
+        f"windows of the last {DEV_SHARE:.0%} (the dev text{dev_note}), and keep the lowest; the lr 1e-4 rows "
+        "(an earlier run) train on windows of the whole text. "
         f"Perplexity: {dense['windows']} windows of 512 tokens of the held-out articles; speed: "
         "batch 4, prompt 256, 32 new tokens, median of 3, relative to dense in the same run. Best of each budget in "
         "bold. " + search_note, "",
@@ -278,6 +292,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60, help="fine-tune steps (256-token windows)")
     p.add_argument("--lrs", nargs="+", type=float, default=[3e-6, 1e-5, 3e-5, 1e-4],
                    help="fine-tune learning rates; the one with the lowest dev perplexity is kept")
+    p.add_argument("--schedule", choices=SCHEDULES, default="constant", help="the fine-tune's learning-rate schedule")
+    p.add_argument("--warmup", type=float, default=0.0, help="the fraction of fine-tune steps of linear lr warmup")
     p.add_argument("--distill", action="store_true",
                    help="fine-tune by distillation from the dense model instead of the next-token loss")
     p.add_argument("--samples", type=int, default=32, help="calibration windows of 512 tokens")

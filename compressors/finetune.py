@@ -9,6 +9,7 @@ states for an encoder.  Dropout stays off (eval mode), so a run is reproducible.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from .tt_linear import TTLinear, TTMatrixLinear
 
 COMPRESSED = (TTMatrixLinear, TTLinear, SatenLinear, LowRankLinear, TTEmbedding)
 TRAINED = ("compressed", "decoder-linears")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -36,7 +38,9 @@ class FinetuneConfig:
     ``distill``: KL to the dense teacher's next-token distribution at ``temperature``.
     ``train``: "compressed" (the compressed layers) or "decoder-linears" (every linear of the
     decoder stack, compressed or not: what a FLAT-LLM model, whose linears are only narrowed,
-    has to train, so methods can get the same fine-tune)."""
+    has to train, so methods can get the same fine-tune).  ``schedule``: "constant", or "cosine"
+    (``lr`` reached after a linear warmup over the first ``warmup`` fraction of the steps, then
+    a cosine decay toward zero over the rest)."""
 
     steps: int = 100
     lr: float = 1e-4
@@ -45,10 +49,16 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     temperature: float = 1.0
     train: str = "compressed"
+    schedule: str = "constant"
+    warmup: float = 0.0
 
     def __post_init__(self) -> None:
         if self.train not in TRAINED:
             raise ArgumentError("train", f"must be one of {', '.join(TRAINED)}, got {self.train!r}")
+        if self.schedule not in SCHEDULES:
+            raise ArgumentError("schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ArgumentError("warmup", f"must be in [0, 1) (a fraction of the steps), got {self.warmup}")
         if self.steps < 0:
             raise ArgumentError("steps", f"must be >= 0 (optimizer steps of fine-tuning), got {self.steps}")
         if self.batch < 1:
@@ -59,6 +69,16 @@ class FinetuneConfig:
             raise ArgumentError("weight_decay", f"must be >= 0, got {self.weight_decay}")
         if not self.temperature > 0:
             raise ArgumentError("temperature", f"must be positive (distillation temperature), got {self.temperature}")
+
+    def lr_factor(self, step: int) -> float:
+        """The multiple of ``lr`` used at optimizer step ``step`` (0-based)."""
+        warm = round(self.warmup * self.steps)
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        if self.schedule == "constant":
+            return 1.0
+        span = max(1, self.steps - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / span))
 
 
 def trainable_parameters(model: nn.Module, train: str = "compressed") -> list[nn.Parameter]:
@@ -116,6 +136,7 @@ def finetune(model: nn.Module, windows: list[torch.Tensor], config: FinetuneConf
         p.requires_grad_(True)
     model.eval()
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, config.lr_factor)
     losses, start = [], time.perf_counter()
     try:
         bar = tqdm(range(config.steps), desc="fine-tune", unit="step", file=sys.stderr, disable=not progress)
@@ -128,6 +149,7 @@ def finetune(model: nn.Module, windows: list[torch.Tensor], config: FinetuneConf
                 loss.backward()
                 total += float(loss.detach())
             opt.step()
+            schedule.step()
             losses.append(total)
             bar.set_postfix(loss=f"{total:.4f}")
     finally:
@@ -136,7 +158,8 @@ def finetune(model: nn.Module, windows: list[torch.Tensor], config: FinetuneConf
     seconds = time.perf_counter() - start
     head = losses[: max(1, len(losses) // 10)]
     tail = losses[-max(1, len(losses) // 10):]
-    return {"steps": config.steps, "lr": config.lr, "batch": config.batch,
+    return {"steps": config.steps, "lr": config.lr, "batch": config.batch, "schedule": config.schedule,
+            "warmup": config.warmup,
             "loss": "distillation" if teacher is not None else "next-token",
             "trainable_params": sum(p.numel() for p in params),
             "loss_start": sum(head) / len(head) if losses else None,

@@ -94,6 +94,18 @@ def compression_config(compressor: str, *, ratio: float = 0.2, method: str = "fl
     return TTConfig(plan=plan, sequential=not dense_inputs)
 
 
+def finetune_config(*, finetune_steps: int = 0, lr: float = 1e-4, distill: bool = False,
+                    lr_schedule: str = "constant", warmup: float = 0.0) -> FinetuneConfig:
+    """The FinetuneConfig of a ``compress`` command or job, with a bad value named by its option."""
+    renamed = {"steps": "finetune_steps", "schedule": "lr_schedule"}
+    try:
+        return FinetuneConfig(steps=finetune_steps, lr=lr, distill=distill, schedule=lr_schedule, warmup=warmup)
+    except ArgumentError as exc:
+        if exc.argument in renamed:
+            raise ArgumentError(renamed[exc.argument], exc.problem) from None
+        raise
+
+
 RECIPE_KEYS = {"flat-llm": {"ratio", "method", "uniform"}, "tt": {"plan", "dense_inputs"},
                "saten": {"plan", "density", "nm", "dense_inputs"}}
 

@@ -207,6 +207,8 @@ def test_bad_inputs():
     (lambda: compressors.FinetuneConfig(steps=-1), "steps"),
     (lambda: compressors.FinetuneConfig(lr=0.0), "lr"),
     (lambda: compressors.FinetuneConfig(batch=0), "batch"),
+    (lambda: compressors.FinetuneConfig(schedule="linear"), "schedule"),
+    (lambda: compressors.FinetuneConfig(warmup=1.0), "warmup"),
 ])
 def test_configs_name_the_bad_argument(make, argument):
     with pytest.raises(ArgumentError) as caught:

@@ -293,6 +293,8 @@ BAD_COMPRESS = [
 BAD_TENSORIZE = [
     (["saten", "--density", "0.1", "--finetune-steps", "2", "--lr", "-1"], "--lr must be positive"),
     (["saten", "--density", "0.1", "--finetune-steps", "-3"], "--finetune-steps must be >= 0"),
+    (["saten", "--density", "0.1", "--finetune-steps", "2", "--warmup", "1"], "--warmup must be in [0, 1)"),
+    (["saten", "--density", "0.1", "--lr-schedule", "linear"], "--lr-schedule"),
     (["saten", "--density", "2"], "--density must be in [0, 1]"),
     (["saten", "--nm", "4:2"], "--nm must be"),
     (["saten", "--nm", "0:4"], "--nm must be"),

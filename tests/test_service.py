@@ -249,10 +249,12 @@ def test_layers_and_compress_jobs_read_only_allowed_paths(tmp_path):
         plan = client.result(plan_job)
         assert plan["version"] == 1 and all("layers.0.mlp" in name for name in plan["layers"])
         plan_path = tmp_path / "data" / "jobs" / plan_job / "out" / "plan.json"
-        comp = client.submit("compress", compressor="tt", model=str(model), plan=str(plan_path))
+        comp = client.submit("compress", compressor="tt", model=str(model), plan=str(plan_path), finetune_steps=2,
+                             lr_schedule="cosine", warmup=0.5)
         assert client.wait(comp, timeout=240)["state"] == "SUCCEEDED", client.logs(comp)
         report = client.result(comp)
         assert report["method"] == "tt" and report["replaced_layers"] == len(plan["layers"])
+        assert report["finetune"]["steps"] == 2 and report["finetune"]["schedule"] == "cosine"
         r = httpx.post(f"{s.url}/api/jobs/layers", json={"model": str(tmp_path)})
         assert r.status_code == 422 and r.json()["detail"].startswith("--model "), r.text
         r = httpx.post(f"{s.url}/api/jobs/compress", json={"compressor": "zip", "model": "smollm2"})

@@ -152,6 +152,30 @@ def test_decoder_linears_finetune_trains_what_flat_llm_left():
         FinetuneConfig(train="everything")
 
 
+def test_finetune_follows_the_learning_rate_schedule(monkeypatch):
+    model = tiny_llama()
+    compressors.compress(model, TTConfig(plan=plan_for(model, 0.5)))
+    windows = [torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    used, step = [], torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    config = FinetuneConfig(steps=20, lr=1e-3, schedule="cosine", warmup=0.2)
+    rep = compressors.finetune(model, windows, config, progress=False)
+    assert rep["schedule"] == "cosine" and len(used) == 20
+    peak = used.index(max(used))
+    assert peak == 4 and used[peak] == pytest.approx(1e-3)  # 4 warmup steps climb to lr at the 5th
+    assert all(a < b for a, b in zip(used[:peak], used[1:peak + 1]))
+    assert all(a > b > 0 for a, b in zip(used[peak:], used[peak + 1:]))  # then decays, never to zero
+    assert used[-1] < 0.05 * 1e-3
+    used.clear()
+    compressors.finetune(model, windows, FinetuneConfig(steps=5, lr=1e-3), progress=False)
+    assert used == [pytest.approx(1e-3)] * 5
+
+
 def test_encoder_finetune_distills():
     model, dense = tiny_bert(), tiny_bert()
     compressors.compress(model, TTConfig(plan=plan_for(model, 0.5, "tt")))

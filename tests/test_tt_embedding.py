@@ -154,10 +154,12 @@ def test_command_line_plans_and_compresses_the_tied_embedding(llama_dir, tmp_pat
     assert list(layers) == ["model.embed_tokens"] and layers["model.embed_tokens"]["type"] == "embedding"
     out = tmp_path / "saten-e"
     code = main(["compress", "saten", "--model", str(llama_dir), "--plan", str(plan), "--density", "0.05",
-                 "--finetune-steps", "2", "--samples", "2", "--seqlen", "16", "--out", str(out), "--json"])
+                 "--finetune-steps", "2", "--lr-schedule", "cosine", "--warmup", "0.5", "--samples", "2", "--seqlen",
+                 "16", "--out", str(out), "--json"])
     assert code == 0, capsys.readouterr().err
     report = json.loads(capsys.readouterr().out)
     assert report["replaced_layers"] == 1 and report["finetune"]["steps"] == 2
+    assert report["finetune"]["schedule"] == "cosine" and report["finetune"]["warmup"] == 0.5
     assert report["embedding_weights"] == "frequency, head-whitened"  # the head is tied: its input counts
     loaded = compressors.load(out)
     assert isinstance(loaded.lm_head, TiedLMHead) and loaded.lm_head.embedding is loaded.get_input_embeddings()

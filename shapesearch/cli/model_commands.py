@@ -45,6 +45,11 @@ def compress_options(comp: argparse.ArgumentParser, for_job: bool = False) -> No
                       help="tt/saten: optimizer steps of fine-tuning in compressed space (default 0)")
     comp.add_argument("--lr", type=float, default=None,
                       help="fine-tuning learning rate, positive (default 1e-4 for tt/saten, 5e-5 for ptnn)")
+    comp.add_argument("--lr-schedule", choices=("constant", "cosine"), default=dflt("constant"),
+                      help="fine-tuning learning rate: constant, or cosine decay toward zero (default constant)")
+    comp.add_argument("--warmup", type=float, default=dflt(0.0),
+                      help="fraction of the fine-tuning steps with a linear learning-rate warmup, in [0, 1) "
+                           "(default 0)")
     comp.add_argument("--plain-embedding", action="store_true", default=dflt(False),
                       help="tt/saten: fit a planned token embedding by plain Frobenius error (default: rows "
                            "weighted by each token's frequency in the --calib text)")
@@ -131,15 +136,10 @@ def add_parsers(sub) -> None:
 
 
 def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
-    from compressors import FinetuneConfig
+    from compressors.model_jobs import finetune_config
 
-    try:
-        return FinetuneConfig(steps=args.finetune_steps, lr=1e-4 if args.lr is None else args.lr,
-                              distill=args.distill)
-    except ArgumentError as exc:
-        if exc.argument == "steps":  # the library's steps come in as --finetune-steps
-            raise ArgumentError("finetune_steps", exc.problem) from None
-        raise
+    return finetune_config(finetune_steps=args.finetune_steps, lr=1e-4 if args.lr is None else args.lr,
+                           distill=args.distill, lr_schedule=args.lr_schedule, warmup=args.warmup)
 
 
 def _config(args: argparse.Namespace) -> object:

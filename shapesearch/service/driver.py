@@ -143,14 +143,14 @@ class JobRunner:
         plan.save(self.dir / OUT / "plan.json")
 
     def _compress(self) -> None:
-        from compressors import FinetuneConfig, compress_model
-        from compressors.model_jobs import compression_config
+        from compressors import compress_model
+        from compressors.model_jobs import compression_config, finetune_config
 
         p = self.params
         config = compression_config(p["compressor"], ratio=p["ratio"], method=p["method"], uniform=p["uniform"],
                                     plan=p.get("plan"), density=p.get("density"), nm=p.get("nm"),
                                     dense_inputs=p.get("dense_inputs", False))
-        tune = FinetuneConfig(steps=p["finetune_steps"], lr=p["lr"], distill=p["distill"])
+        tune = finetune_config(**{k: p[k] for k in ("finetune_steps", "lr", "distill", "lr_schedule", "warmup")})
         report = compress_model(p["model"], config, self.dir / OUT / "model", calib=p.get("calib"),
                                 samples=p["samples"], seqlen=p["seqlen"], seed=p["seed"], finetune_config=tune,
                                 overwrite=True, progress=False, embedding_weights=not p.get("plain_embedding", False))
