@@ -202,7 +202,7 @@ def finetune_kind(row: dict) -> str | None:
     first = ft["trials"][0] if "trials" in ft else ft
     if first.get("schedule", "constant") == "constant" and not first.get("warmup"):
         return first["loss"]
-    return f"{first['loss']}, {first['schedule']} lr with {first['warmup']:.0%} warmup"
+    return f"{first['loss']} ({first['schedule']} lr, {first['warmup']:.0%} warmup)"
 
 
 def finetune_lr(row: dict) -> str:
@@ -252,7 +252,7 @@ def report_markdown() -> str:
                    f"the spectra and sensitivity included) took {search['seconds']:.0f} s once; every activation-aware "
                    "plan below is picked from it.") if search else ""
     dense_dev = next((r for r in rows if r["method"] == "dense, dev text"), None)
-    dev_note = f" (dense: {dense_dev['perplexity']:.1f})" if dense_dev else ""
+    dev_note = f"; dense: {dense_dev['perplexity']:.2f}" if dense_dev else ""
     one = next((r for r in rows if r["method"] == "activation-aware search, one ε"), None)
     if one:
         search_note += (f" The same search at the one ε {one['grid'][0]:g} (whitening and sensitivity included) took "
@@ -269,10 +269,12 @@ def report_markdown() -> str:
         "(sensitivity budget) searched on what FLAT-LLM left; the first at FLAT-LLM ratio "
         f"{RECIPE_RATIO:g}, the second with FLAT-LLM removing {RECIPE_SHARE:g} of what is removed. "
         "Fine-tune rows: one 256-token window of the calibration text per step, AdamW, every decoder linear "
-        "trained; the loss is next-token, or distillation (KL to the dense model's next-token distribution on the "
-        "same windows). \"Picked on dev\" rows train on the first "
-        f"{1 - DEV_SHARE:.0%} of that text, run at each learning rate listed, with its perplexity on {DEV_WINDOWS} "
-        f"windows of the last {DEV_SHARE:.0%} (the dev text{dev_note}), and keep the lowest; the lr 1e-4 rows "
+        "trained, the learning rate constant unless the row names a schedule (cosine: a linear rise over the "
+        "warmup share of the steps, then a cosine decay toward zero); the loss is next-token, or distillation "
+        "(KL to the dense model's next-token distribution on the same windows). \"Picked on dev\" rows train on "
+        f"the first {1 - DEV_SHARE:.0%} of that text, run at each learning rate listed, with its perplexity on "
+        f"{DEV_WINDOWS} windows of the last {DEV_SHARE:.0%} (the dev text{dev_note}), and keep the lowest; the lr "
+        "1e-4 rows "
         "(an earlier run) train on windows of the whole text. "
         f"Perplexity: {dense['windows']} windows of 512 tokens of the held-out articles; speed: "
         "batch 4, prompt 256, 32 new tokens, median of 3, relative to dense in the same run. Best of each budget in "

@@ -1286,7 +1286,8 @@ def layers_case(rnd: random.Random) -> Case:
 COMPRESS_VALID = {"--ratio": ["0.1", "0.2", "0.5"], "--density": ["0.1", "0.25"], "--finetune-steps": ["0", "1", "2"],
                   "--lr": ["1e-4", "0.01"], "--samples": ["1", "2", "3"], "--seqlen": ["8", "32", "64"],
                   "--seed": ["0", "5"], "--warmup": ["0", "0.1"]}
-COMPRESS_ODD = {"--warmup": ODD_FLOATS + ["1", "0.999"], "--ratio": ODD_FLOATS + ["0.999", "1e-300"], "--density": ODD_FLOATS + ["1e-300", "0.999"],
+COMPRESS_ODD = {"--warmup": ODD_FLOATS + ["1", "0.999"], "--ratio": ODD_FLOATS + ["0.999", "1e-300"],
+                "--density": ODD_FLOATS + ["1e-300", "0.999"],
                 "--finetune-steps": ODD_INTS, "--lr": ODD_FLOATS, "--samples": ODD_INTS,
                 "--seqlen": ODD_INTS + ["1", "2"],
                 "--seed": ODD_INTS}
