@@ -14,7 +14,9 @@ shapes: searched here, once for every budget, at the ε grid below.  ``--finetun
 same short fine-tune for the methods at budget F: next-token loss on windows of the first 85 %
 of the calibration text, every decoder linear trained, at each learning rate of ``--lrs``; the
 model kept is the one with the lowest perplexity on the last 15 % (the dev text, never the
-held-out articles); ``--distill``: the loss is KL to the dense model's next-token distribution.
+held-out articles); ``--distill``: the loss is KL to the dense model's next-token distribution;
+``--schedule cosine --warmup W``: the learning rate rises over the share W of the steps, then
+decays along a cosine.
 Rows are appended to results/model_pareto.jsonl as they finish.
 """
 
