@@ -167,8 +167,7 @@ def run(args: argparse.Namespace) -> None:
     jobs = [(f, m, args.steps) for f in args.finetune for m in args.finetune_methods]
     jobs += [(f, m, 0) for f in args.fractions for m in args.methods]
     for fraction, method, steps in jobs:
-        kind = finetune_kind({"finetune_steps": steps, "finetune": {
-            "trials": [{"loss": "distillation" if args.distill else "next-token", **schedule}]}})
+        kind = kind_label("distillation" if args.distill else "next-token", **schedule) if steps else None
         if (method, fraction, steps, "dev" if steps else None, kind) in done:
             continue
         print(f"  {method} @ {fraction} ({steps} fine-tune steps) ...", file=sys.stderr, flush=True)
@@ -202,9 +201,12 @@ def finetune_kind(row: dict) -> str | None:
         return None
     ft = row["finetune"]
     first = ft["trials"][0] if "trials" in ft else ft
-    if first.get("schedule", "constant") == "constant" and not first.get("warmup"):
-        return first["loss"]
-    return f"{first['loss']} ({first['schedule']} lr, {first['warmup']:.0%} warmup)"
+    return kind_label(first["loss"], first.get("schedule", "constant"), first.get("warmup", 0.0))
+
+
+def kind_label(loss: str, schedule: str, warmup: float) -> str:
+    """"next-token", or "next-token (cosine lr, 5% warmup)" for a schedule other than constant."""
+    return loss if schedule == "constant" and not warmup else f"{loss} ({schedule} lr, {warmup:.0%} warmup)"
 
 
 def finetune_lr(row: dict) -> str:
@@ -276,8 +278,7 @@ def report_markdown() -> str:
         "(KL to the dense model's next-token distribution on the same windows). \"Picked on dev\" rows train on "
         f"the first {1 - DEV_SHARE:.0%} of that text, run at each learning rate listed, with its perplexity on "
         f"{DEV_WINDOWS} windows of the last {DEV_SHARE:.0%} (the dev text{dev_note}), and keep the lowest; the lr "
-        "1e-4 rows "
-        "(an earlier run) train on windows of the whole text. "
+        "1e-4 rows (an earlier run) train on windows of the whole text. "
         f"Perplexity: {dense['windows']} windows of 512 tokens of the held-out articles; speed: "
         "batch 4, prompt 256, 32 new tokens, median of 3, relative to dense in the same run. Best of each budget in "
         "bold. " + search_note, "",

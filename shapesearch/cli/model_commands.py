@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 # which the other commands should not pay
 
 METHODS = ("flat-llm", "svd", "svd-llm")  # compressors.model_jobs.METHODS, without importing torch here
+SCHEDULES = ("constant", "cosine")  # compressors.finetune.SCHEDULES, likewise
 
 
 def compress_options(comp: argparse.ArgumentParser, for_job: bool = False) -> None:
@@ -45,7 +46,7 @@ def compress_options(comp: argparse.ArgumentParser, for_job: bool = False) -> No
                       help="tt/saten: optimizer steps of fine-tuning in compressed space (default 0)")
     comp.add_argument("--lr", type=float, default=None,
                       help="fine-tuning learning rate, positive (default 1e-4 for tt/saten, 5e-5 for ptnn)")
-    comp.add_argument("--lr-schedule", choices=("constant", "cosine"), default=dflt("constant"),
+    comp.add_argument("--lr-schedule", choices=SCHEDULES, default=dflt("constant"),
                       help="fine-tuning learning rate: constant, or cosine decay toward zero (default constant)")
     comp.add_argument("--warmup", type=float, default=dflt(0.0),
                       help="fraction of the fine-tuning steps with a linear learning-rate warmup, in [0, 1) "
