@@ -16,7 +16,7 @@ of the calibration text, every decoder linear trained, at each learning rate of 
 model kept is the one with the lowest perplexity on the last 15 % (the dev text, never the
 held-out articles); ``--distill``: the loss is KL to the dense model's next-token distribution;
 ``--schedule cosine --warmup W``: the learning rate rises over the share W of the steps, then
-decays along a cosine.
+decays along a cosine; ``--balance``: every TT layer's cores rescaled to equal norms first.
 Rows are appended to results/model_pareto.jsonl as they finish.
 """
 
@@ -110,7 +110,7 @@ def finetune_picked_on_dev(model: torch.nn.Module, train: list[torch.Tensor], de
                            teacher: torch.nn.Module | None = None) -> dict:
     """Fine-tune ``model`` once per learning rate from the same start; keep the lowest ``dev``.
     With a ``teacher`` the loss is distillation (KL to its next-token distribution), else next-token;
-    ``schedule``: FinetuneConfig's schedule and warmup."""
+    ``schedule``: FinetuneConfig's schedule, warmup and balance."""
     start, trials, best = copy.deepcopy(model.state_dict()), [], None
     config = {"steps": steps, "train": "decoder-linears", "distill": teacher is not None, **schedule}
     for lr in lrs:
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> None:
     if not any(r["method"] == "dense, dev text" for r in rows):
         append_row(JSONL, {"method": "dense, dev text", "fraction": None, "perplexity": dev(dense),
                            "windows": DEV_WINDOWS, "machine": machine()})
-    schedule = {"schedule": args.schedule, "warmup": args.warmup}
+    schedule = {"schedule": args.schedule, "warmup": args.warmup, "balance": args.balance}
     jobs = [(f, m, args.steps) for f in args.finetune for m in args.finetune_methods]
     jobs += [(f, m, 0) for f in args.fractions for m in args.methods]
     for fraction, method, steps in jobs:
@@ -201,12 +201,16 @@ def finetune_kind(row: dict) -> str | None:
         return None
     ft = row["finetune"]
     first = ft["trials"][0] if "trials" in ft else ft
-    return kind_label(first["loss"], first.get("schedule", "constant"), first.get("warmup", 0.0))
+    return kind_label(first["loss"], first.get("schedule", "constant"), first.get("warmup", 0.0),
+                      first.get("balance", False))
 
 
-def kind_label(loss: str, schedule: str, warmup: float) -> str:
-    """"next-token", or "next-token (cosine lr, 5% warmup)" for a schedule other than constant."""
-    return loss if schedule == "constant" and not warmup else f"{loss} ({schedule} lr, {warmup:.0%} warmup)"
+def kind_label(loss: str, schedule: str, warmup: float, balance: bool = False) -> str:
+    """"next-token", or e.g. "next-token (cosine lr, 5% warmup, balanced cores)" for a schedule
+    other than constant or balanced TT cores."""
+    notes = ([] if schedule == "constant" and not warmup else [f"{schedule} lr, {warmup:.0%} warmup"]) + \
+        (["balanced cores"] if balance else [])
+    return f"{loss} ({', '.join(notes)})" if notes else loss
 
 
 def finetune_lr(row: dict) -> str:
@@ -274,7 +278,8 @@ def report_markdown() -> str:
         f"{RECIPE_RATIO:g}, the second with FLAT-LLM removing {RECIPE_SHARE:g} of what is removed. "
         "Fine-tune rows: one 256-token window of the calibration text per step, AdamW, every decoder linear "
         "trained, the learning rate constant unless the row names a schedule (cosine: a linear rise over the "
-        "warmup share of the steps, then a cosine decay toward zero); the loss is next-token, or distillation "
+        "warmup share of the steps, then a cosine decay toward zero; \"balanced cores\": every TT layer's cores "
+        "rescaled to equal norms before training, the function unchanged); the loss is next-token, or distillation "
         "(KL to the dense model's next-token distribution on the same windows). \"Picked on dev\" rows train on "
         f"the first {1 - DEV_SHARE:.0%} of that text, run at each learning rate listed, with its perplexity on "
         f"{DEV_WINDOWS} windows of the last {DEV_SHARE:.0%} (the dev text{dev_note}), and keep the lowest; the lr "
@@ -299,6 +304,8 @@ def main() -> None:
                    help="fine-tune learning rates; the one with the lowest dev perplexity is kept")
     p.add_argument("--schedule", choices=SCHEDULES, default="constant", help="the fine-tune's learning-rate schedule")
     p.add_argument("--warmup", type=float, default=0.0, help="the fraction of fine-tune steps of linear lr warmup")
+    p.add_argument("--balance", action="store_true",
+                   help="rescale every TT layer's cores to equal norms before the fine-tune")
     p.add_argument("--distill", action="store_true",
                    help="fine-tune by distillation from the dense model instead of the next-token loss")
     p.add_argument("--samples", type=int, default=32, help="calibration windows of 512 tokens")

