@@ -97,7 +97,7 @@ def load_model(spec: str, tokenizer: bool = True) -> tuple[nn.Module, PreTrained
     .gguf file.  Causal LMs load with their LM head; other models (BERT) as the bare encoder.
 
     The built-in GGUF is dequantized once and cached as fp32 safetensors (a GGUF load
-    converts the tokenizer and takes ~30 s; the cache loads in under a second).  With
+    converts the tokenizer and takes ~15 s here; the cache loads in about a second).  With
     ``tokenizer=False`` the tokenizer is None (a directory may then have none).
 
     Whatever a bad model file makes transformers raise (a broken config.json, missing or
