@@ -50,7 +50,7 @@ from .tiny_models import TEXT, small_array, small_png
 
 COMMANDS = ("image", "tensor", "reconstruct", "layers", "compress", "eval", "pareto")
 # cases per command (≥ 500 in all); model commands cost more per case
-SHARE = {"image": 120, "tensor": 120, "reconstruct": 120, "layers": 60, "compress": 100, "eval": 50, "pareto": 30}
+SHARE = {"image": 100, "tensor": 100, "reconstruct": 120, "layers": 60, "compress": 100, "eval": 40, "pareto": 30}
 CASE_TIMEOUT = 120.0  # seconds one case may take before it counts as a hang
 MEMORY_CAP = 8 << 30  # bytes of address space for the helper process
 ERROR_PREFIX = "shapesearch: error:"

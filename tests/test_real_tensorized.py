@@ -22,7 +22,7 @@ def _run(args, capsys):
 def test_smollm2_plan_saten_fine_tune_save_reload_generate(fmt, residual, tmp_path, capsys):
     plan = tmp_path / "plan.json"
     found = _run(["layers", "--model", "smollm2", "--eps", "0.5", "--format", fmt, "--layers", "layers.29.",
-                  "--generations", "3", "--population", "8", "--workers", "0", "--out", plan, "--json"], capsys)
+                  "--generations", "2", "--population", "6", "--workers", "0", "--out", plan, "--json"], capsys)
     assert len(found["layers"]) == 7
     for rec in found["layers"].values():
         assert rec["params"] <= rec["balanced_params"] and rec["rel_error"] <= 0.5
@@ -48,7 +48,7 @@ def test_smollm2_plan_saten_fine_tune_save_reload_generate(fmt, residual, tmp_pa
 
 def test_minilm_plan_tt_and_embeddings_stay_close(tmp_path, capsys):
     plan = tmp_path / "plan.json"
-    _run(["layers", "--model", "minilm", "--eps", "0.2", "--generations", "3", "--population", "8",
+    _run(["layers", "--model", "minilm", "--eps", "0.2", "--generations", "2", "--population", "6",
           "--workers", "0", "--out", plan, "--json"], capsys)
     report = _run(["compress", "tt", "--model", "minilm", "--plan", plan, "--out", tmp_path / "m", "--json"], capsys)
     assert report["replaced_layers"] == 36 and report["replaced_ratio"] < 1.0

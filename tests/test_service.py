@@ -184,7 +184,7 @@ def test_token_upload_limit_and_loopback_rules(tmp_path, capsys):
 def test_a_server_killed_mid_run_resumes_every_job_to_the_uninterrupted_result(tmp_path):
     """SIGKILL the server while two jobs run; the next server finishes both, once each, with
     the result of an uninterrupted run of the same seed."""
-    settings = {"eps": 0.1, "generations": 30, "stall": 30, "population": 12, "seed": 5}
+    settings = {"eps": 0.1, "generations": 20, "stall": 20, "population": 12, "seed": 5}
     images = [png(tmp_path / f"img{i}.png", 64, 96, seed=i) for i in range(2)]
     s = Server(tmp_path / "data").start()
     client = Client(s.url)
