@@ -66,11 +66,11 @@ def parse_nm(text: str | None) -> tuple[int, int] | None:
 
 def compression_config(compressor: str, *, ratio: float = 0.2, method: str = "flat-llm", uniform: bool = False,
                        plan: str | Path | None = None, density: float | None = None, nm: str | None = None,
-                       finetune_steps: int = 0, dense_inputs: bool = False) -> object:
+                       finetune_steps: int = 0, dense_inputs: bool = False, alternations: int = 0) -> object:
     """The config of a ``compressor`` job ("flat-llm": FLAT-LLM or an SVD ``method`` at its size;
     "tt" / "saten": layers from the ``plan`` file; ``dense_inputs``: an activation-aware plan's
-    layers whitened by the dense model's inputs, not sequentially), refusing options that
-    belong to another."""
+    layers whitened by the dense model's inputs, not sequentially; ``alternations``: Saten's
+    TT / sparse refits), refusing options that belong to another."""
     from .tt_compress import SatenConfig, TTConfig, read_plan
 
     if compressor not in COMPRESSORS:
@@ -79,6 +79,8 @@ def compression_config(compressor: str, *, ratio: float = 0.2, method: str = "fl
         if plan is not None or density is not None or nm is not None or finetune_steps or dense_inputs:
             raise ShapesearchError("plan / density / nm / finetune_steps / dense_inputs are for tt and saten, "
                                    "not flat-llm")
+        if alternations:
+            raise ShapesearchError("alternations are for saten, not flat-llm")
         if method not in METHODS:
             raise ArgumentError("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
         if method == "flat-llm":
@@ -86,11 +88,12 @@ def compression_config(compressor: str, *, ratio: float = 0.2, method: str = "fl
         return SVDConfig(ratio=ratio, whiten=method == "svd-llm")
     if plan is None:
         raise ArgumentError("plan", f"is needed for {compressor}: a plan.json written by `shapesearch layers`")
-    if compressor == "tt" and (density is not None or nm is not None):
-        raise ShapesearchError("density / nm are for saten; tt has no sparse residual")
+    if compressor == "tt" and (density is not None or nm is not None or alternations):
+        raise ShapesearchError("density / nm / alternations are for saten; tt has no sparse residual")
     plan = plan if isinstance(plan, dict) else read_plan(plan)  # a dict: a plan or options to search one with
     if compressor == "saten":
-        return SatenConfig(plan=plan, density=density, nm=parse_nm(nm), sequential=not dense_inputs)
+        return SatenConfig(plan=plan, density=density, nm=parse_nm(nm), sequential=not dense_inputs,
+                           alternations=alternations)
     return TTConfig(plan=plan, sequential=not dense_inputs)
 
 
@@ -107,7 +110,7 @@ def finetune_config(*, finetune_steps: int = 0, lr: float = 1e-4, distill: bool 
 
 
 RECIPE_KEYS = {"flat-llm": {"ratio", "method", "uniform"}, "tt": {"plan", "dense_inputs"},
-               "saten": {"plan", "density", "nm", "dense_inputs"}}
+               "saten": {"plan", "density", "nm", "dense_inputs", "alternations"}}
 
 
 def read_recipe(path: str | Path) -> list[object]:

@@ -225,6 +225,27 @@ def _tt_weight_f64(tt: TTLinear | TTMatrixLinear) -> torch.Tensor:
     return copy.weight().detach()
 
 
+def _residual(error: torch.Tensor, density: float | None, nm: tuple[int, int] | None,
+              factor: torch.Tensor | None) -> SparseResidual:
+    """The sparse part of E (float64): top-K at ``density`` or N:M ``nm`` of |E|, or with an input
+    ``factor`` L of |E_ij|·‖L_j‖ with values refitted to the activations."""
+    scores = None if factor is None else error * factor.double().to(error.device).norm(dim=1)[None, :]
+    residual = (SparseResidual.top_k(error, density, scores) if density is not None
+                else SparseResidual.n_m(error, int(nm[0]), int(nm[1]), scores))
+    if factor is not None:  # the values that are best on the inputs, not E's own
+        with torch.no_grad():
+            residual.values.copy_(refit_sparse(error, residual.indices, factor.to(error.device)))
+    return residual
+
+
+def _saten_error(weight: torch.Tensor, tt: TTLinear | TTMatrixLinear, residual: SparseResidual,
+                 factor: torch.Tensor | None) -> float:
+    """‖(W − TT − S) L‖_F (‖W − TT − S‖_F without a factor), in float64."""
+    with torch.no_grad():
+        d = weight - _tt_weight_f64(tt).to(weight.device) - residual.dense().double()
+        return float((d if factor is None else d @ factor.double().to(d.device)).norm())
+
+
 class SatenLinear(nn.Module):
     """y = tt(x) + residual(x) + b: a bias-free TT layer plus a sparse residual (notes §9, Alg. 1).
 
@@ -250,7 +271,7 @@ class SatenLinear(nn.Module):
     def from_linear(cls, linear: nn.Linear, format: Format | str, out_modes: Sequence[int], in_modes: Sequence[int],
                     eps: float, density: float | None = None, nm: tuple[int, int] | None = None,
                     reverse: bool = False, factor: torch.Tensor | None = None,
-                    max_ranks: Sequence[int] | None = None) -> SatenLinear:
+                    max_ranks: Sequence[int] | None = None, alternations: int = 0) -> SatenLinear:
         """ε-TT-SVD of W (relative Frobenius error ≤ ε; ttm: TT-matrix, paired modes; tt: plain TT
         of Wᵀ), then the sparse residual from E = W − TT(W) (float64): top-K at ``density``
         (fraction of the layer's entries kept) or N:M with ``nm`` = (n_keep, group).
@@ -259,25 +280,40 @@ class SatenLinear(nn.Module):
         ``whitening.whitened_tt_layer`` (ε on the activations) and the residual keeps the
         entries of largest |E_ij|·‖x_j‖, the ones that matter on the inputs (as OATS ranks its
         sparse part) with values refitted to the activations (``whitening.refit_sparse``).
-        ``max_ranks`` caps the TT ranks (``tt_linear.tt_layer``)."""
+        ``max_ranks`` caps the TT ranks (``tt_linear.tt_layer``).
+
+        ``alternations`` > 0: then refit the TT part to W − S at the ranks it has, pick S again
+        from the new E, and so on (OATS's alternation, with a TT in place of the low-rank part);
+        the parameter count never changes, and the pair of lowest error (on the activations
+        with ``factor``, else on the weights) is kept, so it is never worse than none."""
         format = Format.parse(format)
         if (density is None) == (nm is None):
             raise ValueError("give exactly one of density (unstructured top-K) or nm (e.g. (2, 4))")
         if nm is not None and (not isinstance(nm, tuple | list) or len(nm) != 2):
             raise ValueError(f"nm must be a pair (n_keep, group) such as (2, 4), got {nm!r}")
+        if not (isinstance(alternations, int) and alternations >= 0):
+            raise ValueError(f"alternations must be an integer >= 0, got {alternations!r}")
         w = linear.weight
-        if factor is None:
-            tt, scores = tt_layer(w, format, out_modes, in_modes, eps, reverse=reverse, max_ranks=max_ranks), None
-        else:
-            tt = whitened_tt_layer(w, format, out_modes, in_modes, eps, factor, reverse=reverse, max_ranks=max_ranks)
-        e = w.detach().double() - _tt_weight_f64(tt).to(w.device)
-        if factor is not None:
-            scores = e * factor.double().to(w.device).norm(dim=1)[None, :]  # ‖L_j‖ = √E[x_j²]
-        residual = (SparseResidual.top_k(e, density, scores) if density is not None
-                    else SparseResidual.n_m(e, int(nm[0]), int(nm[1]), scores))
-        if factor is not None:  # the values that are best on the inputs, not E's own
-            with torch.no_grad():
-                residual.values.copy_(refit_sparse(e, residual.indices, factor.to(w.device)).to(residual.values))
+
+        def fit(target: torch.Tensor, eps: float, ranks: Sequence[int] | None) -> TTLinear | TTMatrixLinear:
+            if factor is None:
+                return tt_layer(target, format, out_modes, in_modes, eps, reverse=reverse, max_ranks=ranks)
+            return whitened_tt_layer(target, format, out_modes, in_modes, eps, factor, reverse=reverse,
+                                     max_ranks=ranks)
+
+        w64 = w.detach().double()
+        tt = fit(w, eps, max_ranks)
+        residual = _residual(w64 - _tt_weight_f64(tt).to(w.device), density, nm, factor)
+        if alternations:
+            best = (_saten_error(w64, tt, residual, factor), tt, residual)
+            for _ in range(alternations):
+                # ε 0 at the current ranks: the same parameters, fitted to what S leaves
+                tt = fit(w64 - residual.dense().detach(), 0.0, tt.ranks).to(w.dtype)
+                residual = _residual(w64 - _tt_weight_f64(tt).to(w.device), density, nm, factor)
+                error = _saten_error(w64, tt, residual, factor)
+                if error < best[0]:
+                    best = (error, tt, residual)
+            tt, residual = best[1], best[2]
         residual = residual.to(w.dtype)  # values only: the long indices are not floating point
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(tt, residual, bias)

@@ -76,12 +76,15 @@ class TTConfig:
 class SatenConfig:
     """TT from ``plan`` plus a sparse residual of E = W − TT(W): ``density`` (fraction of the
     layer's entries kept, exact top-K of |E|) or ``nm`` = (n, m): n of every m consecutive
-    inputs of each output row (e.g. (2, 4)).  ``sequential`` as in :class:`TTConfig`."""
+    inputs of each output row (e.g. (2, 4)).  ``sequential`` as in :class:`TTConfig`.
+    ``alternations``: after the first fit, refit the TT part to W − S at its ranks and choose S
+    again this many times, keeping the lowest error (``SatenLinear.from_linear``; linears only)."""
 
     plan: Plan | PlanRequest | dict | str | Path
     density: float | None = None
     nm: tuple[int, int] | None = None
     sequential: bool = True
+    alternations: int = 0
 
     def __post_init__(self) -> None:
         if (self.density is None) == (self.nm is None):
@@ -95,6 +98,11 @@ class SatenConfig:
                     and 0 < self.nm[0] <= self.nm[1]):
                 raise ArgumentError("nm", f"must be (n, m) with integers 0 < n <= m (e.g. (2, 4)), got {self.nm}")
             self.nm = (int(self.nm[0]), int(self.nm[1]))
+        if isinstance(self.alternations, bool) or not (isinstance(self.alternations, numbers.Integral)
+                                                        and self.alternations >= 0):
+            raise ArgumentError("alternations", f"must be an integer >= 0 (TT / sparse refits), "
+                                                f"got {self.alternations!r}")
+        self.alternations = int(self.alternations)
         self.plan = _plan_argument(self.plan)
 
 
@@ -118,7 +126,7 @@ def _build(linear: nn.Linear | nn.Embedding, rec: LayerPlan, config: TTConfig | 
     if saten:
         return SatenLinear.from_linear(linear, rec.format, rec.out_modes, rec.in_modes, rec.eps,
                                        density=config.density, nm=config.nm, reverse=rec.reverse_sweep, factor=factor,
-                                       max_ranks=rec.ranks)
+                                       max_ranks=rec.ranks, alternations=config.alternations)
     if factor is not None:
         return whitened_tt_layer(linear.weight, rec.format, rec.out_modes, rec.in_modes, rec.eps, factor,
                                  rec.reverse_sweep, linear.bias, rec.ranks)

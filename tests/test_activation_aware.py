@@ -193,7 +193,8 @@ def test_sensitivity_is_the_mean_squared_output_gradient():
 def test_recipe_applies_steps_in_order_and_round_trips(tmp_path):
     model = tiny_llama()
     steps = [FlatLLMConfig(0.2), SatenConfig(PlanRequest(eps=0.4, activations=True, generations=1, population=4,
-                                                         workers=0, layers="mlp"), density=0.05)]
+                                                         workers=0, layers="mlp"), density=0.05,
+                                   alternations=2)]
     seen = []
     report = compressors.compress(model, steps, calibration=WINDOWS,
                                   after_step=lambda m, r: seen.append(r["decoder_linear_params_now"]))

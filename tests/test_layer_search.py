@@ -240,6 +240,10 @@ def test_layers_cli_does_not_write_over_a_plan(tiny_dir, tmp_path, capsys):
     (["tt", "--plan", "NOPLAN"], "not found"),
     (["flat-llm", "--plan", "PLAN"], "are for tt and saten"),
     (["flat-llm", "--dense-inputs"], "are for tt and saten"),
+    (["tt", "--plan", "PLAN", "--alternations", "2"], "for saten"),
+    (["flat-llm", "--alternations", "1"], "for saten"),
+    (["saten", "--plan", "PLAN", "--density", "0.1", "--alternations", "-1"], "--alternations must be an integer >= 0"),
+    (["ptnn", "--density", "0.1"], "--density is not a ptnn option"),
 ])
 def test_compress_tt_saten_cli_bad_inputs(tiny_dir, tmp_path, capsys, args, msg):
     plan = tmp_path / "plan.json"

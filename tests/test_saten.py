@@ -9,6 +9,7 @@ from torch import nn
 from compressors.accounting import dense_params, layer_bytes, layer_params, sparse_index_bytes
 from compressors.saten import SatenLinear, SparseResidual
 from compressors.tt_linear import TTLinear, TTMatrixLinear
+from compressors.whitening import activation_error, whitening_factor
 
 OUT, IN = 12, 16
 MODES = {"ttm": ((3, 4), (4, 4)), "tt": ((3, 4), (4, 4))}  # (out_modes, in_modes)
@@ -196,6 +197,41 @@ def test_spec_and_state_dict_round_trip_gives_identical_outputs(fmt, kw):
         assert torch.allclose(fresh(x), layer(x), atol=1e-13)
 
 
+@pytest.mark.parametrize("fmt", ["ttm", "tt"])
+@pytest.mark.parametrize("kw", [{"density": 0.1}, {"nm": (1, 4)}])
+def test_alternations_keep_the_parameters_and_never_raise_the_weight_error(fmt, kw):
+    lin = _linear(5)
+    errors, layers = [], []
+    for alternations in range(5):
+        layer = _saten(lin, fmt, alternations=alternations, **kw)
+        layers.append(layer)
+        errors.append(torch.linalg.norm(lin.weight - layer.weight()).item())
+        # the residual is E of the TT part it is paired with, at its largest entries
+        e = (lin.weight - layer.tt.weight()).detach().flatten()
+        assert torch.allclose(layer.residual.values.detach(), e[layer.residual.indices], atol=1e-12)
+    assert {(tuple(x.tt.ranks), x.residual.nnz, layer_params(x)) for x in layers} == {
+        (tuple(layers[0].tt.ranks), layers[0].residual.nnz, layer_params(layers[0]))}
+    assert all(b <= a + 1e-12 for a, b in zip(errors, errors[1:]))
+    assert errors[-1] < 0.97 * errors[0]  # a random layer at ε 0.5: the refits find a better pair
+
+
+def test_alternations_lower_the_activation_error_of_a_whitened_layer():
+    lin = _linear(6)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(300, IN, dtype=torch.float64, generator=gen) @ torch.randn(IN, IN, dtype=torch.float64,
+                                                                              generator=gen)
+    moment = x.T @ x / len(x)
+    factor = whitening_factor(moment)
+    errors, ranks = [], set()
+    for alternations in (0, 1, 3):
+        layer = SatenLinear.from_linear(lin, "ttm", (OUT, 1), (1, IN), 0.4, density=0.1, factor=factor,
+                                        alternations=alternations)
+        errors.append(activation_error(lin.weight, layer.weight(), moment))
+        ranks.add(tuple(layer.tt.ranks))
+    assert len(ranks) == 1
+    assert errors[2] <= errors[1] <= errors[0] and errors[2] < errors[0]
+
+
 def test_float32_layer_keeps_its_dtype_and_matches_its_dense_weight():
     lin = _linear(11).float()
     layer = SatenLinear.from_linear(lin, "ttm", (3, 4), (4, 4), 0.5, density=0.5)
@@ -219,6 +255,9 @@ def test_bad_inputs_raise_clear_errors():
         _saten(lin, "ttm")
     with pytest.raises(ValueError, match="format must be"):
         SatenLinear.from_linear(lin, "cp", (3, 4), (4, 4), 0.5, density=0.1)
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="alternations must be an integer >= 0"):
+            _saten(lin, "ttm", density=0.1, alternations=bad)
     with pytest.raises(ValueError, match="no bias"):
         SatenLinear(_tt_only(lin, "ttm"), SparseResidual.top_k(e.double(), 0.1))
     with pytest.raises(ValueError, match="ascending"):

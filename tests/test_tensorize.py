@@ -226,6 +226,9 @@ def test_bad_inputs(tmp_path):
         compressors.compress(model, SatenConfig(plan=plan))
     with pytest.raises(ShapesearchError, match="density must be in"):
         compressors.compress(model, SatenConfig(plan=plan, density=1.5))
+    for bad in (-1, 0.5, True):
+        with pytest.raises(ArgumentError, match="^alternations must be an integer >= 0"):
+            SatenConfig(plan=plan, density=0.1, alternations=bad)
     with pytest.raises(ShapesearchError, match="not found"):
         compressors.compress(model, TTConfig(plan=tmp_path / "none.json"))
     (tmp_path / "bad.json").write_text("{oops")

@@ -42,6 +42,10 @@ def compress_options(comp: argparse.ArgumentParser, for_job: bool = False) -> No
     comp.add_argument("--density", type=float, default=None,
                       help="saten: fraction of each layer's entries kept in the sparse residual (exact top-K)")
     comp.add_argument("--nm", default=None, help="saten: structured residual, n of every m inputs (e.g. 2:4)")
+    comp.add_argument("--alternations", type=int, default=dflt(0),
+                      help="saten: after the first fit, refit the TT part to what the sparse residual leaves and "
+                           "pick the residual again, this many times, keeping the best; same parameters "
+                           "(default 0)")
     comp.add_argument("--finetune-steps", type=int, default=dflt(0),
                       help="tt/saten: optimizer steps of fine-tuning in compressed space (default 0)")
     comp.add_argument("--lr", type=float, default=None,
@@ -148,7 +152,7 @@ def _config(args: argparse.Namespace) -> object:
 
     return compression_config(args.compressor, ratio=args.ratio, method=args.method, uniform=args.uniform,
                               plan=args.plan, density=args.density, nm=args.nm, finetune_steps=args.finetune_steps,
-                              dense_inputs=args.dense_inputs)
+                              dense_inputs=args.dense_inputs, alternations=args.alternations)
 
 
 def tensorize_command(args: argparse.Namespace) -> tuple[dict, str]:
@@ -181,6 +185,9 @@ def ptnn_command(args: argparse.Namespace) -> tuple[dict, str]:
     from compressors import PTNNConfig
     from compressors.classifier_jobs import compress_classifier, task_from
 
+    for name, default in _RECIPE_ONLY.items():  # tt / saten / flat-llm options PTNN would ignore
+        if getattr(args, name) != default:
+            raise ArgumentError(name, "is not a ptnn option; see `shapesearch compress ptnn --help`")
     config = PTNNConfig(budget=args.budget, tolerance=args.tolerance, eps=args.eps, embedding_eps=args.embedding_eps,
                         embedding_keep=args.embedding_keep, embeddings=not args.no_embeddings, steps=args.steps,
                         dense_steps=args.dense_steps, final_steps=args.final_steps,
@@ -228,7 +235,7 @@ def recipe_command(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 _RECIPE_ONLY = {"plan": None, "density": None, "nm": None, "ratio": 0.2, "method": "flat-llm", "uniform": False,
-                "finetune_steps": 0, "dense_inputs": False}
+                "finetune_steps": 0, "dense_inputs": False, "alternations": 0}
 
 
 def compress_command(args: argparse.Namespace) -> tuple[dict, str]:

@@ -149,7 +149,8 @@ class JobRunner:
         p = self.params
         config = compression_config(p["compressor"], ratio=p["ratio"], method=p["method"], uniform=p["uniform"],
                                     plan=p.get("plan"), density=p.get("density"), nm=p.get("nm"),
-                                    dense_inputs=p.get("dense_inputs", False))
+                                    dense_inputs=p.get("dense_inputs", False),
+                                    alternations=p.get("alternations", 0))
         tune = finetune_config(**{k: p[k] for k in ("finetune_steps", "lr", "distill", "lr_schedule", "warmup")})
         report = compress_model(p["model"], config, self.dir / OUT / "model", calib=p.get("calib"),
                                 samples=p["samples"], seqlen=p["seqlen"], seed=p["seed"], finetune_config=tune,

@@ -29,13 +29,14 @@ OPTIONS: dict[str, dict[str, type]] = {
     "compress": {"compressor": str, "model": str, "plan": str, "density": float, "nm": str, "finetune_steps": int,
                  "lr": float, "distill": bool, "ratio": float, "method": str, "uniform": bool, "calib": str,
                  "samples": int, "seqlen": int, "seed": int, "plain_embedding": bool, "dense_inputs": bool,
-                 "lr_schedule": str, "warmup": float},
+                 "lr_schedule": str, "warmup": float, "alternations": int},
 }
 # the defaults of the commands that are not SearchConfig's
 DEFAULTS = {
     "layers": {"eps": 0.3, "format": "ttm", "generations": 20, "population": 16, "seed": 0},
     "compress": {"ratio": 0.2, "method": "flat-llm", "samples": 32, "seqlen": 512, "seed": 0, "finetune_steps": 0,
-                 "lr": 1e-4, "distill": False, "uniform": False, "lr_schedule": "constant", "warmup": 0.0},
+                 "lr": 1e-4, "distill": False, "uniform": False, "lr_schedule": "constant", "warmup": 0.0,
+                 "alternations": 0},
 }
 
 
