@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import sys
 import time
@@ -69,12 +70,13 @@ def weight_space_options(model: torch.nn.Module) -> LayerOptions:
                         model_name="smollm2")
 
 
-def methods(weight: LayerOptions, aware: LayerOptions, grid: tuple[float, ...]) -> dict[str, Callable]:
-    """name → f ↦ the config (or recipe) that keeps the fraction f of the decoder linears.
+def methods(weight: LayerOptions, aware: Callable[[], LayerOptions], grid: tuple[float, ...]) -> dict[str, Callable]:
+    """name → f ↦ the config (or recipe) that keeps the fraction f of the decoder linears;
+    ``aware()`` gives the activation-aware options (searched when a row first needs them).
     "dense inputs": each layer whitened by the dense model's inputs (``sequential=False``);
     "sequential": by the inputs it gets once the layers before it are compressed (the default)."""
     def saten(f: float, sequential: bool, alternations: int = 0) -> SatenConfig:
-        return SatenConfig(aware.plan(f - DENSITY, sensitivity=True), density=DENSITY, sequential=sequential,
+        return SatenConfig(aware().plan(f - DENSITY, sensitivity=True), density=DENSITY, sequential=sequential,
                            alternations=alternations)
 
     def recipe(f: float, ratio: float, sequential: bool) -> list:
@@ -88,9 +90,9 @@ def methods(weight: LayerOptions, aware: LayerOptions, grid: tuple[float, ...]) 
         "flat-llm": lambda f: FlatLLMConfig(1 - f),
         "svd-llm": lambda f: SVDLLMConfig(1 - f),
         "tt weight-space": lambda f: TTConfig(weight.plan(f)),
-        "tt activation-aware": lambda f: TTConfig(aware.plan(f), sequential=False),
-        "tt activation-aware, sensitivity": lambda f: TTConfig(aware.plan(f, sensitivity=True), sequential=False),
-        "tt activation-aware, sensitivity, sequential": lambda f: TTConfig(aware.plan(f, sensitivity=True)),
+        "tt activation-aware": lambda f: TTConfig(aware().plan(f), sequential=False),
+        "tt activation-aware, sensitivity": lambda f: TTConfig(aware().plan(f, sensitivity=True), sequential=False),
+        "tt activation-aware, sensitivity, sequential": lambda f: TTConfig(aware().plan(f, sensitivity=True)),
         "saten weight-space": lambda f: SatenConfig(weight.plan(f - DENSITY), density=DENSITY),
         "saten activation-aware, sensitivity": lambda f: saten(f, False),
         "saten activation-aware, sensitivity, sequential": lambda f: saten(f, True),
@@ -153,8 +155,8 @@ def run(args: argparse.Namespace) -> None:
     # speed is a ratio to the dense model on the same machine: measure it here if this machine has none
     if not any(r["method"] == "dense" and r["machine"] == machine() for r in rows):
         append_row(JSONL, {"method": "dense", "fraction": 1.0, **measure(dense), "machine": machine()})
-    aware = _OnFirstUse(lambda: search_activation_aware(dense, calib, rows))
-    table_of = methods(weight_space_options(dense), aware, GRID)  # type: ignore[arg-type]
+    aware = functools.cache(lambda: search_activation_aware(dense, calib, rows))
+    table_of = methods(weight_space_options(dense), aware, GRID)
     train = calibration_windows(tok, calib_text[:cut], args.steps, 256, seed=1)
 
     def dev(model: torch.nn.Module) -> float:
@@ -193,19 +195,6 @@ def run(args: argparse.Namespace) -> None:
                              model_name="smollm2")
         append_row(JSONL, {"method": "activation-aware search, one ε", "fraction": None, "grid": [ONE_EPS],
                            "seconds": time.perf_counter() - start, "layers": len(one.found), "machine": machine()})
-
-
-class _OnFirstUse:
-    """Stands for what ``make()`` returns, made on the first attribute read (a run whose rows
-    need no activation-aware plan skips the search)."""
-
-    def __init__(self, make: Callable[[], object]) -> None:
-        self._make, self._made = make, None
-
-    def __getattr__(self, name: str) -> object:
-        if self._made is None:
-            self._made = self._make()
-        return getattr(self._made, name)
 
 
 def search_activation_aware(dense: torch.nn.Module, calib: list[torch.Tensor], rows: list[dict]) -> LayerOptions:

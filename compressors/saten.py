@@ -238,11 +238,10 @@ def _residual(error: torch.Tensor, density: float | None, nm: tuple[int, int] | 
     return residual
 
 
-def _saten_error(weight: torch.Tensor, tt: TTLinear | TTMatrixLinear, residual: SparseResidual,
-                 factor: torch.Tensor | None) -> float:
-    """‖(W − TT − S) L‖_F (‖W − TT − S‖_F without a factor), in float64."""
+def _saten_error(error: torch.Tensor, residual: SparseResidual, factor: torch.Tensor | None) -> float:
+    """‖(E − S) L‖_F (‖E − S‖_F without a factor) for E = W − TT(W) in float64."""
     with torch.no_grad():
-        d = weight - _tt_weight_f64(tt).to(weight.device) - residual.dense().double()
+        d = error - residual.dense().double()
         return float((d if factor is None else d @ factor.double().to(d.device)).norm())
 
 
@@ -303,14 +302,16 @@ class SatenLinear(nn.Module):
 
         w64 = w.detach().double()
         tt = fit(w, eps, max_ranks)
-        residual = _residual(w64 - _tt_weight_f64(tt).to(w.device), density, nm, factor)
+        e = w64 - _tt_weight_f64(tt).to(w.device)
+        residual = _residual(e, density, nm, factor)
         if alternations:
-            best = (_saten_error(w64, tt, residual, factor), tt, residual)
+            best = (_saten_error(e, residual, factor), tt, residual)
             for _ in range(alternations):
                 # ε 0 at the current ranks: the same parameters, fitted to what S leaves
                 tt = fit(w64 - residual.dense().detach(), 0.0, tt.ranks).to(w.dtype)
-                residual = _residual(w64 - _tt_weight_f64(tt).to(w.device), density, nm, factor)
-                error = _saten_error(w64, tt, residual, factor)
+                e = w64 - _tt_weight_f64(tt).to(w.device)
+                residual = _residual(e, density, nm, factor)
+                error = _saten_error(e, residual, factor)
                 if error < best[0]:
                     best = (error, tt, residual)
             tt, residual = best[1], best[2]

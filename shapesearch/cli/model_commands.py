@@ -185,9 +185,8 @@ def ptnn_command(args: argparse.Namespace) -> tuple[dict, str]:
     from compressors import PTNNConfig
     from compressors.classifier_jobs import compress_classifier, task_from
 
-    for name, default in _RECIPE_ONLY.items():  # tt / saten / flat-llm options PTNN would ignore
-        if getattr(args, name) != default:
-            raise ArgumentError(name, "is not a ptnn option; see `shapesearch compress ptnn --help`")
+    # tt / saten / flat-llm options PTNN would ignore
+    _refuse_flags(args, _RECIPE_ONLY, "is not a ptnn option; see `shapesearch compress ptnn --help`")
     config = PTNNConfig(budget=args.budget, tolerance=args.tolerance, eps=args.eps, embedding_eps=args.embedding_eps,
                         embedding_keep=args.embedding_keep, embeddings=not args.no_embeddings, steps=args.steps,
                         dense_steps=args.dense_steps, final_steps=args.final_steps,
@@ -215,9 +214,7 @@ def recipe_command(args: argparse.Namespace) -> tuple[dict, str]:
 
     if args.recipe is None:
         raise ArgumentError("recipe", "file is missing: shapesearch compress recipe FILE.json --model M --out DIR")
-    for name, default in _RECIPE_ONLY.items():
-        if getattr(args, name) != default:
-            raise ArgumentError(name, "goes into the recipe file's steps, not on the command line")
+    _refuse_flags(args, _RECIPE_ONLY, "goes into the recipe file's steps, not on the command line")
     report = compress_model(args.model, read_recipe(args.recipe), args.out, calib=args.calib, samples=args.samples,
                             seqlen=args.seqlen, seed=args.seed, overwrite=args.overwrite)
     rows = [("recipe", f"{len(report['steps'])} steps from {args.recipe}")]
@@ -243,7 +240,7 @@ def compress_command(args: argparse.Namespace) -> tuple[dict, str]:
         raise ArgumentError("recipe", f"{args.recipe}: a file argument is for `compress recipe FILE.json` only")
     if args.compressor == "ptnn":
         return ptnn_command(args)
-    _refuse_ptnn_flags(args)
+    _refuse_flags(args, _PTNN_FLAGS, f"is a ptnn option; {args.compressor} does not take it")
     if args.compressor == "recipe":
         return recipe_command(args)
     if args.compressor in ("tt", "saten"):
@@ -272,10 +269,11 @@ _PTNN_FLAGS = {"task": None, "train": None, "dev": None, "test": None, "budget":
                "final_steps": 0}
 
 
-def _refuse_ptnn_flags(args: argparse.Namespace) -> None:
-    for name, default in _PTNN_FLAGS.items():
+def _refuse_flags(args: argparse.Namespace, flags: dict[str, object], problem: str) -> None:
+    """A one-line error naming the first of ``flags`` (name → default) given a value here."""
+    for name, default in flags.items():
         if getattr(args, name) != default:
-            raise ArgumentError(name, f"is a ptnn option; {args.compressor} does not take it")
+            raise ArgumentError(name, problem)
 
 
 def eval_command(args: argparse.Namespace) -> tuple[dict, str]:
