@@ -132,6 +132,14 @@ class _Whitening:
         return replace(plan, layers=layers, calibration={**self.calibration, "sensitivity": sensitivity})
 
 
+def check_search_size(generations: int, population: int) -> None:
+    """Refuse a layer GA that cannot run (ArgumentError naming the option)."""
+    if generations < 0:
+        raise ArgumentError("generations", f"must be >= 0, got {generations}")
+    if population < 2:
+        raise ArgumentError("population", f"must be >= 2, got {population}")
+
+
 def search_options(model: nn.Module | str, eps_values: Sequence[float], fmt: Format | str = Format.TTM, *,
                    layers: str | None = None, generations: int = 20, population: int = 16, seed: int = 0,
                    workers: int | None = None, address: str | None = None,
@@ -144,10 +152,7 @@ def search_options(model: nn.Module | str, eps_values: Sequence[float], fmt: For
     if not grid or not all(0.0 < e < 1.0 for e in grid):
         raise ArgumentError("eps" if len(grid) == 1 else "eps_grid",
                             f"must be in (0, 1) (relative Frobenius error), got {list(eps_values)}")
-    if generations < 0:
-        raise ArgumentError("generations", f"must be >= 0, got {generations}")
-    if population < 2:
-        raise ArgumentError("population", f"must be >= 2, got {population}")
+    check_search_size(generations, population)
     if calibration is not None and embeddings:
         raise ArgumentError("embeddings", "an activation-aware plan covers the linears only; plan the embedding "
                                           "in a separate (weight-space) plan")
@@ -244,6 +249,7 @@ class PlanRequest:
                                        f"and {list(self.eps_grid)}")
         if self.sensitivity and not (self.activations and self.budget is not None):
             raise ArgumentError("sensitivity", "needs activations and a budget")
+        check_search_size(self.generations, self.population)
         object.__setattr__(self, "eps_grid", tuple(self.eps_grid))
 
     @classmethod

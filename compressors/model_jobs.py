@@ -147,7 +147,8 @@ def read_recipe(path: str | Path) -> list[object]:
     return configs
 
 
-def _check_windows(samples: int, seqlen: int) -> None:
+def check_windows(samples: int, seqlen: int) -> None:
+    """Refuse calibration windows that cannot be cut (ArgumentError naming the option)."""
     if samples < 1:
         raise ArgumentError("samples", f"must be >= 1 (calibration / fine-tuning windows), got {samples}")
     if seqlen < 2:
@@ -159,7 +160,7 @@ def model_calibration(model: str, calib: str | Path | None = None, samples: int 
     """(the loaded ``model``, its tokenizer, its calibration windows, their record for a plan): ``samples``
     windows of ``seqlen`` tokens at ``seed``-ed offsets of the text ``calib`` (default: the
     Wikipedia calibration split), as ``compress_model`` makes them."""
-    _check_windows(samples, seqlen)
+    check_windows(samples, seqlen)
     text = read_text(calib, "calibration", "calib")
     net, tok = load_model(model)
     record = {"samples": samples, "seqlen": seqlen, "seed": seed, "text": None if calib is None else str(calib)}
@@ -212,7 +213,7 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
     tune = finetune_config is not None and finetune_config.steps > 0
     aware = any(_plans_activations(step) for step in steps)  # whitened on the calibration windows
     if calibrated or tune or aware:
-        _check_windows(samples, seqlen)
+        check_windows(samples, seqlen)
     for step in steps:
         if _plans_activations(step) and not isinstance(step.plan, PlanRequest):
             _check_plan_calibration(step, calib, samples, seqlen, seed)
@@ -235,7 +236,7 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
         vocab = net.get_input_embeddings().num_embeddings
         moment = None
         if tied_output(net, net.get_input_embeddings()) is not None:
-            _check_windows(samples, seqlen)
+            check_windows(samples, seqlen)
             moment = head_input_moment(net, calibration_windows(tok, text, samples, seqlen, seed))
         report = compress(net, config, embedding_weights=frequency_weights(token_ids(tok, text), vocab),
                           head_moment=moment, **({"calibration": windows} if aware else {}))

@@ -22,6 +22,9 @@ from .tt_linear import TT_LAYERS, TTLinear, TTMatrixLinear, _CachedModule, _merg
 from .whitening import refit_sparse, whitened_tt_layer
 
 PATTERNS = ("topk", "n:m")
+# each alternation is one more TT-SVD and residual fit per layer; past a few the error stops
+# falling (benchmarks/model_pareto.py runs 3), so a larger count only costs hours
+MAX_ALTERNATIONS = 10
 
 
 @functools.cache
@@ -290,8 +293,9 @@ class SatenLinear(nn.Module):
             raise ValueError("give exactly one of density (unstructured top-K) or nm (e.g. (2, 4))")
         if nm is not None and (not isinstance(nm, tuple | list) or len(nm) != 2):
             raise ValueError(f"nm must be a pair (n_keep, group) such as (2, 4), got {nm!r}")
-        if not (isinstance(alternations, int) and alternations >= 0):
-            raise ValueError(f"alternations must be an integer >= 0, got {alternations!r}")
+        if isinstance(alternations, bool) or not (isinstance(alternations, int)
+                                                   and 0 <= alternations <= MAX_ALTERNATIONS):
+            raise ValueError(f"alternations must be an integer in [0, {MAX_ALTERNATIONS}], got {alternations!r}")
         w = linear.weight
 
         def fit(target: torch.Tensor, eps: float, ranks: Sequence[int] | None) -> TTLinear | TTMatrixLinear:

@@ -26,7 +26,7 @@ from .architectures import block_list
 from .calibration import LayerInputs, input_moments, sequential, staged_moments
 from .compress import register_handler
 from .layer_plans import PlanRequest
-from .saten import SatenLinear
+from .saten import MAX_ALTERNATIONS, SatenLinear
 from .targets import tied_output
 from .tt_embedding import TiedLMHead, TTEmbedding
 from .tt_linear import TT_LAYERS, tt_layer
@@ -99,9 +99,9 @@ class SatenConfig:
                 raise ArgumentError("nm", f"must be (n, m) with integers 0 < n <= m (e.g. (2, 4)), got {self.nm}")
             self.nm = (int(self.nm[0]), int(self.nm[1]))
         if isinstance(self.alternations, bool) or not (isinstance(self.alternations, numbers.Integral)
-                                                        and self.alternations >= 0):
-            raise ArgumentError("alternations", f"must be an integer >= 0 (TT / sparse refits), "
-                                                f"got {self.alternations!r}")
+                                                        and 0 <= self.alternations <= MAX_ALTERNATIONS):
+            raise ArgumentError("alternations", f"must be an integer in [0, {MAX_ALTERNATIONS}] (TT / sparse "
+                                                f"refits), got {self.alternations!r}")
         self.alternations = int(self.alternations)
         self.plan = _plan_argument(self.plan)
 

@@ -242,7 +242,8 @@ def test_layers_cli_does_not_write_over_a_plan(tiny_dir, tmp_path, capsys):
     (["flat-llm", "--dense-inputs"], "are for tt and saten"),
     (["tt", "--plan", "PLAN", "--alternations", "2"], "for saten"),
     (["flat-llm", "--alternations", "1"], "for saten"),
-    (["saten", "--plan", "PLAN", "--density", "0.1", "--alternations", "-1"], "--alternations must be an integer >= 0"),
+    (["saten", "--plan", "PLAN", "--density", "0.1", "--alternations", "-1"], "--alternations must be an integer in"),
+    (["saten", "--plan", "PLAN", "--density", "0.1", "--alternations", "11"], "--alternations must be an integer in"),
     (["ptnn", "--density", "0.1"], "--density is not a ptnn option"),
 ])
 def test_compress_tt_saten_cli_bad_inputs(tiny_dir, tmp_path, capsys, args, msg):

@@ -255,8 +255,8 @@ def test_bad_inputs_raise_clear_errors():
         _saten(lin, "ttm")
     with pytest.raises(ValueError, match="format must be"):
         SatenLinear.from_linear(lin, "cp", (3, 4), (4, 4), 0.5, density=0.1)
-    for bad in (-1, 1.5):
-        with pytest.raises(ValueError, match="alternations must be an integer >= 0"):
+    for bad in (-1, 1.5, True, 11):
+        with pytest.raises(ValueError, match=r"alternations must be an integer in \[0, 10\]"):
             _saten(lin, "ttm", density=0.1, alternations=bad)
     with pytest.raises(ValueError, match="no bias"):
         SatenLinear(_tt_only(lin, "ttm"), SparseResidual.top_k(e.double(), 0.1))

@@ -259,6 +259,26 @@ def test_layers_and_compress_jobs_read_only_allowed_paths(tmp_path):
         assert r.status_code == 422 and r.json()["detail"].startswith("--model "), r.text
         r = httpx.post(f"{s.url}/api/jobs/compress", json={"compressor": "zip", "model": "smollm2"})
         assert r.status_code == 422 and r.json()["detail"].startswith("--compressor"), r.text
+        # a bad value is refused at submission with the command's message, and no job is queued
+        jobs = client.jobs()
+        saten = {"compressor": "saten", "model": str(model), "plan": str(plan_path), "density": 0.1}
+        for kind, params, message in [
+                ("compress", {**saten, "alternations": 11}, "--alternations must be an integer in [0, 10]"),
+                ("compress", {**saten, "density": 1.5}, "--density must be in [0, 1]"),
+                ("compress", {**saten, "nm": "2:4"}, "--density and nm: give exactly one"),
+                ("compress", {**saten, "lr_schedule": "zigzag"}, "--lr-schedule"),
+                ("compress", {**saten, "samples": 0}, "--samples must be >= 1"),
+                ("compress", {"compressor": "flat-llm", "model": str(model), "ratio": 7.0}, "--ratio must be in"),
+                ("compress", {"compressor": "tt", "model": str(model), "plan": str(plan_path), "density": 0.1},
+                 "density / nm / alternations are for saten"),
+                ("compress", {"compressor": "tt", "model": str(model), "plan": str(inputs / "calib.txt")},
+                 f"plan {inputs / 'calib.txt'} is not JSON"),
+                ("layers", {"model": str(model), "eps": 5.0}, "--eps and eps_grid must be in (0, 1)"),
+                ("layers", {"model": str(model), "population": 1}, "--population must be >= 2"),
+                ("layers", {"model": str(model), "budget": -1.0}, "--budget must be a positive")]:
+            r = httpx.post(f"{s.url}/api/jobs/{kind}", json=params)
+            assert r.status_code == 422 and r.json()["detail"].startswith(message), (params, r.text)
+        assert client.jobs() == jobs
     finally:
         s.stop()
 

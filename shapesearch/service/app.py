@@ -25,7 +25,7 @@ from ..errors import ArgumentError, ShapesearchError
 from ..paths import check_writable_dir
 from .driver import INPUT, LOG, OUT
 from .manager import Manager
-from .specs import OPTIONS, SCHEDULING, check_params
+from .specs import OPTIONS, SCHEDULING, check_params, compress_configs, layers_request
 from .store import FINISHED, STATES, JobRecord, Store
 
 STATIC = Path(__file__).parent / "static"
@@ -157,6 +157,10 @@ def create_app(settings: Settings) -> FastAPI:
                 _check_input(kind, checked, upload, settings)
             else:
                 _check_model_paths(checked, settings)
+                if kind == "layers":
+                    layers_request(checked)
+                else:
+                    compress_configs(checked)
         except ShapesearchError as exc:
             raise _problem(exc, kind) from None
         if upload is not None and (upload.size or 0) > settings.max_upload:  # sent without a length

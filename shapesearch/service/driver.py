@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 from ..errors import ShapesearchError
-from .specs import OPTIONS, search_config
+from .specs import OPTIONS, compress_configs, search_config
 from .store import Store
 
 INPUT = "input"  # an uploaded input is saved as input.<suffix> in the job's directory
@@ -144,14 +144,9 @@ class JobRunner:
 
     def _compress(self) -> None:
         from compressors import compress_model
-        from compressors.model_jobs import compression_config, finetune_config
 
         p = self.params
-        config = compression_config(p["compressor"], ratio=p["ratio"], method=p["method"], uniform=p["uniform"],
-                                    plan=p.get("plan"), density=p.get("density"), nm=p.get("nm"),
-                                    dense_inputs=p.get("dense_inputs", False),
-                                    alternations=p.get("alternations", 0))
-        tune = finetune_config(**{k: p[k] for k in ("finetune_steps", "lr", "distill", "lr_schedule", "warmup")})
+        config, tune = compress_configs(p)
         report = compress_model(p["model"], config, self.dir / OUT / "model", calib=p.get("calib"),
                                 samples=p["samples"], seqlen=p["seqlen"], seed=p["seed"], finetune_config=tune,
                                 overwrite=True, progress=False, embedding_weights=not p.get("plain_embedding", False))

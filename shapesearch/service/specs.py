@@ -3,7 +3,10 @@
 A job's ``params`` are the CLI command's options by their long names (``eps``,
 ``population``, ``no_carry_over`` …, written with underscores); :func:`check_params` refuses
 an unknown option or a bad value with the same one-line message the command prints, and
-returns the options with their defaults filled in — what the driver then runs.
+returns the options with their defaults filled in — what the driver then runs.  A layers or
+compress job's values are checked by the objects its driver builds (:func:`layers_request`,
+:func:`compress_configs`), once its paths are known to be readable: a bad value is refused at
+submission, not after the job has waited in the queue and loaded its model.
 """
 
 from __future__ import annotations
@@ -94,3 +97,28 @@ def search_config(params: dict) -> SearchConfig:
     if params.get("no_carry_over"):
         given["carry_over"] = False
     return SearchConfig(**given)
+
+
+def layers_request(params: dict):
+    """The PlanRequest a layers job's checked params describe (its values checked there)."""
+    from compressors.layer_plans import PlanRequest  # torch: imported once, at the first such job
+    from shapesearch.matrix.layer_search import DEFAULT_EPS_GRID
+
+    return PlanRequest(eps=params["eps"], budget=params.get("budget"), format=params["format"],
+                       eps_grid=tuple(params.get("eps_grid") or DEFAULT_EPS_GRID), layers=params.get("layers"),
+                       generations=params["generations"], population=params["population"], seed=params["seed"])
+
+
+def compress_configs(params: dict) -> tuple[object, object]:
+    """(compression config, fine-tune config) of a compress job's checked params, with its
+    calibration windows checked: what the driver runs; the plan file is read here."""
+    from compressors.model_jobs import check_windows, compression_config, finetune_config  # torch, once
+
+    check_windows(params["samples"], params["seqlen"])
+    config = compression_config(params["compressor"], ratio=params["ratio"], method=params["method"],
+                                uniform=params["uniform"], plan=params.get("plan"), density=params.get("density"),
+                                nm=params.get("nm"), finetune_steps=params["finetune_steps"],
+                                dense_inputs=params.get("dense_inputs", False),
+                                alternations=params.get("alternations", 0))
+    tune = finetune_config(**{k: params[k] for k in ("finetune_steps", "lr", "distill", "lr_schedule", "warmup")})
+    return config, tune
