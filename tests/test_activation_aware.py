@@ -102,6 +102,25 @@ def test_refit_sparse_is_the_least_squares_fit_on_its_support():
     assert cost(e - s) <= cost(e) and cost(e - s) <= cost(e - raw)
 
 
+def test_refit_sparse_runs_conjugate_gradients_on_rows_too_wide_to_solve_directly():
+    """With one CG step allowed, a full row (10³ ≥ 6·1·10²) takes the CG path: not exact, but no
+    worse than E's own values or zero; the narrow rows stay exact. With 40 steps all are direct."""
+    e, moment = correlated(n_in=10, n_out=3, seed=4)
+    factor = whitening_factor(moment)
+    indices = torch.tensor([*range(10), 12, 15, 21])  # row 0 whole, row 1 two entries, row 2 one
+    cost = lambda d: ((d @ moment) * d).sum(1)  # noqa: E731
+    for iterations, row0_exact in ((1, False), (40, True)):
+        values = refit_sparse(e, indices, factor, iterations=iterations)
+        s = torch.zeros_like(e).reshape(-1).index_put((indices,), values).reshape(e.shape)
+        torch.testing.assert_close(s[0], e[0]) if row0_exact else None
+        assert cost(e - s)[0] <= min(cost(e)[0], cost(torch.zeros_like(e))[0]) + 1e-12
+        assert not row0_exact or float(cost(e - s)[0]) < 1e-20
+        for r, j in ((1, [2, 5]), (2, [1])):
+            best = torch.linalg.solve(moment[j][:, j], (e[r] @ moment)[j])
+            # Cholesky against LU on a Σ of condition ~1e8: they agree to ~1e-7, not to eps
+            torch.testing.assert_close(s[r, j], best, rtol=1e-5, atol=1e-8)
+
+
 def test_activation_aware_plan_round_trips_and_compresses_within_its_bound():
     model = tiny_llama()
     plan = plan_layers(model, eps=0.3, fmt="ttm", generations=2, population=4, workers=0, calibration=WINDOWS)
