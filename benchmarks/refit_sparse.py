@@ -81,7 +81,8 @@ def report_markdown() -> str:
         f"{rows[0]['machine'] if rows else '—'}, torch {torch.__version__}. E = W − TT(W) of the whitened "
         f"(1, M) | (N, 1) TT-matrix at ε = {EPS:g}; support: top-K of |E_ij|·‖L_j‖; error: ‖(E − S)L‖ / ‖W L‖ "
         "on the calibration moment; CG: 40 steps on every row (before); direct: Cholesky of Σ_JJ on rows "
-        "where that costs less than the CG steps (now). Seconds from one run, the two one after the other on each layer.", "",
+        "where that costs less than the CG steps (now). Seconds from one run, the two one after the "
+        "other on each layer.", "",
         table(["layer", "out × in", "density", "CG s", "direct s", "CG / direct", "error, CG", "error, direct",
                "values rel. diff"], body), "",
         "All layers: " + "; ".join(totals) + ".", ""])
