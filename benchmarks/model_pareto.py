@@ -138,8 +138,8 @@ def run(args: argparse.Namespace) -> None:
     text = wikipedia("evaluation")
     cut = round((1 - DEV_SHARE) * len(calib_text))
     rows = load_rows(JSONL)
-    done = {(r["method"], r["fraction"], r.get("finetune_steps", 0), r.get("lr_picked_on"), finetune_kind(r))
-            for r in rows}
+    done = {(r["method"], r["fraction"], r.get("finetune_steps", 0), r.get("lr_picked_on"), finetune_kind(r),
+             tried_lrs(r)) for r in rows}
     linear_dense = decoder_linear_params(dense)
 
     def measure(model: torch.nn.Module, with_speed: bool = True) -> dict:
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> None:
     jobs += [(f, m, 0) for f in args.fractions for m in args.methods]
     for fraction, method, steps in jobs:
         kind = kind_label("distillation" if args.distill else "next-token", **schedule) if steps else None
-        if (method, fraction, steps, "dev" if steps else None, kind) in done:
+        if (method, fraction, steps, "dev" if steps else None, kind, tuple(args.lrs) if steps else ()) in done:
             continue
         print(f"  {method} @ {fraction} ({steps} fine-tune steps) ...", file=sys.stderr, flush=True)
         model = copy.deepcopy(dense)
@@ -226,6 +226,14 @@ def kind_label(loss: str, schedule: str, warmup: float, balance: bool = False) -
     notes = ([] if schedule == "constant" and not warmup else [f"{schedule} lr, {warmup:.0%} warmup"]) + \
         (["balanced cores"] if balance else [])
     return f"{loss} ({', '.join(notes)})" if notes else loss
+
+
+def tried_lrs(row: dict) -> tuple[float, ...]:
+    """The learning rates a fine-tune row ran (a run at other rates is another row)."""
+    if not row.get("finetune_steps"):
+        return ()
+    ft = row["finetune"]
+    return tuple(t["lr"] for t in ft["trials"]) if "trials" in ft else (ft["lr"],)
 
 
 def finetune_lr(row: dict) -> str:
@@ -315,7 +323,9 @@ def report_markdown() -> str:
         "rescaled to equal norms before training, the function unchanged); the loss is next-token, or distillation "
         "(KL to the dense model's next-token distribution on the same windows). \"Picked on dev\" rows train on "
         f"the first {1 - DEV_SHARE:.0%} of that text, run at each learning rate listed, with its perplexity on "
-        f"{DEV_WINDOWS} windows of the last {DEV_SHARE:.0%} (the dev text{dev_note}), and keep the lowest; the lr "
+        f"{DEV_WINDOWS} windows of the last {DEV_SHARE:.0%} (the dev text{dev_note}), and keep the lowest (a method "
+        "with two such rows at one budget and schedule ran its rates in two runs: the lower dev perplexity is the "
+        "pick); the lr "
         "1e-4 rows (an earlier run) train on windows of the whole text. "
         f"Perplexity: {dense['windows']} windows of 512 tokens of the held-out articles; speed: "
         "batch 4, prompt 256, 32 new tokens, median of 3, relative to the dense model measured on the same machine "
