@@ -4,18 +4,23 @@ A job's ``params`` are the CLI command's options by their long names (``eps``,
 ``population``, ``no_carry_over`` …, written with underscores); :func:`check_params` refuses
 an unknown option or a bad value with the same one-line message the command prints, and
 returns the options with their defaults filled in — what the driver then runs.  A layers or
-compress job's values are checked by the objects its driver builds (:func:`layers_request`,
-:func:`compress_configs`), once its paths are known to be readable: a bad value is refused at
-submission, not after the job has waited in the queue and loaded its model.
+compress job's values are checked by the library's own config objects (:func:`layers_request`,
+:func:`compress_configs`: what the compress driver runs), once its paths are known to be
+readable: a bad value is refused at submission, not after the job has waited in the queue and
+loaded its model.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
 from ..engine.search import SearchConfig
 from ..errors import ArgumentError, ShapesearchError
+
+if TYPE_CHECKING:
+    from compressors.layer_plans import PlanRequest
 
 KINDS = ("image", "tensor", "layers", "compress")
 
@@ -99,10 +104,11 @@ def search_config(params: dict) -> SearchConfig:
     return SearchConfig(**given)
 
 
-def layers_request(params: dict):
+def layers_request(params: dict) -> PlanRequest:
     """The PlanRequest a layers job's checked params describe (its values checked there)."""
     from compressors.layer_plans import PlanRequest  # torch: imported once, at the first such job
-    from shapesearch.matrix.layer_search import DEFAULT_EPS_GRID
+
+    from ..matrix.layer_search import DEFAULT_EPS_GRID
 
     return PlanRequest(eps=params["eps"], budget=params.get("budget"), format=params["format"],
                        eps_grid=tuple(params.get("eps_grid") or DEFAULT_EPS_GRID), layers=params.get("layers"),
