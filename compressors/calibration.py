@@ -8,7 +8,8 @@ produces the inputs of the next one.  Layers left whole still run forward.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -124,23 +125,55 @@ class Accumulator:
         return self.sum
 
 
+@contextmanager
+def recorded_input_moments(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """E[x xᵀ] (float64 [in, in]) of what each named linear receives in every forward of
+    ``model`` run inside the block (so a pass run for another measure gives them too); the
+    yielded dict is filled when the block ends.  Linears that read one tensor (q/k/v,
+    gate/up) share its xᵀx: it is computed once."""
+    sums: dict[str, torch.Tensor] = {}
+    rows = dict.fromkeys(names, 0)
+    last: list = [None, None]  # (the tensor, its xᵀx); holding it keeps its id from being reused
+
+    def hook(name: str) -> Callable:
+        def add(module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            if last[0] is not x:
+                flat = x.detach().reshape(-1, x.shape[-1]).double()
+                last[:] = [x, flat.T @ flat]
+            sums[name] = last[1] if name not in sums else sums[name] + last[1]
+            rows[name] += x.shape[:-1].numel()
+        return add
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+    moments: dict[str, torch.Tensor] = {}
+    try:
+        yield moments
+    finally:
+        for h in handles:
+            h.remove()
+        last.clear()
+    if not any(rows.values()):
+        raise ValueError("no calibration windows to measure the layers' inputs on")
+    missing = [n for n in names if not rows[n]]
+    if missing:
+        raise ValueError(f"no calibration window reached {missing[0]} to measure its inputs on")
+    moments.update({n: sums[n] / rows[n] for n in names})
+
+
 @torch.no_grad()
 def input_moments(model: nn.Module, windows: Iterable[torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
     """E[x xᵀ] (float64 [in, in]) of what each named linear of the dense ``model`` receives on
     the token ``windows`` (each [1, T] or [T])."""
-    stats = {n: Accumulator(model.get_submodule(n)) for n in names}
-    tokens, training = 0, model.training
+    training = model.training
     model.eval()  # no dropout in the statistics
     try:
-        for window in windows:
-            model(input_ids=window.reshape(1, -1), use_cache=False)
-            tokens += window.numel()
+        with recorded_input_moments(model, names) as moments:
+            for window in windows:
+                model(input_ids=window.reshape(1, -1), use_cache=False)
     finally:
-        sums = {n: a.close() for n, a in stats.items()}
         model.train(training)
-    if not tokens:
-        raise ValueError("no calibration windows to measure the layers' inputs on")
-    return {n: s / tokens for n, s in sums.items()}
+    return moments
 
 
 def _first_inputs(module: nn.Module, paths: Sequence[str], hidden: torch.Tensor,

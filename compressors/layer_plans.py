@@ -20,7 +20,7 @@ from shapesearch.matrix.formats import Format
 from shapesearch.matrix.layer_search import DEFAULT_EPS_GRID, LayerSearchConfig, make_plan, search_layers
 from shapesearch.matrix.plan import LayerPlan, Plan
 
-from .calibration import input_moments
+from .calibration import input_moments, recorded_input_moments
 from .model_loading import load_model
 from .sensitivity import output_sensitivity
 from .targets import input_embedding, layer_type, target_linears
@@ -169,14 +169,18 @@ def search_options(model: nn.Module | str, eps_values: Sequence[float], fmt: For
     whitening = importance = None
     if calibration is not None:
         fit, held = split_calibration(calibration)
-        factors = {n: whitening_factor(m) for n, m in input_moments(model, fit, list(weights)).items()}
+        names = list(weights)
+        if sensitivity:  # its forward passes over the fit windows give the input moments too
+            with recorded_input_moments(model, names) as moments:
+                importance = output_sensitivity(model, fit, names)
+        else:
+            moments = input_moments(model, fit, names)
+        factors = {n: whitening_factor(m) for n, m in moments.items()}
         originals = {n: linears[n].weight.detach().double() for n in weights}
         weights = {n: (originals[n] @ factors[n]).numpy() for n in weights}
-        whitening = _Whitening(originals, factors, input_moments(model, held, list(weights)) if held else {},
+        whitening = _Whitening(originals, factors, input_moments(model, held, names) if held else {},
                                {"windows": len(fit), "held_out_windows": len(held),
                                 "tokens": int(sum(w.numel() for w in fit))})
-        if sensitivity:
-            importance = output_sensitivity(model, fit, list(weights))
     total = len(weights) * len(grid)
     found = search_layers(weights, grid, fmt, config, workers, address,
                           None if progress is None else lambda n: progress(n, total))

@@ -11,7 +11,7 @@ import torch
 
 import compressors
 from compressors import FlatLLMConfig, SatenConfig, TTConfig
-from compressors.calibration import input_moments, layer_inputs, staged_moments
+from compressors.calibration import input_moments, layer_inputs, recorded_input_moments, staged_moments
 from compressors.layer_plans import PlanRequest, plan_layers, search_options
 from compressors.sensitivity import output_sensitivity
 from compressors.targets import target_linears
@@ -173,6 +173,33 @@ def test_staged_moments_visit_the_linears_in_the_order_their_inputs_are_made():
     staged_moments(layer, inputs, paths[::-1], rewrite)
     assert stages == [["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
                       ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+
+
+def test_moments_recorded_in_the_sensitivity_pass_are_each_linears_input_moment():
+    model = tiny_llama()
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "layers.1." in n]
+    seen = {n: [] for n in names}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: seen[n].append(a[0].detach()))
+             for n in names]
+    with torch.no_grad():
+        for w in WINDOWS[:3]:
+            model(input_ids=w)
+    for h in hooks:
+        h.remove()
+    plain = input_moments(model, WINDOWS[:3], names)
+    with recorded_input_moments(model, names) as recorded:
+        output_sensitivity(model, WINDOWS[:3], names)
+    for n in names:
+        x = torch.cat(seen[n]).reshape(-1, seen[n][0].shape[-1]).double()
+        by_hand = x.T @ x / x.shape[0]
+        # float64 sums of the same float32 inputs: equal but for the order of the additions
+        torch.testing.assert_close(plain[n], by_hand, rtol=1e-12, atol=1e-12 * float(by_hand.abs().max()))
+        torch.testing.assert_close(recorded[n], plain[n], rtol=1e-12, atol=1e-12 * float(by_hand.abs().max()))
+    # q/k/v read one tensor (its xᵀx computed once): their moments are one value
+    attention = [n for n in names if n.endswith(("q_proj", "k_proj", "v_proj"))]
+    assert all(torch.equal(plain[attention[0]], plain[n]) for n in attention[1:])
+    with pytest.raises(ValueError, match="no calibration windows"):
+        input_moments(model, [], names)
 
 
 def test_sensitivity_budget_fits_and_differs_from_the_energy_budget():

@@ -1285,8 +1285,9 @@ def layers_case(rnd: random.Random) -> Case:
 
 COMPRESS_VALID = {"--ratio": ["0.1", "0.2", "0.5"], "--density": ["0.1", "0.25"], "--finetune-steps": ["0", "1", "2"],
                   "--lr": ["1e-4", "0.01"], "--samples": ["1", "2", "3"], "--seqlen": ["8", "32", "64"],
-                  "--seed": ["0", "5"], "--warmup": ["0", "0.1"]}
-COMPRESS_ODD = {"--warmup": ODD_FLOATS + ["1", "0.999"], "--ratio": ODD_FLOATS + ["0.999", "1e-300"],
+                  "--seed": ["0", "5"], "--warmup": ["0", "0.1"], "--alternations": ["0", "1", "2"]}
+COMPRESS_ODD = {"--alternations": ODD_INTS + ["11"],
+                "--warmup": ODD_FLOATS + ["1", "0.999"], "--ratio": ODD_FLOATS + ["0.999", "1e-300"],
                 "--density": ODD_FLOATS + ["1e-300", "0.999"],
                 "--finetune-steps": ODD_INTS, "--lr": ODD_FLOATS, "--samples": ODD_INTS,
                 "--seqlen": ODD_INTS + ["1", "2"],
@@ -1303,8 +1304,9 @@ def compress_case(rnd: random.Random) -> Case:
     values = {flag: numeric(rnd, COMPRESS_VALID[flag], COMPRESS_ODD[flag], clean) for flag in COMPRESS_VALID}
     values["--samples"] = values["--samples"] or "2"
     values["--seqlen"] = values["--seqlen"] or "32"
-    if compressor != "saten":  # --density / --nm are saten's
+    if compressor != "saten":  # --density / --nm / --alternations are saten's
         values["--density"] = values["--density"] if rnd.randint(0, 9) == 0 and not clean else None
+        values["--alternations"] = values["--alternations"] if rnd.randint(0, 9) == 0 and not clean else None
     if compressor == "flat-llm":
         values["--finetune-steps"] = values["--finetune-steps"] if rnd.randint(0, 9) == 0 and not clean else None
         method = rnd.choice([None, None, None, "flat-llm", "svd", "svd-llm"] + ["zz"] * (not clean))
