@@ -249,6 +249,10 @@ def test_layers_and_compress_jobs_read_only_allowed_paths(tmp_path):
         plan = client.result(plan_job)
         assert plan["version"] == 1 and all("layers.0.mlp" in name for name in plan["layers"])
         plan_path = tmp_path / "data" / "jobs" / plan_job / "out" / "plan.json"
+        budget_job = client.submit("layers", model=str(model), layers="layers.0.mlp", generations=1, population=2,
+                                   budget=0.6)  # over the default ε grid
+        assert client.wait(budget_job, timeout=240)["state"] == "SUCCEEDED", client.logs(budget_job)
+        assert client.result(budget_job)["summary"]["fits_budget"]
         comp = client.submit("compress", compressor="tt", model=str(model), plan=str(plan_path), finetune_steps=2,
                              lr_schedule="cosine", warmup=0.5)
         assert client.wait(comp, timeout=240)["state"] == "SUCCEEDED", client.logs(comp)

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 from ..errors import ShapesearchError
-from .specs import OPTIONS, compress_configs, search_config
+from .specs import OPTIONS, compress_configs, layers_request, search_config
 from .store import Store
 
 INPUT = "input"  # an uploaded input is saved as input.<suffix> in the job's directory
@@ -135,10 +135,11 @@ class JobRunner:
         def progress(n: int, total: int) -> None:
             self._report({"done": n, "total": total, "elapsed": time.perf_counter() - start})
 
-        plan = plan_layers(p["model"], eps=p["eps"], fmt=p["format"], budget=p.get("budget"),
-                           eps_grid=p.get("eps_grid") or None, layers=p.get("layers"),
-                           generations=p["generations"], population=p["population"], seed=p["seed"],
-                           progress=progress, embeddings=p.get("embeddings", False))
+        request = layers_request(p)  # what the submission was checked as
+        plan = plan_layers(p["model"], eps=request.eps, fmt=request.format, budget=request.budget,
+                           eps_grid=request.eps_grid, layers=request.layers, generations=request.generations,
+                           population=request.population, seed=request.seed, progress=progress,
+                           embeddings=p.get("embeddings", False))
         (self.dir / OUT).mkdir(exist_ok=True)
         plan.save(self.dir / OUT / "plan.json")
 
