@@ -1,7 +1,7 @@
 """PTNN and Saten(e), measured: MiniLM on Rotten Tomatoes, and SmolLM2's tied embedding.
 
     python benchmarks/ptnn.py minilm      # PTNN vs dense / all-at-once TT / SVD / Saten (≈ 1 h here)
-    python benchmarks/ptnn.py minilm-seeds  # PTNN, TT all at once, dense with retraining seeds 2, 3
+    python benchmarks/ptnn.py minilm-seeds  # PTNN and its baselines with retraining seeds 2, 3
     python benchmarks/ptnn.py smollm2     # Saten(e) and TT-only on the tied embedding + lm_head
     python benchmarks/ptnn.py vit         # DINOv2 ViT-S/14: TT / SVD / Saten, cosine and probe
     python benchmarks/ptnn.py vit-ptnn    # DINOv2: PTNN by feature distillation vs all at once
@@ -13,7 +13,9 @@ row starts from that model.  PTNN (our reconstruction, ``compressors.ptnn``) the
 layer by layer with ``--steps`` retraining steps each.  The baselines take the layers PTNN
 kept and compress them all at once, then fine-tune for as many steps as PTNN retrained:
 TT with PTNN's shapes and ε; SVD at each layer's TT parameter count; Saten with the TT at
-ε + 0.1 and a top-K residual filling each layer back to that count.  "dense" is fine-tuned
+ε + 0.1 and a top-K residual filling each layer back to that count.  "Every layer at once"
+compresses every PTNN candidate (not only those PTNN kept) at one ε bisected to PTNN's
+whole-model count: the "tensorize everything" baseline of PTNN's partial choice.  "dense" is fine-tuned
 for the same total steps.  Columns: dev / test accuracy, WordSim353 / SimLex-999 Spearman
 of the model's encoder, parameter ratios (whole model, replaced layers), bytes, wall time.
 
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +54,9 @@ from compressors.calibration import head_input_moment
 from compressors.classifier import TrainConfig, accuracy, classifier_from_encoder, train_classifier
 from compressors.corpus import calibration_windows, token_ids, wikipedia
 from compressors.lm_metrics import perplexity
-from compressors.low_rank import factorize
+from compressors.low_rank import LowRankLinear, factorize
 from compressors.model_loading import builtin_path, load_model
-from compressors.ptnn import PTNNConfig, whole_params
+from compressors.ptnn import PTNNConfig, candidate_order, whole_params
 from compressors.saten import SparseResidual, _tt_weight_f64
 from compressors.targets import input_embedding
 from compressors.text_tasks import rotten_tomatoes
@@ -64,6 +67,7 @@ from compressors.word_similarity import word_similarity
 JSONL = RESULTS / "ptnn.jsonl"
 CACHE = Path(__file__).parent / ".cache"  # recomputable models, not committed
 MARKDOWN = Path(__file__).parent / "ptnn.md"
+EVERY_TT, EVERY_SVD = "tt, every layer at once (one ε)", "svd, every layer at once (one ε)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,7 +88,6 @@ def svd_embedding(emb: torch.nn.Embedding, rank: int) -> TTEmbedding:
 def _replacement(method: str, old: torch.nn.Module, row: dict, weights: torch.Tensor | None = None) -> torch.nn.Module:
     """``old`` compressed by ``method`` to about PTNN's parameter count for it (``row``); an
     embedding's TT rows weighted by ``weights`` as PTNN's were (SVD stays plain)."""
-    target = row["params"]
     embedding = isinstance(old, torch.nn.Embedding)
     if method == "tt":
         if embedding:
@@ -94,17 +97,17 @@ def _replacement(method: str, old: torch.nn.Module, row: dict, weights: torch.Te
     if method == "svd":
         out_f, in_f = (old.num_embeddings, old.embedding_dim) if embedding else (old.out_features, old.in_features)
         bias = 0 if embedding or old.bias is None else old.bias.numel()
-        rank = max(1, (target - bias) // (out_f + in_f + (padded_vocab(out_f) - out_f if embedding else 0)))
+        rank = max(1, (row["params"] - bias) // (out_f + in_f + (padded_vocab(out_f) - out_f if embedding else 0)))
         return svd_embedding(old, rank) if embedding else factorize(old, rank)
     # saten: the TT at ε + 0.1, then a residual back up to the target count
     eps = min(row["eps"] + 0.1, 0.95)
     if embedding:
         tt = TTEmbedding.from_embedding(old, "tt", row["out_modes"], row["in_modes"], eps, row_weights=weights)
-        density = max(0, target - layer_params(tt)) / old.weight.numel()
+        density = max(0, row["params"] - layer_params(tt)) / old.weight.numel()
         return TTEmbedding.from_embedding(old, "tt", row["out_modes"], row["in_modes"], eps, density,
                                           row_weights=weights)
     tt = tt_layer(old.weight, "tt", row["out_modes"], row["in_modes"], eps)
-    spare = max(0, target - layer_params(tt) - (0 if old.bias is None else old.bias.numel()))
+    spare = max(0, row["params"] - layer_params(tt) - (0 if old.bias is None else old.bias.numel()))
     error = old.weight.detach().double() - _tt_weight_f64(tt)
     residual = SparseResidual.top_k(error, spare / old.weight.numel()).to(old.weight.dtype)
     bias = None if old.bias is None else old.bias.detach().clone()
@@ -118,23 +121,81 @@ def _score(model, tok, task, seconds: float) -> dict:
             "seconds": seconds}
 
 
-def _all_at_once(dense, tok, task, method: str, layers: list[dict], weights, train: TrainConfig) -> dict:
-    """Scores of ``dense`` with ``layers`` (PTNN's decision rows) compressed by ``method`` all at
-    once, then fine-tuned with ``train``."""
+def _all_at_once(dense, tok, task, build: Callable[[torch.nn.Module], dict[str, torch.nn.Module]],
+                 train: TrainConfig) -> dict:
+    """Scores of ``dense`` with the layers ``build(model)`` returns (name → replacement) swapped
+    in all at once, then fine-tuned with ``train``."""
     model = copy.deepcopy(dense)
     t0 = time.perf_counter()
     with torch.no_grad():
-        for r in layers:
-            model.set_submodule(r["name"], _replacement(method, model.get_submodule(r["name"]), r, weights))
-    modules = [model.get_submodule(r["name"]) for r in layers]
-    before = _score(model, tok, task, 0.0)
+        new = build(model)
+        before = sum(dense_params(model.get_submodule(n)) for n in new)
+        for n, m in new.items():
+            model.set_submodule(n, m)
+    untrained = _score(model, tok, task, 0.0)
     train_classifier(model, tok, task.train, train)
     return {**_score(model, tok, task, time.perf_counter() - t0),
-            "test_accuracy_before_finetune": before["test_accuracy"],
-            "replaced_params_after": sum(sum(p.numel() for p in m.parameters()) for m in modules),
-            "replaced_params_before": sum(r["dense_params"] for r in layers),
-            "bytes": sum(sum(p.numel() * p.element_size() for p in m.parameters()) if method == "svd"
-                         else layer_bytes(m) for m in modules)}
+            "test_accuracy_before_finetune": untrained["test_accuracy"],
+            "replaced_layers": len(new), "replaced_params_before": before,
+            "replaced_params_after": sum(sum(p.numel() for p in m.parameters()) for m in new.values()),
+            "bytes": sum(sum(p.numel() * p.element_size() for p in m.parameters()) if isinstance(m, LowRankLinear)
+                         else layer_bytes(m) for m in new.values())}
+
+
+def _kept_layers(method: str, layers: list[dict], weights) -> Callable:
+    """A ``build`` for :func:`_all_at_once`: PTNN's kept ``layers`` (its decision rows) by ``method``."""
+    return lambda model: {r["name"]: _replacement(method, model.get_submodule(r["name"]), r, weights)
+                          for r in layers}
+
+
+def _at_one_eps(model, names: list[str], make: Callable, target: int, steps: int = 12) -> dict:
+    """``make(name, layer, ε)`` for every layer in ``names`` at the smallest ε (bisection over
+    ``steps`` halvings) at which the whole model holds at most ``target`` parameters."""
+    def count(m) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    olds = {n: model.get_submodule(n) for n in names}
+    rest = whole_params(model) - sum(count(m) for m in olds.values())
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(steps):
+        eps = (lo + hi) / 2
+        new = {n: make(n, m, eps) for n, m in olds.items()}
+        if rest + sum(count(m) for m in new.values()) <= target:
+            hi, best = eps, new
+        else:
+            lo = eps
+    if best is None:
+        raise SystemExit(f"ptnn.py: error: no ε < 1 brings every layer within {target:,} parameters")
+    print(f"  every layer at ε = {hi:.4f}", flush=True)
+    return best
+
+
+def _every_layer(method: str, target: int, weights, config: PTNNConfig) -> Callable:
+    """A ``build`` for :func:`_all_at_once`: every PTNN candidate (the embedding and all linears)
+    compressed by ``method`` at one ε, sized so that the whole model holds at most ``target``
+    parameters — the "tensorize everything" baseline PTNN's partial choice is measured against.
+    TT: each layer's shape searched as PTNN searches it (same seeds; the embedding's rows
+    weighted as PTNN's); SVD: each layer's rank keeps ε of its spectrum (the table plain)."""
+    def build(model) -> dict:
+        names = candidate_order(model)
+        if method == "tt":
+            shapes = {}
+            for i, n in enumerate(names):
+                old = model.get_submodule(n)
+                _, shapes[n] = ptnn_module._tensorized(old, config, config.seed + i,
+                                                       weights if isinstance(old, torch.nn.Embedding) else None)
+
+            def make(n, old, eps):
+                return _replacement("tt", old, {**shapes[n], "eps": eps}, weights)
+        else:
+            spectra = {n: torch.linalg.svdvals(model.get_submodule(n).weight.detach().double()) for n in names}
+
+            def make(n, old, eps):
+                tail = spectra[n].square().flip(0).cumsum(0).flip(0)  # tail[r] = Σ_{i≥r} σ_i²
+                rank = max(1, int((tail > eps ** 2 * tail[0]).sum()))
+                return svd_embedding(old, rank) if isinstance(old, torch.nn.Embedding) else factorize(old, rank)
+        return _at_one_eps(model, names, make, target)
+    return build
 
 
 def run_minilm(args) -> None:
@@ -163,16 +224,18 @@ def run_minilm(args) -> None:
     encoder, _ = load_model("minilm", tokenizer=False)
     pre = word_similarity(encoder, tok)
     t0 = time.perf_counter()
-    dense = classifier_from_encoder(directory, task.classes, seed=0)
+    if args.resume:  # the run's dense model (checked), from the local cache once computed
+        before = done["dense fine-tuned"]
+        dense = _dense_classifier(tok, task, args.dense_steps, args.lr,
+                                  (before["dev_accuracy"], before["test_accuracy"]), run)
+        dense_seconds = before["seconds"]
+    else:
+        dense = classifier_from_encoder(directory, task.classes, seed=0)
+        train_classifier(dense, tok, task.train, TrainConfig(args.dense_steps, args.lr, seed=0))
+        dense_seconds = time.perf_counter() - t0
     dense_count = whole_params(dense)
-    train_classifier(dense, tok, task.train, TrainConfig(args.dense_steps, args.lr, seed=0))
-    dense_seconds = time.perf_counter() - t0
     row = {**base, "method": "dense fine-tuned", **_score(dense, tok, task, dense_seconds), "train_steps":
            args.dense_steps, "pretrained_wordsim353": pre["wordsim353"], "pretrained_simlex999": pre["simlex999"]}
-    if args.resume and (row["dev_accuracy"], row["test_accuracy"]) != (done["dense fine-tuned"]["dev_accuracy"],
-                                                                      done["dense fine-tuned"]["test_accuracy"]):
-        raise SystemExit(f"ptnn.py: error: the recomputed dense model scores {row['dev_accuracy']} / "
-                         f"{row['test_accuracy']}, not the run's; rerun the whole part instead of --resume")
     emit(row)
     print(f"dense: dev {row['dev_accuracy']:.4f} test {row['test_accuracy']:.4f}", flush=True)
     ids = tok(list(task.train.texts))["input_ids"]
@@ -209,13 +272,17 @@ def run_minilm(args) -> None:
     kept = [r for r in report["decisions"] if r["kept"]]
     extra = report["train_steps"]
     linears_only = [r for r in kept if r["name"] != name]
-    for label, method, layers in (("tt all at once", "tt", kept), ("svd all at once", "svd", kept),
-                                  ("saten all at once", "saten", kept),
-                                  ("tt all at once, embedding dense", "tt", linears_only)):
+    target = report["params_after"]
+    shape_config = PTNNConfig(eps=args.eps, embedding_eps=args.embedding_eps, embedding_keep=None, seed=1)
+    for label, build in (("tt all at once", _kept_layers("tt", kept, weights)),
+                         ("svd all at once", _kept_layers("svd", kept, weights)),
+                         ("saten all at once", _kept_layers("saten", kept, weights)),
+                         ("tt all at once, embedding dense", _kept_layers("tt", linears_only, weights)),
+                         (EVERY_TT, _every_layer("tt", target, weights, shape_config)),
+                         (EVERY_SVD, _every_layer("svd", target, None, shape_config))):
         if label in done:
             continue
-        row = {**base, "method": label, **_all_at_once(dense, tok, task, method, layers, weights,
-                                                       TrainConfig(extra, args.lr, seed=1)),
+        row = {**base, "method": label, **_all_at_once(dense, tok, task, build, TrainConfig(extra, args.lr, seed=1)),
                "train_steps": args.dense_steps + extra}
         emit(row)
         print(f"{label}: test {row['test_accuracy']:.4f} (before fine-tune "
@@ -273,11 +340,12 @@ def _dense_classifier(tok, task, dense_steps: int, lr: float, expected: tuple[fl
 
 
 def run_minilm_seeds(args) -> None:
-    """PTNN, TT all at once and dense again with other retraining seeds (``--seeds``), from the
-    latest minilm run's dense model (checked): one test split of 1,281 reviews cannot tell a
-    1–2 point gap from the noise of one training run.  ``--final-steps F`` adds PTNN's final
-    retraining (with ``--steps`` per candidate, default the run's); every baseline then gets the
-    same total steps."""
+    """PTNN, TT all at once (its kept layers), dense, and TT / SVD of every layer at one ε again
+    with other retraining seeds (``--seeds``), from the latest minilm run's dense model (checked):
+    one test split of 1,281 reviews cannot tell a 1–2 point gap from the noise of one training
+    run.  ``--final-steps F`` adds PTNN's final retraining (with ``--steps`` per candidate,
+    default the run's); every baseline then gets the same total steps.  ``--resume`` reuses a
+    seed's PTNN measured before with the same schedule and runs only its missing baselines."""
     torch.set_num_threads(2)
     rows = load_rows(JSONL)
     run, previous = _latest(rows, "minilm")
@@ -295,32 +363,46 @@ def run_minilm_seeds(args) -> None:
                                                            done["dense fine-tuned"]["test_accuracy"]), run)
     ids = tok(list(task.train.texts))["input_ids"]
     weights = frequency_weights(torch.tensor([i for row in ids for i in row]), dense.config.vocab_size)
+    shape_config = PTNNConfig(eps=args.eps, embedding_eps=args.embedding_eps, embedding_keep=None, seed=1)
     for seed in args.seeds:
-        model = copy.deepcopy(dense)
-        t0 = time.perf_counter()
-        config = PTNNConfig(budget=budget, tolerance=args.tolerance, eps=args.eps, embedding_eps=args.embedding_eps,
-                            embedding_keep=args.embedding_keep, steps=steps, final_steps=args.final_steps,
-                            dense_steps=0, lr=lr, seed=seed)
-        report = compressors.compress(model, config, tokenizer=tok, task=task,
-                                      progress=lambda m: print(" ", m, flush=True))
-        append_row(JSONL, {**base, "seed": seed, "method": "ptnn", **_score(model, tok, task, time.perf_counter() - t0),
-                           "report": report})
+        same = [r for r in earlier if r.get("seed", 1) == seed and r.get("steps", run_steps) == steps
+                and r.get("final_steps", 0) == args.final_steps]
+        have = {r["method"]: r for r in same} if args.resume else {}
+        if "ptnn" in have:  # --resume: this seed's PTNN measured before; only missing baselines run
+            report = have["ptnn"]["report"]
+        else:
+            model = copy.deepcopy(dense)
+            t0 = time.perf_counter()
+            config = PTNNConfig(budget=budget, tolerance=args.tolerance, eps=args.eps,
+                                embedding_eps=args.embedding_eps, embedding_keep=args.embedding_keep, steps=steps,
+                                final_steps=args.final_steps, dense_steps=0, lr=lr, seed=seed)
+            report = compressors.compress(model, config, tokenizer=tok, task=task,
+                                          progress=lambda m: print(" ", m, flush=True))
+            append_row(JSONL, {**base, "seed": seed, "method": "ptnn",
+                               **_score(model, tok, task, time.perf_counter() - t0), "report": report})
         kept, total = _kept(report), report["train_steps"]
         kept_rows = [r for r in report["decisions"] if r["kept"]]
         train = TrainConfig(total, lr, seed=seed)
-        for method in ("tt all at once", "dense, same total steps"):
+        for method in ("tt all at once", "dense, same total steps", EVERY_TT, EVERY_SVD):
+            if method in have:
+                continue
             old = _measured_before(earlier, seed, kept, total, method)
             if old is not None:
                 row = {k: v for k, v in old.items() if k not in base and k not in ("part", "run", "seed", "method")}
                 row["reused_from"] = old.get("measured", old["run"])
             elif method == "tt all at once":
-                row = _all_at_once(dense, tok, task, "tt", kept_rows, weights, train)
+                row = _all_at_once(dense, tok, task, _kept_layers("tt", kept_rows, weights), train)
+            elif method in (EVERY_TT, EVERY_SVD):
+                kind = "tt" if method == EVERY_TT else "svd"
+                row = _all_at_once(dense, tok, task, _every_layer(kind, report["params_after"], weights,
+                                                                  shape_config), train)
             else:
                 model = copy.deepcopy(dense)
                 t0 = time.perf_counter()
                 train_classifier(model, tok, task.train, train)
                 row = _score(model, tok, task, time.perf_counter() - t0)
             append_row(JSONL, {**base, "seed": seed, "method": method, **row})
+            print(f"seed {seed}, {method}: test {row['test_accuracy']:.4f}", flush=True)
         print(f"seed {seed}: PTNN test {report['test_accuracy']:.4f} at {report['model_ratio']:.3f}", flush=True)
 
 
@@ -544,25 +626,39 @@ def _seeds_table(run_rows: list[dict], seeded: list[dict]) -> list[str]:
         complete = {s: rows for s, rows in sorted(by_seed.items()) if all(m in rows for m in methods)}
         if not complete:
             continue
-        body = [[s, *(rows[m]["test_accuracy"] for m in methods), rows["ptnn"]["report"]["model_ratio"],
+        every = [m for m in (EVERY_TT, EVERY_SVD) if any(m in rows for rows in complete.values())]
+
+        def test(rows: dict, method: str) -> float:
+            return rows[method]["test_accuracy"] if method in rows else float("nan")
+
+        body = [[s, *(test(rows, m) for m in methods + tuple(every)), rows["ptnn"]["report"]["model_ratio"],
                  rows["ptnn"]["report"]["replaced_layers"], rows["ptnn"]["report"]["train_steps"],
-                 rows["ptnn"]["test_accuracy"] - rows["tt all at once"]["test_accuracy"]]
+                 test(rows, "ptnn") - test(rows, "tt all at once"),
+                 *(test(rows, "ptnn") - test(rows, m) for m in every)]
                 for s, rows in complete.items()]
-        gaps = np.array([b[-1] for b in body])
-        means = [float(np.mean([b[i] for b in body])) for i in (1, 2, 3)]
+        gaps = np.array([b[len(methods) + len(every) + 4] for b in body])
+        columns = [*range(1, len(methods) + len(every) + 1)]
+        means = {i: float(np.nanmean([b[i] for b in body])) for i in columns + list(range(len(body[0]) - len(every),
+                                                                                            len(body[0])))}
         sd = float(gaps.std(ddof=1)) if len(gaps) > 1 else float("nan")
         when = ", ".join(sorted({r["measured"] for r in seeded if (r.get("steps", run_steps),
                                                                  r.get("final_steps", 0)) == (steps, final)}))
         schedule = f"{steps} steps per candidate" + (f", then {final} final steps" if final else "")
         reused = any(r.get("reused_from") for rows in complete.values() for r in rows.values())
+        short = {EVERY_TT: "TT every layer (one ε)", EVERY_SVD: "SVD every layer (one ε)"}
+        mean_row = ["mean", *(means[i] for i in columns), "", "", "", float(gaps.mean()),
+                    *(means[len(body[0]) - len(every) + j] for j in range(len(every)))]
         out += [f"Retraining seeds, PTNN retraining {schedule} (`benchmarks/ptnn.py minilm-seeds`, measured "
                 f"{when or '—'}): the same dense model; PTNN, TT all at once (PTNN's kept layers and shapes of that "
                 "seed) and dense fine-tuned for the same total steps, each with the seed's batch order"
                 + (" (a baseline whose seed, steps and layers were measured before is reused)" if reused else "")
-                + ". Test accuracy:", "",
-                table(["seed", "PTNN", "TT all at once", "dense, same total steps", "PTNN whole model",
-                       "layers kept", "retraining steps", "PTNN − TT all at once"],
-                      body + [["mean", *means, "", "", "", float(gaps.mean())]]), "",
+                + ("; every PTNN candidate compressed at one ε to PTNN's whole-model count of that seed" if every
+                   else "") + ". Test accuracy (— not measured):", "",
+                table(["seed", "PTNN", "TT all at once", "dense, same total steps", *(short[m] for m in every),
+                       "PTNN whole model", "layers kept", "retraining steps", "PTNN − TT all at once",
+                       *(f"PTNN − {short[m]}" for m in every)],
+                      [[("—" if isinstance(v, float) and np.isnan(v) else v) for v in b] for b in body + [mean_row]]),
+                "",
                 f"PTNN − TT all at once over {len(gaps)} seeds: mean {gaps.mean():+.4f}, standard deviation "
                 f"{sd:.4f}." if len(gaps) > 1 else f"PTNN − TT all at once, one seed: {gaps[0]:+.4f}.", ""]
     return out
@@ -594,7 +690,10 @@ def report() -> str:
             f"{first['machine']}, torch {first['torch']}. Fixed split 10,246 / 1,281 / 1,281; dense fine-tune "
             f"{first['dense_steps']} AdamW steps (lr {first['lr']:g}, batch 32); PTNN retrains {first['steps']} "
             f"steps per candidate, budget {first['budget']:g} of the whole model. Baselines "
-            "compress the layers PTNN kept all at once, then fine-tune as many steps as PTNN retrained. "
+            "compress the layers PTNN kept all at once, then fine-tune as many steps as PTNN retrained; "
+            "the \"every layer at once (one ε)\" rows compress every PTNN candidate (the embedding and all "
+            "linears) at one ε, bisected to PTNN's whole-model count (TT: each shape searched as PTNN "
+            "searches it; SVD: each layer's rank keeps ε of its spectrum), fine-tuned the same. "
             f"Whole-model ratio against the dense classifier's {total:,} parameters; bytes = the replaced "
             "layers' storage (indices included). Pre-trained encoder: WordSim353 "
             f"{first.get('pretrained_wordsim353', float('nan')):.4f}, SimLex-999 "
@@ -703,7 +802,8 @@ def main() -> None:
     p.add_argument("--weightings", nargs="+", choices=list(WEIGHTING_LABELS), default=list(WEIGHTING_LABELS),
                    help="smollm2: fit the table plainly, frequency-weighted, and/or also whitened by lm_head's input")
     p.add_argument("--resume", action="store_true",
-                   help="minilm: add the latest run's missing rows (reusing its PTNN decisions)")
+                   help="minilm: add the latest run's missing rows (reusing its PTNN decisions); minilm-seeds: "
+                        "reuse each seed's PTNN measured before and run only its missing baselines")
     p.add_argument("--seeds", type=int, nargs="+", default=[2, 3], help="minilm-seeds: the retraining seeds")
     p.add_argument("--vit-eps", type=float, default=0.4, help="vit, vit-ptnn: TT ε of every (candidate) linear")
     p.add_argument("--vit-budget", type=float, default=0.6, help="vit-ptnn: whole-model fraction to reach")
