@@ -174,8 +174,8 @@ def _every_layer(method: str, target: int, weights, config: PTNNConfig) -> Calla
     """A ``build`` for :func:`_all_at_once`: every PTNN candidate (the embedding and all linears)
     compressed by ``method`` at one ε, sized so that the whole model holds at most ``target``
     parameters — the "tensorize everything" baseline PTNN's partial choice is measured against.
-    TT: each layer's shape searched as PTNN searches it (same seeds; the embedding's rows
-    weighted as PTNN's); SVD: each layer's rank keeps ε of its spectrum (the table plain)."""
+    TT: each layer's shape searched as PTNN searches it, with ``config.seed`` (the embedding's
+    rows weighted as PTNN's); SVD: each layer's rank keeps ε of its spectrum (the table plain)."""
     def build(model) -> dict:
         names = candidate_order(model)
         if method == "tt":
@@ -363,6 +363,7 @@ def run_minilm_seeds(args) -> None:
                                                            done["dense fine-tuned"]["test_accuracy"]), run)
     ids = tok(list(task.train.texts))["input_ids"]
     weights = frequency_weights(torch.tensor([i for row in ids for i in row]), dense.config.vocab_size)
+    # the every-layer shapes are searched with the run's PTNN seeds (1 + i) whatever the retraining seed
     shape_config = PTNNConfig(eps=args.eps, embedding_eps=args.embedding_eps, embedding_keep=None, seed=1)
     for seed in args.seeds:
         same = [r for r in earlier if r.get("seed", 1) == seed and r.get("steps", run_steps) == steps
