@@ -183,8 +183,10 @@ def test_token_upload_limit_and_loopback_rules(tmp_path, capsys):
 
 def test_a_server_killed_mid_run_resumes_every_job_to_the_uninterrupted_result(tmp_path):
     """SIGKILL the server while two jobs run; the next server finishes both, once each, with
-    the result of an uninterrupted run of the same seed."""
-    settings = {"eps": 0.1, "generations": 20, "stall": 20, "population": 12, "seed": 5}
+    the result of an uninterrupted run of the same seed.  (A driver may outlive its server for a
+    moment and finish its job first: enough generations make that rare, and such a job must then
+    show one attempt and no resume.)"""
+    settings = {"eps": 0.1, "generations": 200, "stall": 200, "population": 12, "seed": 5}
     images = [png(tmp_path / f"img{i}.png", 64, 96, seed=i) for i in range(2)]
     s = Server(tmp_path / "data").start()
     client = Client(s.url)
@@ -204,11 +206,12 @@ def test_a_server_killed_mid_run_resumes_every_job_to_the_uninterrupted_result(t
         client = Client(s2.url)
         done = [client.wait(j, timeout=300) for j in jobs]
         assert [d["state"] for d in done] == ["SUCCEEDED", "SUCCEEDED"]
-        assert [d["attempts"] for d in done] == [2, 2]  # started again once, not run twice
+        attempts = [d["attempts"] for d in done]
+        assert set(attempts) <= {1, 2} and 2 in attempts, attempts  # started again once, not run twice
         assert len(client.jobs()) == 2
-        for job, image in zip(jobs, images):
+        for job, image, tries in zip(jobs, images, attempts):
             log = client.logs(job)
-            assert "resuming from the last checkpoint" in log
+            assert ("resuming from the last checkpoint" in log) == (tries == 2)
             assert same_result(client.result(job), cli_result(tmp_path, image, **settings))
     finally:
         s2.stop()
