@@ -137,7 +137,7 @@ def _all_at_once(dense, tok, task, build: Callable[[torch.nn.Module], dict[str, 
     return {**_score(model, tok, task, time.perf_counter() - t0),
             "test_accuracy_before_finetune": untrained["test_accuracy"],
             "replaced_layers": len(new), "replaced_params_before": before,
-            "replaced_params_after": sum(sum(p.numel() for p in m.parameters()) for m in new.values()),
+            "replaced_params_after": sum(whole_params(m) for m in new.values()),
             "bytes": sum(sum(p.numel() * p.element_size() for p in m.parameters()) if isinstance(m, LowRankLinear)
                          else layer_bytes(m) for m in new.values())}
 
@@ -151,16 +151,13 @@ def _kept_layers(method: str, layers: list[dict], weights) -> Callable:
 def _at_one_eps(model, names: list[str], make: Callable, target: int, steps: int = 12) -> dict:
     """``make(name, layer, ε)`` for every layer in ``names`` at the smallest ε (bisection over
     ``steps`` halvings) at which the whole model holds at most ``target`` parameters."""
-    def count(m) -> int:
-        return sum(p.numel() for p in m.parameters())
-
     olds = {n: model.get_submodule(n) for n in names}
-    rest = whole_params(model) - sum(count(m) for m in olds.values())
+    rest = whole_params(model) - sum(whole_params(m) for m in olds.values())
     lo, hi, best = 0.0, 1.0, None
     for _ in range(steps):
         eps = (lo + hi) / 2
         new = {n: make(n, m, eps) for n, m in olds.items()}
-        if rest + sum(count(m) for m in new.values()) <= target:
+        if rest + sum(whole_params(m) for m in new.values()) <= target:
             hi, best = eps, new
         else:
             lo = eps
@@ -170,15 +167,17 @@ def _at_one_eps(model, names: list[str], make: Callable, target: int, steps: int
     return best
 
 
-def _every_layer(method: str, target: int, weights, config: PTNNConfig) -> Callable:
+def _every_layer(method: str, target: int, weights, args) -> Callable:
     """A ``build`` for :func:`_all_at_once`: every PTNN candidate (the embedding and all linears)
     compressed by ``method`` at one ε, sized so that the whole model holds at most ``target``
     parameters — the "tensorize everything" baseline PTNN's partial choice is measured against.
-    TT: each layer's shape searched as PTNN searches it, with ``config.seed`` (the embedding's
+    TT: each layer's shape searched as PTNN searches it at ``args.eps`` / ``args.embedding_eps``
+    with the minilm run's PTNN search seeds (1 + i), whatever the retraining seed (the embedding's
     rows weighted as PTNN's); SVD: each layer's rank keeps ε of its spectrum (the table plain)."""
     def build(model) -> dict:
         names = candidate_order(model)
         if method == "tt":
+            config = PTNNConfig(eps=args.eps, embedding_eps=args.embedding_eps, embedding_keep=None, seed=1)
             shapes = {}
             for i, n in enumerate(names):
                 old = model.get_submodule(n)
@@ -201,7 +200,7 @@ def _every_layer(method: str, target: int, weights, config: PTNNConfig) -> Calla
 def run_minilm(args) -> None:
     torch.set_num_threads(2)
     run, done, previous = time.strftime("%Y-%m-%dT%H:%M:%S"), {}, []
-    if args.resume:  # the latest run's missing rows, from its PTNN decisions and a recomputed dense model
+    if args.resume:  # the latest run's missing rows, from its PTNN decisions and its dense model (checked)
         run, previous = _latest(load_rows(JSONL), "minilm")
         done = {r["method"]: r for r in previous}
         if "ptnn" not in done or "dense fine-tuned" not in done:
@@ -221,23 +220,23 @@ def run_minilm(args) -> None:
     directory = str(builtin_path("minilm").parent)
     _, tok = load_model("minilm")
     task = rotten_tomatoes(seed=0)
-    encoder, _ = load_model("minilm", tokenizer=False)
-    pre = word_similarity(encoder, tok)
-    t0 = time.perf_counter()
-    if args.resume:  # the run's dense model (checked), from the local cache once computed
+    if args.resume:  # the run's dense model (checked), from the local cache once computed; its row exists
         before = done["dense fine-tuned"]
         dense = _dense_classifier(tok, task, args.dense_steps, args.lr,
                                   (before["dev_accuracy"], before["test_accuracy"]), run)
         dense_seconds = before["seconds"]
     else:
+        encoder, _ = load_model("minilm", tokenizer=False)
+        pre = word_similarity(encoder, tok)
+        t0 = time.perf_counter()
         dense = classifier_from_encoder(directory, task.classes, seed=0)
         train_classifier(dense, tok, task.train, TrainConfig(args.dense_steps, args.lr, seed=0))
         dense_seconds = time.perf_counter() - t0
+        row = {**base, "method": "dense fine-tuned", **_score(dense, tok, task, dense_seconds), "train_steps":
+               args.dense_steps, "pretrained_wordsim353": pre["wordsim353"], "pretrained_simlex999": pre["simlex999"]}
+        emit(row)
+        print(f"dense: dev {row['dev_accuracy']:.4f} test {row['test_accuracy']:.4f}", flush=True)
     dense_count = whole_params(dense)
-    row = {**base, "method": "dense fine-tuned", **_score(dense, tok, task, dense_seconds), "train_steps":
-           args.dense_steps, "pretrained_wordsim353": pre["wordsim353"], "pretrained_simlex999": pre["simlex999"]}
-    emit(row)
-    print(f"dense: dev {row['dev_accuracy']:.4f} test {row['test_accuracy']:.4f}", flush=True)
     ids = tok(list(task.train.texts))["input_ids"]
     weights = frequency_weights(torch.tensor([i for row in ids for i in row]), dense.config.vocab_size)
     name, table_module = input_embedding(dense)
@@ -273,13 +272,12 @@ def run_minilm(args) -> None:
     extra = report["train_steps"]
     linears_only = [r for r in kept if r["name"] != name]
     target = report["params_after"]
-    shape_config = PTNNConfig(eps=args.eps, embedding_eps=args.embedding_eps, embedding_keep=None, seed=1)
     for label, build in (("tt all at once", _kept_layers("tt", kept, weights)),
                          ("svd all at once", _kept_layers("svd", kept, weights)),
                          ("saten all at once", _kept_layers("saten", kept, weights)),
                          ("tt all at once, embedding dense", _kept_layers("tt", linears_only, weights)),
-                         (EVERY_TT, _every_layer("tt", target, weights, shape_config)),
-                         (EVERY_SVD, _every_layer("svd", target, None, shape_config))):
+                         (EVERY_TT, _every_layer("tt", target, weights, args)),
+                         (EVERY_SVD, _every_layer("svd", target, None, args))):
         if label in done:
             continue
         row = {**base, "method": label, **_all_at_once(dense, tok, task, build, TrainConfig(extra, args.lr, seed=1)),
@@ -363,8 +361,6 @@ def run_minilm_seeds(args) -> None:
                                                            done["dense fine-tuned"]["test_accuracy"]), run)
     ids = tok(list(task.train.texts))["input_ids"]
     weights = frequency_weights(torch.tensor([i for row in ids for i in row]), dense.config.vocab_size)
-    # the every-layer shapes are searched with the run's PTNN seeds (1 + i) whatever the retraining seed
-    shape_config = PTNNConfig(eps=args.eps, embedding_eps=args.embedding_eps, embedding_keep=None, seed=1)
     for seed in args.seeds:
         same = [r for r in earlier if r.get("seed", 1) == seed and r.get("steps", run_steps) == steps
                 and r.get("final_steps", 0) == args.final_steps]
@@ -395,8 +391,7 @@ def run_minilm_seeds(args) -> None:
                 row = _all_at_once(dense, tok, task, _kept_layers("tt", kept_rows, weights), train)
             elif method in (EVERY_TT, EVERY_SVD):
                 kind = "tt" if method == EVERY_TT else "svd"
-                row = _all_at_once(dense, tok, task, _every_layer(kind, report["params_after"], weights,
-                                                                  shape_config), train)
+                row = _all_at_once(dense, tok, task, _every_layer(kind, report["params_after"], weights, args), train)
             else:
                 model = copy.deepcopy(dense)
                 t0 = time.perf_counter()
@@ -632,23 +627,19 @@ def _seeds_table(run_rows: list[dict], seeded: list[dict]) -> list[str]:
         def test(rows: dict, method: str) -> float:
             return rows[method]["test_accuracy"] if method in rows else float("nan")
 
-        body = [[s, *(test(rows, m) for m in methods + tuple(every)), rows["ptnn"]["report"]["model_ratio"],
-                 rows["ptnn"]["report"]["replaced_layers"], rows["ptnn"]["report"]["train_steps"],
-                 test(rows, "ptnn") - test(rows, "tt all at once"),
-                 *(test(rows, "ptnn") - test(rows, m) for m in every)]
-                for s, rows in complete.items()]
-        gaps = np.array([b[len(methods) + len(every) + 4] for b in body])
-        columns = [*range(1, len(methods) + len(every) + 1)]
-        means = {i: float(np.nanmean([b[i] for b in body])) for i in columns + list(range(len(body[0]) - len(every),
-                                                                                            len(body[0])))}
-        sd = float(gaps.std(ddof=1)) if len(gaps) > 1 else float("nan")
+        accuracies = np.array([[test(rows, m) for m in methods + tuple(every)] for rows in complete.values()])
+        gaps = np.array([[test(rows, "ptnn") - test(rows, m) for m in ("tt all at once", *every)]
+                         for rows in complete.values()])  # column 0: against TT of PTNN's own layers
+        body = [[s, *acc, rows["ptnn"]["report"]["model_ratio"], rows["ptnn"]["report"]["replaced_layers"],
+                 rows["ptnn"]["report"]["train_steps"], *gap]
+                for (s, rows), acc, gap in zip(complete.items(), accuracies.tolist(), gaps.tolist())]
+        mean_row = ["mean", *np.nanmean(accuracies, axis=0).tolist(), "", "", "", *np.nanmean(gaps, axis=0).tolist()]
+        sd = float(gaps[:, 0].std(ddof=1)) if len(gaps) > 1 else float("nan")
         when = ", ".join(sorted({r["measured"] for r in seeded if (r.get("steps", run_steps),
                                                                  r.get("final_steps", 0)) == (steps, final)}))
         schedule = f"{steps} steps per candidate" + (f", then {final} final steps" if final else "")
         reused = any(r.get("reused_from") for rows in complete.values() for r in rows.values())
         short = {EVERY_TT: "TT every layer (one ε)", EVERY_SVD: "SVD every layer (one ε)"}
-        mean_row = ["mean", *(means[i] for i in columns), "", "", "", float(gaps.mean()),
-                    *(means[len(body[0]) - len(every) + j] for j in range(len(every)))]
         out += [f"Retraining seeds, PTNN retraining {schedule} (`benchmarks/ptnn.py minilm-seeds`, measured "
                 f"{when or '—'}): the same dense model; PTNN, TT all at once (PTNN's kept layers and shapes of that "
                 "seed) and dense fine-tuned for the same total steps, each with the seed's batch order"
@@ -660,8 +651,8 @@ def _seeds_table(run_rows: list[dict], seeded: list[dict]) -> list[str]:
                        *(f"PTNN − {short[m]}" for m in every)],
                       [[("—" if isinstance(v, float) and np.isnan(v) else v) for v in b] for b in body + [mean_row]]),
                 "",
-                f"PTNN − TT all at once over {len(gaps)} seeds: mean {gaps.mean():+.4f}, standard deviation "
-                f"{sd:.4f}." if len(gaps) > 1 else f"PTNN − TT all at once, one seed: {gaps[0]:+.4f}.", ""]
+                f"PTNN − TT all at once over {len(gaps)} seeds: mean {gaps[:, 0].mean():+.4f}, standard deviation "
+                f"{sd:.4f}." if len(gaps) > 1 else f"PTNN − TT all at once, one seed: {gaps[0, 0]:+.4f}.", ""]
     return out
 
 
