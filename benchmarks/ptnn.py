@@ -54,7 +54,7 @@ from compressors.calibration import head_input_moment
 from compressors.classifier import TrainConfig, accuracy, classifier_from_encoder, train_classifier
 from compressors.corpus import calibration_windows, token_ids, wikipedia
 from compressors.lm_metrics import perplexity
-from compressors.low_rank import LowRankLinear, factorize
+from compressors.low_rank import factorize
 from compressors.model_loading import builtin_path, load_model
 from compressors.ptnn import PTNNConfig, candidate_order, whole_params
 from compressors.saten import SparseResidual, _tt_weight_f64
@@ -138,8 +138,7 @@ def _all_at_once(dense, tok, task, build: Callable[[torch.nn.Module], dict[str, 
             "test_accuracy_before_finetune": untrained["test_accuracy"],
             "replaced_layers": len(new), "replaced_params_before": before,
             "replaced_params_after": sum(whole_params(m) for m in new.values()),
-            "bytes": sum(sum(p.numel() * p.element_size() for p in m.parameters()) if isinstance(m, LowRankLinear)
-                         else layer_bytes(m) for m in new.values())}
+            "bytes": sum(layer_bytes(m) for m in new.values())}
 
 
 def _kept_layers(method: str, layers: list[dict], weights) -> Callable:

@@ -17,7 +17,8 @@ from .finetune import FinetuneConfig, finetune
 from .flat_llm import FlatLLMConfig
 from .hf_auto import register as _register_auto_classes
 from .layer_plans import PlanRequest, plan_layers
-from .low_rank import LowRankLinear, SVDConfig, SVDLLMConfig
+from .low_rank import SVDConfig, SVDLLMConfig
+from .low_rank_linear import LowRankLinear
 from .model_jobs import compress_model, evaluate_model
 from .model_loading import load_model
 from .ptnn import PTNNConfig

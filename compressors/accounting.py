@@ -13,6 +13,7 @@ import math
 
 from torch import nn
 
+from .low_rank_linear import LowRankLinear
 from .saten import SatenLinear, SparseResidual
 from .tt_embedding import TTEmbedding
 from .tt_linear import TTLinear, TTMatrixLinear
@@ -22,7 +23,7 @@ INDEX_BYTES = 4  # int32 CSR column indices and row pointers
 
 def _unsupported(module: nn.Module) -> TypeError:
     return TypeError(f"no accounting for {type(module).__name__}; supported: nn.Linear, nn.Embedding, TTMatrixLinear, "
-                     "TTLinear, SparseResidual, SatenLinear, TTEmbedding")
+                     "TTLinear, SparseResidual, SatenLinear, TTEmbedding, LowRankLinear")
 
 
 def _bias(module: nn.Module) -> int:
@@ -42,6 +43,8 @@ def layer_params(module: nn.Module) -> int:
         return module.nnz
     if isinstance(module, SatenLinear):
         return layer_params(module.tt) + layer_params(module.residual) + _bias(module)
+    if isinstance(module, LowRankLinear):
+        return layer_params(module.first) + layer_params(module.second)
     raise _unsupported(module)
 
 
@@ -50,6 +53,8 @@ def dense_params(module: nn.Module) -> int:
     embedding table: its padded rows are not part of the original)."""
     if isinstance(module, nn.Embedding | TTEmbedding):
         return module.num_embeddings * module.embedding_dim
+    if isinstance(module, LowRankLinear):
+        return module.out_features * module.in_features + _bias(module.second)
     if not isinstance(module, nn.Linear | TTMatrixLinear | TTLinear | SparseResidual | SatenLinear):
         raise _unsupported(module)
     return module.out_features * module.in_features + _bias(module)
@@ -84,4 +89,6 @@ def layer_bytes(module: nn.Module, value_bytes: int | None = None) -> int:
         return values(module.values) + sparse_index_bytes(module)
     if isinstance(module, SatenLinear):
         return layer_bytes(module.tt, value_bytes) + layer_bytes(module.residual, value_bytes) + bias
+    if isinstance(module, LowRankLinear):
+        return layer_bytes(module.first, value_bytes) + layer_bytes(module.second, value_bytes)
     raise _unsupported(module)

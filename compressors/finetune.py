@@ -20,7 +20,7 @@ from torch import nn
 from shapesearch.errors import ArgumentError, ShapesearchError
 
 from .architectures import decoder_layers
-from .low_rank import LowRankLinear
+from .low_rank_linear import LowRankLinear
 from .model_loading import is_causal_lm
 from .saten import SatenLinear
 from .tt_embedding import TTEmbedding

@@ -43,6 +43,7 @@ from .compress import (
     register_handler,
 )
 from .flat_llm import FlatLLMConfig, check_ratio_reachable, keep_ratios, kept_decoder_params, rounding_step
+from .low_rank_linear import LowRankLinear
 from .targets import target_linears
 from .whitening import whitening_factor
 
@@ -88,20 +89,6 @@ class SVDConfig:
 def SVDLLMConfig(ratio: float = 0.2) -> SVDConfig:  # noqa: N802 - reads like a config class
     """SVD-LLM: truncation-aware whitening with a float64 Cholesky factor of the inputs."""
     return SVDConfig(ratio=ratio, whiten=True)
-
-
-class LowRankLinear(nn.Module):
-    """y = second(first(x)); ``first`` [k, in] without bias, ``second`` [out, k]."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool,
-                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
-        super().__init__()
-        self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.first = nn.Linear(in_features, rank, bias=False, dtype=dtype, device=device)
-        self.second = nn.Linear(rank, out_features, bias=bias, dtype=dtype, device=device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second(self.first(x))
 
 
 def rank_for(out_features: int, in_features: int, rho: float) -> int:

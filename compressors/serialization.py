@@ -22,7 +22,7 @@ from shapesearch.errors import ShapesearchError
 
 from . import attention
 from .architectures import Dims, block_parts, decoder_layers, dims
-from .low_rank import LowRankLinear
+from .low_rank_linear import LowRankLinear
 from .slot_linear import SlotLinear
 from .tt_compress import module_from_spec, tie_head
 

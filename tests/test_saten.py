@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from compressors.accounting import dense_params, layer_bytes, layer_params, sparse_index_bytes
+from compressors.low_rank import factorize
 from compressors.saten import SatenLinear, SparseResidual
 from compressors.tt_linear import TTLinear, TTMatrixLinear
 from compressors.whitening import activation_error, whitening_factor
@@ -138,6 +139,16 @@ def test_n_m_bytes_carry_two_bits_per_kept_value_and_saten_2_4_is_at_least_half_
     assert layer_bytes(empty) == 0 and layer_params(empty) == 0
     with pytest.raises(TypeError, match="no accounting"):
         layer_params(nn.ReLU())
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_low_rank_accounting_counts_both_factors_against_the_dense_layer(bias):
+    lin = _linear(3, bias=bias)
+    low = factorize(lin, 5)
+    b = OUT if bias else 0
+    assert layer_params(low) == 5 * (IN + OUT) + b == sum(p.numel() for p in low.parameters())
+    assert dense_params(low) == OUT * IN + b == layer_params(lin)
+    assert layer_bytes(low) == 8 * layer_params(low) and layer_bytes(low, value_bytes=2) == 2 * layer_params(low)
 
 
 @pytest.mark.parametrize("pattern", ["topk", "n:m"])
