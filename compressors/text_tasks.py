@@ -89,7 +89,7 @@ def read_rows(path: Path) -> list[dict]:
     opener = bz2.open if path.suffix == ".bz2" else open
     named = path.with_suffix("") if path.suffix == ".bz2" else path
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as stream:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as stream:  # -sig: Excel writes a BOM
             return _rows(stream, named)
     except UnicodeDecodeError:
         raise ArgumentError("data", f"{path} is not UTF-8 text; save it as UTF-8") from None
@@ -101,12 +101,15 @@ def read_split(path: Path, text_column: str = "text", label_column: str = "label
                classes: tuple[str, ...] | None = None) -> LabelledText:
     """The labelled texts of one file.  Labels are read as strings; ``classes`` (from the
     training file) fixes their order, else they are sorted.  Refuses an empty file, missing
-    columns, empty texts, unseen labels and fewer than two classes in a training file."""
+    columns, empty texts or labels, unseen labels and fewer than two classes in a training file."""
     rows = read_rows(path)
     if not rows:
         raise ArgumentError("data", f"{path} has no rows; give a file with labelled texts")
     for column, what in ((text_column, "text"), (label_column, "label")):
         missing = [i for i, r in enumerate(rows, 1) if r.get(column) is None]
+        if missing and column in rows[missing[0] - 1]:  # a short CSV line, or null in JSON
+            raise ArgumentError("data", f"{path} row {missing[0]} has no {what} (a short line or null); fill it "
+                                        "or remove the row")
         if missing:
             have = ", ".join(sorted(str(k) for k in rows[missing[0] - 1]))
             raise ArgumentError(f"{what}_column", f"{column!r} is missing from {path} (row {missing[0]} has: "
@@ -115,6 +118,8 @@ def read_split(path: Path, text_column: str = "text", label_column: str = "label
     labels = [str(r[label_column]).strip() for r in rows]
     if any(not t for t in texts):
         raise ArgumentError("data", f"{path} row {texts.index('') + 1} has an empty text; remove or fill it")
+    if any(not label for label in labels):
+        raise ArgumentError("data", f"{path} row {labels.index('') + 1} has an empty label; remove or label it")
     if classes is None:
         classes = tuple(sorted(set(labels)))
         if len(classes) < 2:

@@ -100,6 +100,38 @@ def test_tensor_npy_and_safetensors(tmp_path, capsys):
     assert code == 0
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn", "float8_e5m2"])
+def test_safetensors_of_types_numpy_lacks_are_widened_exactly(tmp_path, capsys, dtype):
+    import torch  # the test extra installs it; the engine itself never imports torch
+    from safetensors.torch import save_file as save_torch
+
+    from shapesearch.jobs.arrays import load_array
+
+    codes = torch.arange(256, dtype=torch.uint8).view(getattr(torch, dtype))  # every bit pattern, NaNs included
+    weight = torch.from_numpy(smooth_image(24, 20, 2)).to(getattr(torch, dtype))
+    save_torch({"codes": codes, "weight": weight, "other": torch.ones(3)}, str(tmp_path / "m.safetensors"))
+    assert np.array_equal(load_array(tmp_path / "m.safetensors", "codes"), codes.float().numpy(), equal_nan=True)
+    code, stdout, _ = _run(["tensor", tmp_path / "m.safetensors", "--key", "weight", "--out", tmp_path / "w",
+                            "--json", *FAST], capsys)
+    assert code == 0 and json.loads(stdout)["input_shape"] == [24, 20, 2]
+    code, _, _ = _run(["reconstruct", tmp_path / "w", "--out", tmp_path / "back.npy"], capsys)
+    back, original = np.load(tmp_path / "back.npy"), weight.double().numpy()
+    assert code == 0 and np.linalg.norm(back - original) <= 0.1 * np.linalg.norm(original) * (1 + 1e-9)
+
+
+def test_psnr_does_not_depend_on_the_data_scale(tmp_path, capsys):
+    x = smooth_image(24, 20, 2)
+    results = []
+    for scale in (1.0, 1e300):  # squares of 1e300 overflow; the search and the PSNR must not
+        np.save(tmp_path / "x.npy", x * scale)
+        code, stdout, _ = _run(["tensor", tmp_path / "x.npy", "--out", tmp_path / f"{scale:g}", "--json", *FAST],
+                               capsys)
+        assert code == 0
+        results.append(json.loads(stdout))
+    assert results[0]["cr"] == results[1]["cr"] and results[1]["rel_error"] <= 0.1
+    assert results[1]["psnr"] == pytest.approx(results[0]["psnr"], abs=1e-6)
+
+
 def _error(args, capsys):
     code, out, err = _run(args, capsys)
     lines = [line for line in err.strip().splitlines() if line.strip()]

@@ -139,6 +139,7 @@ def test_pareto_from_the_command_line(tmp_path, capsys):
     assert "cannot be resumed" in _error(["image", "--resume", out, "--pareto", "0.1:0.2"], capsys)
     assert "--eps is needed" in _error(["reconstruct", out, "--out", tmp_path / "y.png"], capsys)
     assert "below every point" in _error(["reconstruct", out, "--eps", 0.01, "--out", tmp_path / "y.png"], capsys)
+    assert "not a relative error" in _error(["reconstruct", out, "--eps", "nan", "--out", tmp_path / "y.png"], capsys)
     assert "already holds a run" in _error(args, capsys)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y.png").exists()
     single = tmp_path / "single"

@@ -174,6 +174,8 @@ def test_command_line_ptnn_then_eval_on_own_files(bert_dir, tmp_path, capsys):
     ("not utf-8", "is not UTF-8"),
     ("unseen label", "labels the training file lacks"),
     ("broken jsonl", "is not JSON"),
+    ("empty label", "has an empty label"),
+    ("short line", "row 2 has no label"),
 ])
 def test_bad_labelled_files_get_one_line(bert_dir, tmp_path, capsys, problem, message):
     train, dev, test = _files(tmp_path)
@@ -187,6 +189,10 @@ def test_bad_labelled_files_get_one_line(bert_dir, tmp_path, capsys, problem, me
         train.write_bytes("review,stars\ncaf\xe9,pos\nbad,neg\n".encode("latin-1"))
     elif problem == "unseen label":
         dev.write_text(dev.read_text() + "odd one,meh\n")
+    elif problem == "short line":
+        train.write_text("review,stars\ngood,pos\nno label here\nbad,neg\n")
+    elif problem == "empty label":
+        test.write_text(test.read_text() + "no stars given,\n")
     else:
         train = _write(tmp_path / "train.jsonl", [{"review": "x", "stars": "pos"}])
         train.write_text(train.read_text() + "{not json\n")
@@ -203,3 +209,10 @@ def test_read_split_keeps_the_training_class_order(tmp_path):
     first = read_split(train, "review", "stars")
     assert first.classes == ("neg", "pos")
     assert read_split(dev, "review", "stars", ("pos", "neg")).classes == ("pos", "neg")
+
+
+def test_a_csv_saved_with_a_byte_order_mark_reads_its_first_column(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_text("review,stars\ngood film,pos\nbad film,neg\n", encoding="utf-8-sig")
+    split = read_split(path, "review", "stars")
+    assert split.texts == ("good film", "bad film") and split.classes == ("neg", "pos")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file
+from safetensors import SafetensorError, safe_open
 
 from ..errors import ArgumentError, ShapesearchError
 
@@ -44,6 +44,59 @@ def _load_npy(path: Path) -> np.ndarray:
                                "write one with numpy.save(path, array)") from exc
 
 
+def _e4m3_values() -> np.ndarray:
+    """The 256 values of float8 e4m3fn (bias 7, no infinities, NaN at S.1111.111)."""
+    b = np.arange(256)
+    exponent, mantissa = (b >> 3) & 0xF, (b & 7) / 8
+    magnitude = np.where(exponent == 0, mantissa * 2.0**-6, (1 + mantissa) * 2.0 ** (exponent - 7))
+    values = np.where(b >> 7, -magnitude, magnitude)
+    values[(b & 0x7F) == 0x7F] = np.nan
+    return values.astype(np.float32)
+
+
+# numpy has no bfloat16 or float8: their bytes are widened exactly to float32
+_WIDENED = {
+    "BF16": lambda raw: (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32),
+    "F8_E5M2": lambda raw: (raw.astype(np.uint16) << 8).view(np.float16).astype(np.float32),  # float16's top byte
+    "F8_E4M3": lambda raw: _e4m3_values()[raw],
+}
+
+
+def _raw_bytes(path: Path, name: str) -> np.ndarray:
+    """One tensor's bytes, straight from the file (the header was validated by ``safe_open``)."""
+    with path.open("rb") as f:
+        entry = json.loads(f.read(int.from_bytes(f.read(8), "little")))[name]
+        begin, end = entry["data_offsets"]
+        return np.fromfile(f, dtype=np.uint8, count=end - begin, offset=begin)
+
+
+def _load_safetensors(path: Path, key: str | None) -> np.ndarray:
+    """Only the chosen tensor is read, so one layer of a large checkpoint costs only its own memory."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            names = list(f.keys())
+            if not names:
+                raise ShapesearchError(f"{path} holds no tensors; give a file with at least one")
+            if key is None and len(names) != 1:
+                raise ArgumentError("key", f"is needed: {path} holds {len(names)} tensors; choose one "
+                                    f"({', '.join(sorted(names)[:5])})")
+            name = key or names[0]
+            if name not in names:
+                raise ArgumentError("key", f"{name!r}: {path} has no tensor of that name; choose one of "
+                                    f"{', '.join(sorted(names)[:5])}")
+            view = f.get_slice(name)
+            dtype, shape = view.get_dtype(), view.get_shape()
+            if dtype not in _WIDENED:
+                return f.get_tensor(name)
+        return _WIDENED[dtype](_raw_bytes(path, name)).reshape(shape)
+    except ShapesearchError:  # ours, already one line that says what to do (it is a ValueError too)
+        raise
+    # TypeError / AttributeError: a dtype neither numpy nor _WIDENED knows; MemoryError: a header's promise
+    except (SafetensorError, OSError, ValueError, TypeError, AttributeError, MemoryError, KeyError) as exc:
+        raise ShapesearchError(f"{path} is not a readable safetensors file ({exc}); tensors of "
+                               "float, int or bfloat16/float8 type are read") from exc
+
+
 def load_array(path: Path, key: str | None = None) -> np.ndarray:
     """A real array from .npy (never unpickled) or .safetensors (``key``: which tensor)."""
     path = Path(path)
@@ -55,19 +108,5 @@ def load_array(path: Path, key: str | None = None) -> np.ndarray:
                                        "file, which holds one array: drop the key")
         return _load_npy(path)
     if path.suffix == ".safetensors":
-        try:
-            tensors = load_file(str(path))
-        # AttributeError: a dtype this numpy lacks (float8); MemoryError: a header's promise
-        except (SafetensorError, OSError, ValueError, TypeError, AttributeError, MemoryError) as exc:
-            raise ShapesearchError(f"{path} is not a readable safetensors file ({exc})") from exc
-        if not tensors:
-            raise ShapesearchError(f"{path} holds no tensors; give a file with at least one")
-        if key is None and len(tensors) != 1:
-            raise ArgumentError("key", f"is needed: {path} holds {len(tensors)} tensors; choose one "
-                                f"({', '.join(sorted(tensors)[:5])})")
-        name = key or next(iter(tensors))
-        if name not in tensors:
-            raise ArgumentError("key", f"{name!r}: {path} has no tensor of that name; choose one of "
-                                f"{', '.join(sorted(tensors)[:5])}")
-        return tensors[name]
+        return _load_safetensors(path, key)
     raise ShapesearchError(f"{path}: unsupported file type {path.suffix!r}; use .npy or .safetensors")

@@ -142,7 +142,8 @@ def save_image(pixels: np.ndarray, bits: int, path: str | Path) -> None:
 
 
 def psnr(reference: np.ndarray, approx: np.ndarray, peak: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB for data scaled to [0, peak]."""
-    diff = (reference - approx).ravel()
-    mse = float(diff @ diff) / max(diff.size, 1)  # one temporary, not three
-    return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
+    """Peak signal-to-noise ratio in dB for data scaled to [0, peak] (``peak`` > 0)."""
+    diff = np.subtract(reference, approx, dtype=np.float64).ravel()  # one temporary, not three
+    diff /= peak  # in units of the peak: peak² and the squares would overflow for data near 1e160
+    mse = float(diff @ diff) / max(diff.size, 1)
+    return math.inf if mse == 0 else -10 * math.log10(mse)
