@@ -140,6 +140,17 @@ def test_bad_options_are_422_with_the_command_lines_message(server, tmp_path, ca
     assert capsys.readouterr().err.startswith("shapesearch: error: --eps must be in")
 
 
+def test_an_animation_dropped_on_the_service_is_searched_as_frames(server, tmp_path):
+    frames = [Image.fromarray((smooth_image(32, 40, 3, seed) * 255).round().astype(np.uint8)) for seed in range(3)]
+    clip = tmp_path / "clip.gif"
+    frames[0].save(clip, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    client = Client(server.url)
+    done = client.wait(client.submit("image", clip, **SEARCH), timeout=120)
+    assert done["state"] == "SUCCEEDED", done
+    result = client.result(done["id"])
+    assert result["input_shape"] == [3, 32, 40, 3] and result["rel_error"] <= 0.1
+
+
 def test_a_job_that_fails_records_the_one_line_error(server, tmp_path):
     bad = tmp_path / "black.png"
     Image.new("L", (16, 16)).save(bad)

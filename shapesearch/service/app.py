@@ -29,7 +29,8 @@ from .specs import OPTIONS, SCHEDULING, check_params, compress_configs, layers_r
 from .store import FINISHED, STATES, JobRecord, Store
 
 STATIC = Path(__file__).parent / "static"
-UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy", ".safetensors")
+# what `shapesearch image` / `tensor` read: stills, animations (GIF, APNG, multi-page TIFF), arrays
+UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".apng", ".tif", ".tiff", ".webp", ".bmp", ".npy", ".safetensors")
 # what a finished job's result is, by kind
 RESULT_FILES = {"image": "result.json", "tensor": "result.json", "layers": "plan.json", "compress": "report.json"}
 
