@@ -216,6 +216,24 @@ def test_a_search_that_would_not_fit_in_memory_is_refused(tmp_path, capsys, monk
     assert memory.search_memory(1_000_000, 0) == 1_000_000 * (memory.DRIVER_BYTES + memory.WORKER_BYTES)
 
 
+def test_an_array_too_large_to_read_is_refused_before_it_is_read(tmp_path, capsys, monkeypatch):
+    import torch
+    from safetensors.torch import save_file as save_torch
+
+    import shapesearch.jobs.arrays as arrays
+    import shapesearch.jobs.memory as memory
+
+    np.save(tmp_path / "a.npy", np.ones((100, 100)))
+    save_torch({"w": torch.ones(100, 100, dtype=torch.bfloat16), "b": torch.ones(3)}, str(tmp_path / "m.safetensors"))
+    monkeypatch.setattr(memory, "available_memory", lambda: 100_000)  # bytes: 10,000 entries need 160,000
+    monkeypatch.setattr(arrays.np, "load", lambda *a, **k: pytest.fail("read before the memory check"))
+    for args in (["tensor", tmp_path / "a.npy"], ["tensor", tmp_path / "m.safetensors", "--key", "w"]):
+        line = _error([*args, *FAST, "--out", tmp_path / "run"], capsys)
+        assert "10,000 entries need about" in line and "GiB is available" in line, line
+        assert not (tmp_path / "run").exists()
+    arrays.load_array(tmp_path / "m.safetensors", "b")  # 3 entries fit
+
+
 def test_result_reports_the_measured_peak_memory(tmp_path, capsys):
     from shapesearch.jobs.memory import PeakMemory, children_peak
 

@@ -10,6 +10,13 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from ..errors import ArgumentError, ShapesearchError
+from .memory import check_readable
+
+
+def _readable(entries: int, file_bytes: int, path: Path) -> None:
+    """The tensor as read plus its float64 copy (the search's input) must fit in memory now."""
+    check_readable(file_bytes + 8 * entries, f"{path}: {entries:,} entries",
+                   "crop or resize the data, or use a machine with more memory")
 
 
 def _npy_header(path: Path) -> None:
@@ -33,6 +40,7 @@ def _npy_header(path: Path) -> None:
     if needed > size - offset:
         raise ShapesearchError(f"{path}: its header promises {needed:,} bytes of data but the file holds "
                                f"{size - offset:,}; the file is truncated or damaged")
+    _readable(math.prod(shape), needed, path)
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -86,6 +94,7 @@ def _load_safetensors(path: Path, key: str | None) -> np.ndarray:
                                     f"{', '.join(sorted(names)[:5])}")
             view = f.get_slice(name)
             dtype, shape = view.get_dtype(), view.get_shape()
+            _readable(math.prod(shape), 8 * math.prod(shape), path)  # 8: the widest dtype, or bytes + widened
             if dtype not in _WIDENED:
                 return f.get_tensor(name)
         return _WIDENED[dtype](_raw_bytes(path, name)).reshape(shape)

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ShapesearchError
-from .memory import available_memory
+from .memory import check_readable
 
 DEFAULT_IMAGE = "astronaut.png"  # NASA photograph (public domain), as bundled in scikit-image
 
@@ -99,11 +99,8 @@ def _read_frames(im: Image.Image, path: Path, count: int) -> tuple[np.ndarray, i
         raise ShapesearchError(f"{path}: animations are read with 8-bit frames, this one has {bits}-bit "
                                "frames; save the frames as a .npy array (frames × H × W × C)")
     mode = "L" if arr0.ndim == 2 else {3: "RGB", 4: "RGBA"}[arr0.shape[2]]
-    need, have = count * arr0.size * 9, available_memory()  # the uint8 frames, then float64 pixels
-    if have is not None and need > have:
-        raise ShapesearchError(f"{path}: {count} frames of {arr0.size:,} values need about "
-                               f"{need / 2**30:.1f} GiB to read, {have / 2**30:.1f} GiB is available; "
-                               "use fewer or smaller frames")
+    check_readable(count * arr0.size * 9, f"{path}: {count} frames of {arr0.size:,} values",  # uint8, then float64
+                   "use fewer or smaller frames")
     out = np.empty((count, *arr0.shape), np.uint8)
     for i in range(count):
         im.seek(i)

@@ -34,6 +34,15 @@ def search_memory(entries: int, workers: int) -> int:
     return (RAY_BYTES if workers else 0) + entries * (DRIVER_BYTES + WORKER_BYTES * max(workers, 1))
 
 
+def check_readable(need: int, what: str, advice: str) -> None:
+    """Refuse, in one line, to read data that needs ``need`` bytes when less is available: a
+    clear error before the read, not a MemoryError or the OOM killer halfway through it."""
+    have = available_memory()
+    if have is not None and need > have:
+        raise ShapesearchError(f"{what} need about {need / 2**30:.1f} GiB to read, {have / 2**30:.1f} GiB is "
+                               f"available; {advice}")
+
+
 def check_memory(entries: int, workers: int | None, name: str, local: bool = True) -> None:
     """Refuse, in one line, a search that would not fit in the memory available now.
     ``workers``: None = one per CPU; ``local``: False when the workers run on a cluster (only
