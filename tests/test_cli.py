@@ -130,6 +130,26 @@ def test_psnr_does_not_depend_on_the_data_scale(tmp_path, capsys):
         results.append(json.loads(stdout))
     assert results[0]["cr"] == results[1]["cr"] and results[1]["rel_error"] <= 0.1
     assert results[1]["psnr"] == pytest.approx(results[0]["psnr"], abs=1e-6)
+    # 1e300 · a core overflows float32: those cores stay float64
+    assert [r["core_dtype"] for r in results] == ["float32", "float64"]
+
+
+def test_cores_are_stored_in_float32_and_the_error_reported_is_theirs(tmp_path, capsys):
+    from shapesearch.jobs.artifacts import load_tt
+
+    x = smooth_image(30, 36, 3)
+    np.save(tmp_path / "x.npy", x)
+    code, stdout, _ = _run(["tensor", tmp_path / "x.npy", "--eps", "0.05", "--out", tmp_path / "run", "--json",
+                            *FAST], capsys)
+    result = json.loads(stdout)
+    cores = load_tt(tmp_path / "run")[0]
+    assert code == 0 and result["core_dtype"] == "float32" and all(c.dtype == np.float32 for c in cores)
+    assert (tmp_path / "run" / "tt.safetensors").stat().st_size < 4 * result["params"] + 2048  # + the header
+    assert _run(["reconstruct", tmp_path / "run", "--out", tmp_path / "back.npy"], capsys)[0] == 0
+    back = np.load(tmp_path / "back.npy")
+    measured = np.linalg.norm(back - x) / np.linalg.norm(x)
+    assert back.dtype == np.float64 and measured == pytest.approx(result["rel_error"], rel=1e-9)
+    assert measured <= 0.05
 
 
 def _error(args, capsys):

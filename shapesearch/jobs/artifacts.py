@@ -14,6 +14,7 @@ from tensorly.tt_tensor import TTTensor
 
 from ..engine.checkpoint import write_atomically
 from ..engine.tensorization import Tensorization
+from ..engine.tt_svd import relative_error
 from ..errors import ArgumentError, ShapesearchError
 from ..paths import check_writable_file, readable_mode
 
@@ -25,9 +26,30 @@ PARETO_PLOT = "pareto.png"
 FORMAT = "shapesearch-tt/1"
 
 
+def stored_cores(cores: list[np.ndarray], exponent: int, shape: Tensorization, searched: np.ndarray,
+                 eps: float, rel_error: float) -> tuple[list[np.ndarray], np.ndarray, float]:
+    """The cores a run stores, the data they rebuild and its measured relative error.
+
+    ``cores`` (float64) approximate ``searched``, the data scaled by 2^-``exponent``, with
+    ``rel_error``.  Stored in float32 (half the bytes) when the float32 cores' own reconstruction,
+    measured, still meets ``eps`` and the scaling back stays exact in float32; else in float64."""
+    single = [c.astype(np.float32) for c in cores]
+    approx = reconstruct(single, shape)
+    error = relative_error(searched, approx)
+    with np.errstate(over="ignore", under="ignore"):  # caught below: the round trip is not exact
+        first = np.ldexp(single[0], exponent)
+    if error <= eps and np.array_equal(np.ldexp(first.astype(np.float64), -exponent), single[0]):
+        return [first, *single[1:]], np.ldexp(approx, exponent, out=approx), error  # powers of two: exact
+    del approx  # a large tensor's reconstructions are never held twice
+    double = [np.ldexp(cores[0], exponent), *cores[1:]]
+    return double, reconstruct(double, shape), rel_error
+
+
 def save_tt(path: Path, cores: list[np.ndarray], shape: Tensorization, meta: dict) -> None:
-    """Cores as ``core_0 … core_{d-1}`` (float64); the tensorization and ``meta`` as metadata."""
-    tensors = {f"core_{k}": np.ascontiguousarray(c, dtype=np.float64) for k, c in enumerate(cores)}
+    """Cores as ``core_0 … core_{d-1}`` (float32 or float64, as given); the tensorization and
+    ``meta`` as metadata."""
+    tensors = {f"core_{k}": np.ascontiguousarray(c, dtype=np.float32 if c.dtype == np.float32 else np.float64)
+               for k, c in enumerate(cores)}
     header = {"format": FORMAT, "tensorization": json.dumps(shape.to_dict()),
               "meta": json.dumps(meta)}
     save_file(tensors, str(path), metadata=header)
@@ -82,8 +104,10 @@ def check_cores(cores: list[np.ndarray], shape: Tensorization, path: Path) -> No
 
 
 def reconstruct(cores: list[np.ndarray], shape: Tensorization) -> np.ndarray:
-    """The full tensor in its original axes (padding removed)."""
+    """The full tensor in its original axes (padding removed), contracted in float64 whatever
+    the cores' type."""
     with tl.backend_context("numpy"):
+        cores = [np.asarray(c, dtype=np.float64) for c in cores]
         return shape.invert(np.asarray(tl.tt_to_tensor(TTTensor(cores))))
 
 

@@ -64,12 +64,14 @@ def run_pareto_job(job: Job, config: SearchConfig, grid: tuple[float, ...],
     peak = 1.0 if job.kind == "image" else float(np.abs(data).max())
     points = []
     for p in found.points:
-        cores = [np.ldexp(p.cores[0], exponent), *p.cores[1:]]  # undo the scaling, exactly
+        cores, approx, rel_error = artifacts.stored_cores(p.cores, exponent, p.shape, searched, p.eps, p.rel_error)
         meta = {"kind": job.kind, "bits": job.bits, "name": job.name, "eps": p.eps}
         artifacts.save_tt(job.out / tt_file(p.eps), cores, p.shape, meta)
-        quality = psnr(data, artifacts.reconstruct(cores, p.shape), peak=peak)
+        quality = psnr(data, approx, peak=peak)
+        del approx  # one point's reconstruction at a time
         points.append({"eps": p.eps, "shape": {"text": p.shape.describe(), **p.shape.to_dict()},
-                       "ranks": list(p.ranks), "params": p.params, "cr": p.cr, "rel_error": p.rel_error,
+                       "ranks": list(p.ranks), "params": p.params, "cr": p.cr, "rel_error": rel_error,
+                       "core_dtype": str(cores[0].dtype),
                        "psnr": quality if math.isfinite(quality) else None, "front": p.front,
                        "file": tt_file(p.eps)})
     plot_pareto(points, job.out / PLOT_FILE, f"{job.name}: CR and PSNR against ε")

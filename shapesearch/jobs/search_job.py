@@ -141,8 +141,8 @@ def run_job(job: Job, config: SearchConfig,
     finally:
         executor.close()
 
-    cores = [np.ldexp(found.cores[0], exponent), *found.cores[1:]]  # undo the scaling, exactly
-    approx = artifacts.reconstruct(cores, found.shape)
+    cores, approx, rel_error = artifacts.stored_cores(found.cores, exponent, found.shape, searched, config.eps,
+                                                      found.rel_error)
     files = {"tt": artifacts.TT_FILE, "result": artifacts.RESULT_FILE, "plot": "convergence.png"}
     meta = {"kind": job.kind, "bits": job.bits, "name": job.name, "eps": config.eps}
     artifacts.save_tt(job.out / artifacts.TT_FILE, cores, found.shape, meta)
@@ -161,7 +161,8 @@ def run_job(job: Job, config: SearchConfig,
         "params": found.params,
         "original_entries": int(data.size),
         "cr": found.cr,
-        "rel_error": found.rel_error,
+        "rel_error": rel_error,
+        "core_dtype": str(cores[0].dtype),  # tt.safetensors: float32 where it still meets ε
         "psnr": quality if math.isfinite(quality) else None,  # None: exact
         "evaluations": found.evaluations,
         "cache_hits": found.cache_hits,
