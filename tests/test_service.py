@@ -133,6 +133,11 @@ def test_bad_options_are_422_with_the_command_lines_message(server, tmp_path, ca
         r = httpx.post(f"{server.url}/api/jobs/image", data={"params": json.dumps(params)},
                        files={"file": ("p.png", image.read_bytes())})
         assert r.status_code == 422 and r.json()["detail"].startswith(message), r.text
+    for kind, name, message in [("tensor", "p.png", "submit it as an image job"),
+                                ("image", "p.npy", "submit it as a tensor job"), ("image", "p", "no suffix")]:
+        r = httpx.post(f"{server.url}/api/jobs/{kind}", data={"params": "{}"},
+                       files={"file": (name, image.read_bytes())})
+        assert r.status_code == 422 and message in r.json()["detail"], r.text
     assert httpx.post(f"{server.url}/api/jobs/movie", json={}).status_code == 422
     assert httpx.post(f"{server.url}/api/jobs/image", json={"eps": 0.1}).json()["detail"].startswith("--path")
     # the submit command prints the same line and exits 2

@@ -30,7 +30,8 @@ from .store import FINISHED, STATES, JobRecord, Store
 
 STATIC = Path(__file__).parent / "static"
 # what `shapesearch image` / `tensor` read: stills, animations (GIF, APNG, multi-page TIFF), arrays
-UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".apng", ".tif", ".tiff", ".webp", ".bmp", ".npy", ".safetensors")
+INPUT_SUFFIXES = {"image": (".png", ".jpg", ".jpeg", ".gif", ".apng", ".tif", ".tiff", ".webp", ".bmp"),
+                  "tensor": (".npy", ".safetensors")}
 # what a finished job's result is, by kind
 RESULT_FILES = {"image": "result.json", "tensor": "result.json", "layers": "plan.json", "compress": "report.json"}
 
@@ -256,9 +257,7 @@ def create_app(settings: Settings) -> FastAPI:
 def _check_input(kind: str, params: dict, upload: object, settings: Settings) -> None:
     """An image/tensor job needs an uploaded file or a ``path`` under ``settings.inputs``."""
     if upload is not None:
-        suffix = Path(getattr(upload, "filename", "") or "").suffix.lower()
-        if suffix not in UPLOAD_SUFFIXES:
-            raise ShapesearchError(f"upload a {', '.join(UPLOAD_SUFFIXES)} file (got {suffix or 'no suffix'!r})")
+        _check_suffix(kind, Path(getattr(upload, "filename", "") or ""), "upload")
         if "path" in params:
             raise ShapesearchError("give either an uploaded file or path, not both")
         return
@@ -268,6 +267,17 @@ def _check_input(kind: str, params: dict, upload: object, settings: Settings) ->
         raise ArgumentError("path", "is not taken by this server (it takes uploads; start it with --inputs DIR to "
                                     "let jobs read files under DIR)")
     params["path"] = _readable("path", params["path"], settings)
+    _check_suffix(kind, Path(params["path"]), "give")
+
+
+def _check_suffix(kind: str, path: Path, verb: str) -> None:
+    """At submission, not in the queue: an image job reads images, a tensor job arrays."""
+    suffix, wanted = path.suffix.lower(), INPUT_SUFFIXES[kind]
+    if suffix not in wanted:
+        other = next((k for k, s in INPUT_SUFFIXES.items() if suffix in s), None)
+        hint = f"; submit it as {'an image' if other == 'image' else 'a tensor'} job" if other else ""
+        raise ShapesearchError(f"{kind} jobs read {', '.join(wanted)} files; {verb} one of those "
+                               f"(got {suffix or 'no suffix'!r}){hint}")
 
 
 BUILTIN_MODELS = ("smollm2", "minilm")  # compressors.model_loading.BUILTIN, without importing torch here
