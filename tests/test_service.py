@@ -133,8 +133,9 @@ def test_bad_options_are_422_with_the_command_lines_message(server, tmp_path, ca
         r = httpx.post(f"{server.url}/api/jobs/image", data={"params": json.dumps(params)},
                        files={"file": ("p.png", image.read_bytes())})
         assert r.status_code == 422 and r.json()["detail"].startswith(message), r.text
-    for kind, name, message in [("tensor", "p.png", "submit it as an image job"),
-                                ("image", "p.npy", "submit it as a tensor job"), ("image", "p", "no suffix")]:
+    for kind, name, message in [("tensor", "p.png", "submit an image as an image job"),
+                                ("image", "p.npy", "submit an array as a tensor job"),
+                                ("image", "p", "no plain suffix")]:
         r = httpx.post(f"{server.url}/api/jobs/{kind}", data={"params": "{}"},
                        files={"file": (name, image.read_bytes())})
         assert r.status_code == 422 and message in r.json()["detail"], r.text

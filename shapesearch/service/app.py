@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import re
 import shutil
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,9 +30,7 @@ from .specs import OPTIONS, SCHEDULING, check_params, compress_configs, layers_r
 from .store import FINISHED, STATES, JobRecord, Store
 
 STATIC = Path(__file__).parent / "static"
-# what `shapesearch image` / `tensor` read: stills, animations (GIF, APNG, multi-page TIFF), arrays
-INPUT_SUFFIXES = {"image": (".png", ".jpg", ".jpeg", ".gif", ".apng", ".tif", ".tiff", ".webp", ".bmp"),
-                  "tensor": (".npy", ".safetensors")}
+ARRAY_SUFFIXES = (".npy", ".safetensors")  # what `shapesearch tensor` reads; `image` reads what Pillow reads
 # what a finished job's result is, by kind
 RESULT_FILES = {"image": "result.json", "tensor": "result.json", "layers": "plan.json", "compress": "report.json"}
 
@@ -257,7 +256,11 @@ def create_app(settings: Settings) -> FastAPI:
 def _check_input(kind: str, params: dict, upload: object, settings: Settings) -> None:
     """An image/tensor job needs an uploaded file or a ``path`` under ``settings.inputs``."""
     if upload is not None:
-        _check_suffix(kind, Path(getattr(upload, "filename", "") or ""), "upload")
+        name = Path(getattr(upload, "filename", "") or "")
+        if not re.fullmatch(r"\.[a-z0-9]{1,10}", name.suffix.lower()):  # the driver finds input.<suffix>
+            raise ShapesearchError(f"the upload {name.name or 'without a name'!r} has no plain suffix; name it as "
+                                   "its type (.png, .jpg, .gif, .npy, .safetensors …)")
+        _check_suffix(kind, name)
         if "path" in params:
             raise ShapesearchError("give either an uploaded file or path, not both")
         return
@@ -267,17 +270,17 @@ def _check_input(kind: str, params: dict, upload: object, settings: Settings) ->
         raise ArgumentError("path", "is not taken by this server (it takes uploads; start it with --inputs DIR to "
                                     "let jobs read files under DIR)")
     params["path"] = _readable("path", params["path"], settings)
-    _check_suffix(kind, Path(params["path"]), "give")
+    _check_suffix(kind, Path(params["path"]))
 
 
-def _check_suffix(kind: str, path: Path, verb: str) -> None:
-    """At submission, not in the queue: an image job reads images, a tensor job arrays."""
-    suffix, wanted = path.suffix.lower(), INPUT_SUFFIXES[kind]
-    if suffix not in wanted:
-        other = next((k for k, s in INPUT_SUFFIXES.items() if suffix in s), None)
-        hint = f"; submit it as {'an image' if other == 'image' else 'a tensor'} job" if other else ""
-        raise ShapesearchError(f"{kind} jobs read {', '.join(wanted)} files; {verb} one of those "
-                               f"(got {suffix or 'no suffix'!r}){hint}")
+def _check_suffix(kind: str, path: Path) -> None:
+    """At submission, not in the queue: a tensor job reads arrays, an image job anything else."""
+    array = path.suffix.lower() in ARRAY_SUFFIXES
+    if kind == "tensor" and not array:
+        raise ShapesearchError(f"tensor jobs read {', '.join(ARRAY_SUFFIXES)} files, not {path.name!r}; "
+                               "submit an image as an image job")
+    if kind == "image" and array:
+        raise ShapesearchError(f"image jobs read images, not {path.name!r}; submit an array as a tensor job")
 
 
 BUILTIN_MODELS = ("smollm2", "minilm")  # compressors.model_loading.BUILTIN, without importing torch here
