@@ -139,6 +139,14 @@ def test_bad_options_are_422_with_the_command_lines_message(server, tmp_path, ca
         r = httpx.post(f"{server.url}/api/jobs/{kind}", data={"params": "{}"},
                        files={"file": (name, image.read_bytes())})
         assert r.status_code == 422 and message in r.json()["detail"], r.text
+    from safetensors.numpy import save as save_bytes
+
+    two = save_bytes({"a": np.ones((8, 8)), "b": np.ones(3)})
+    for params, message in [({}, "--key is needed: m.safetensors holds 2 tensors"),
+                            ({"key": "c"}, "--key 'c': m.safetensors")]:
+        r = httpx.post(f"{server.url}/api/jobs/tensor", data={"params": json.dumps(params)},
+                       files={"file": ("m.safetensors", two)})
+        assert r.status_code == 422 and r.json()["detail"].startswith(message), r.text
     assert httpx.post(f"{server.url}/api/jobs/movie", json={}).status_code == 422
     assert httpx.post(f"{server.url}/api/jobs/image", json={"eps": 0.1}).json()["detail"].startswith("--path")
     # the submit command prints the same line and exits 2
@@ -155,6 +163,16 @@ def test_an_animation_dropped_on_the_service_is_searched_as_frames(server, tmp_p
     assert done["state"] == "SUCCEEDED", done
     result = client.result(done["id"])
     assert result["input_shape"] == [3, 32, 40, 3] and result["rel_error"] <= 0.1
+
+
+def test_a_tensor_of_a_safetensors_upload_is_searched(server, tmp_path):
+    from safetensors.numpy import save_file
+
+    save_file({"w": smooth_image(24, 20, 2), "b": np.ones(3)}, str(tmp_path / "m.safetensors"))
+    client = Client(server.url)
+    done = client.wait(client.submit("tensor", tmp_path / "m.safetensors", key="w", **SEARCH), timeout=120)
+    assert done["state"] == "SUCCEEDED", done
+    assert client.result(done["id"])["input_shape"] == [24, 20, 2]
 
 
 def test_a_job_that_fails_records_the_one_line_error(server, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -62,12 +63,39 @@ def _e4m3_values() -> np.ndarray:
     return values.astype(np.float32)
 
 
+MAX_HEADER = 100_000_000  # bytes: the safetensors format's own limit
+
 # numpy has no bfloat16 or float8: their bytes are widened exactly to float32
 _WIDENED = {
     "BF16": lambda raw: (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32),
     "F8_E5M2": lambda raw: (raw.astype(np.uint16) << 8).view(np.float16).astype(np.float32),  # float16's top byte
     "F8_E4M3": lambda raw: _e4m3_values()[raw],
 }
+
+
+def chosen_tensor(path: Path | str, names: list[str], key: str | None) -> str:
+    """The tensor ``key`` names among ``names`` (a .safetensors file's), or its only one."""
+    if not names:
+        raise ShapesearchError(f"{path} holds no tensors; give a file with at least one")
+    if key is None and len(names) != 1:
+        raise ArgumentError("key", f"is needed: {path} holds {len(names)} tensors; choose one "
+                            f"({', '.join(sorted(names)[:5])})")
+    name = key or names[0]
+    if name not in names:
+        raise ArgumentError("key", f"{name!r}: {path} has no tensor of that name; choose one of "
+                            f"{', '.join(sorted(names)[:5])}")
+    return name
+
+
+def tensor_names(stream: BinaryIO) -> list[str] | None:
+    """The tensor names in the .safetensors header at the start of ``stream`` (None: no readable
+    header; loading the file will say why)."""
+    try:
+        size = int.from_bytes(stream.read(8), "little")
+        header = json.loads(stream.read(size)) if 2 <= size <= MAX_HEADER else None
+    except (ValueError, OSError):
+        return None
+    return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
 
 
 def _raw_bytes(path: Path, name: str) -> np.ndarray:
@@ -82,16 +110,7 @@ def _load_safetensors(path: Path, key: str | None) -> np.ndarray:
     """Only the chosen tensor is read, so one layer of a large checkpoint costs only its own memory."""
     try:
         with safe_open(str(path), framework="numpy") as f:
-            names = list(f.keys())
-            if not names:
-                raise ShapesearchError(f"{path} holds no tensors; give a file with at least one")
-            if key is None and len(names) != 1:
-                raise ArgumentError("key", f"is needed: {path} holds {len(names)} tensors; choose one "
-                                    f"({', '.join(sorted(names)[:5])})")
-            name = key or names[0]
-            if name not in names:
-                raise ArgumentError("key", f"{name!r}: {path} has no tensor of that name; choose one of "
-                                    f"{', '.join(sorted(names)[:5])}")
+            name = chosen_tensor(path, list(f.keys()), key)
             view = f.get_slice(name)
             dtype, shape = view.get_dtype(), view.get_shape()
             _readable(math.prod(shape), 8 * math.prod(shape), path)  # 8: the widest dtype, or bytes + widened

@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from fastapi.staticfiles import StaticFiles
 
 from ..errors import ArgumentError, ShapesearchError
+from ..jobs.arrays import chosen_tensor, tensor_names
 from ..paths import check_writable_dir
 from .driver import INPUT, LOG, OUT
 from .manager import Manager
@@ -257,12 +258,17 @@ def _check_input(kind: str, params: dict, upload: object, settings: Settings) ->
     """An image/tensor job needs an uploaded file or a ``path`` under ``settings.inputs``."""
     if upload is not None:
         name = Path(getattr(upload, "filename", "") or "")
-        if not re.fullmatch(r"\.[a-z0-9]{1,10}", name.suffix.lower()):  # the driver finds input.<suffix>
+        if not re.fullmatch(r"\.[a-z0-9]{1,16}", name.suffix.lower()):  # the driver finds input.<suffix>
             raise ShapesearchError(f"the upload {name.name or 'without a name'!r} has no plain suffix; name it as "
                                    "its type (.png, .jpg, .gif, .npy, .safetensors …)")
         _check_suffix(kind, name)
         if "path" in params:
             raise ShapesearchError("give either an uploaded file or path, not both")
+        if name.suffix.lower() == ".safetensors":  # which tensor, at submission: the header alone
+            names = tensor_names(upload.file)
+            upload.file.seek(0)
+            if names is not None:
+                chosen_tensor(name.name, names, params.get("key"))
         return
     if "path" not in params:
         raise ArgumentError("path", "or an uploaded file is needed")
