@@ -87,12 +87,19 @@ def chosen_tensor(path: Path | str, names: list[str], key: str | None) -> str:
     return name
 
 
+def _header(stream: BinaryIO) -> object:
+    """The JSON header at the start of a .safetensors stream (8-byte little-endian length, then JSON)."""
+    size = int.from_bytes(stream.read(8), "little")
+    if not 2 <= size <= MAX_HEADER:
+        raise ValueError(f"a header of {size:,} bytes")
+    return json.loads(stream.read(size))
+
+
 def tensor_names(stream: BinaryIO) -> list[str] | None:
     """The tensor names in the .safetensors header at the start of ``stream`` (None: no readable
     header; loading the file will say why)."""
     try:
-        size = int.from_bytes(stream.read(8), "little")
-        header = json.loads(stream.read(size)) if 2 <= size <= MAX_HEADER else None
+        header = _header(stream)
     except (ValueError, OSError):
         return None
     return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
@@ -101,8 +108,7 @@ def tensor_names(stream: BinaryIO) -> list[str] | None:
 def _raw_bytes(path: Path, name: str) -> np.ndarray:
     """One tensor's bytes, straight from the file (the header was validated by ``safe_open``)."""
     with path.open("rb") as f:
-        entry = json.loads(f.read(int.from_bytes(f.read(8), "little")))[name]
-        begin, end = entry["data_offsets"]
+        begin, end = _header(f)[name]["data_offsets"]
         return np.fromfile(f, dtype=np.uint8, count=end - begin, offset=begin)
 
 
