@@ -29,7 +29,8 @@ from _report import RESULTS, append_row, load_rows, machine, main_with_report, t
 
 from shapesearch.engine.executors import LocalExecutor
 from shapesearch.engine.search import SearchConfig, run_search
-from shapesearch.engine.tt_svd import _decompose, _truncate, truncation_rank
+from shapesearch.engine.tt_svd import _decompose, _truncate, relative_error, truncation_rank
+from shapesearch.jobs.artifacts import reconstruct
 
 JSONL = RESULTS / "headroom.jsonl"
 MARKDOWN = Path(__file__).parent / "headroom.md"
@@ -104,16 +105,14 @@ def als_rounding(data: np.ndarray, cores: list, budget: float, half_sweeps: int 
     return cores
 
 
-def _rounded(data: np.ndarray, found, norm: float, eps: float) -> dict:
-    """Probe 3 on the search's winner: parameters and measured error before and after."""
-    cores = als_rounding(data, found.cores, (eps * norm) ** 2)
-    approx = cores[0]
-    for c in cores[1:]:
-        approx = np.tensordot(approx, c, axes=(-1, 0))
+def _rounded(img: np.ndarray, found, norm: float, eps: float) -> dict:
+    """Probe 3 on the search's winner: parameters and measured error before and after (both on
+    the unpadded image, as the engine measures)."""
+    cores = als_rounding(found.shape.apply(img), found.cores, (eps * norm) ** 2)
     params = sum(c.size for c in cores)
     return {"shape": found.shape.describe(), "cr": found.cr, "params": found.params, "rel_error": found.rel_error,
             "rounded_cr": found.cr * found.params / params, "rounded_params": params,
-            "rounded_rel_error": float(np.linalg.norm(approx.reshape(data.shape) - data)) / norm,
+            "rounded_rel_error": relative_error(img, reconstruct(cores, found.shape)),
             "ranks": list(found.ranks), "rounded_ranks": [1] + [c.shape[2] for c in cores]}
 
 
@@ -128,7 +127,7 @@ def run_image(name: str, eps: float) -> dict:
         searches[label] = {"cr": found.cr, "evaluations": found.evaluations, "shape": found.shape.describe()}
         if label == "default, seed 0":
             winner = found
-    rounding = _rounded(winner.shape.apply(img), winner, norm, eps)
+    rounding = _rounded(img, winner, norm, eps)
     best = winner.shape
     data = best.apply(img.astype(np.float32))
     if best.reverse_sweep:
@@ -146,7 +145,7 @@ def run_rounding(name: str, eps: float) -> dict:
     img = getattr(skimage.data, name)().astype(np.float64) / 255
     norm = float(np.linalg.norm(img))
     found = run_search(img, SearchConfig(eps=eps), LocalExecutor(img, norm))
-    return {"probe": "rounding", "image": name, "eps": eps, **_rounded(found.shape.apply(img), found, norm, eps),
+    return {"probe": "rounding", "image": name, "eps": eps, **_rounded(img, found, norm, eps),
             "machine": machine()}
 
 
