@@ -174,13 +174,55 @@ def test_bad_image_inputs(tmp_path, capsys):
     assert "nothing to compress" in _error(["image", tmp_path / "dot.png"], capsys)
     Image.new("L", (8, 8)).save(tmp_path / "black.png")
     assert "all zeros" in _error(["image", tmp_path / "black.png", *FAST], capsys)
+    assert "is a directory" in _error(["image", tmp_path], capsys)
+    np.save(tmp_path / "a.npy", np.ones((8, 8)))
+    assert "shapesearch tensor" in _error(["image", tmp_path / "a.npy"], capsys)
+    assert "is empty" in _error(["image", good, "--out", ""], capsys)
+
+
+def _png16(path, pixels, color_type):
+    """A 16-bit PNG written by hand (Pillow writes 16 bits for gray only)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w = pixels.shape[:2]
+    raw = b"".join(b"\x00" + pixels[i].astype(">u2").tobytes() for i in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels,color_type", [(3, 2), (4, 6), (2, 4)])
+def test_16_bit_colour_is_refused_not_cut_to_8_bits(tmp_path, capsys, channels, color_type):
+    pixels = (smooth_image(16, 16, channels) * 65535).astype(np.uint16)
+    _png16(tmp_path / "deep.png", pixels, color_type)
+    assert "16-bit colour" in _error(["image", tmp_path / "deep.png", *FAST, "--out", tmp_path / "r"], capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    pixels = (smooth_image(24, 40, 3) * 255).astype(np.uint8)
+    im = Image.fromarray(pixels)
+    exif = im.getexif()
+    exif[0x0112] = 6  # the camera was turned: shown rotated 90° clockwise
+    im.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    assert load_image(tmp_path / "turned.jpg").pixels.shape == (40, 24, 3)
 
 
 @pytest.mark.parametrize("args,msg", [(["--eps", "0"], "eps"), (["--eps", "1.5"], "eps"),
                                       (["--eps", "abc"], "invalid float"),
                                       (["--population", "1"], "population"),
+                                      (["--population", "100000"], "population"),
+                                      (["--stall", "-1"], "stall"),
                                       (["--workers", "-1"], "workers"),
-                                      (["--time-limit", "-3"], "time-limit")])
+                                      (["--time-limit", "-3"], "time-limit"),
+                                      (["--time-limit", "nan"], "time-limit"),
+                                      (["--time-limit", "inf"], "time-limit"),
+                                      (["--pareto", "0.5:0.99999:2"], "--pareto"),
+                                      (["--pareto", "0.10001:0.10002:5"], "distinct")])
 def test_bad_search_options(tmp_path, capsys, args, msg):
     src = _png(tmp_path)
     assert msg in _error(["image", src, "--out", tmp_path / "r", *args], capsys)
@@ -254,3 +296,29 @@ def test_console_script_exit_code(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("shapesearch: error:") and "not found" in proc.stderr
+
+
+@pytest.mark.parametrize("damage", [
+    lambda t: t.update(axes=[]),
+    lambda t: t["axes"][0].update(size=0),
+    lambda t: t["axes"][0].update(size=-20),
+    lambda t: t["axes"][0].update(size=20.5),
+    lambda t: t["axes"][0].update(padded=999),
+    lambda t: t.update(sweep="sideways"),
+    lambda t: t.update(mode_sizes=[1, 2]),
+    lambda t: t["modes"][0].append(1),
+])
+def test_a_tampered_tensorization_is_one_line(tmp_path, capsys, damage):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    np.save(tmp_path / "x.npy", smooth_image(20, 20, 1)[..., 0])
+    _run(["tensor", tmp_path / "x.npy", "--out", tmp_path / "r", *FAST], capsys)
+    path = tmp_path / "r" / "tt.safetensors"
+    with safe_open(str(path), framework="numpy") as f:
+        header = f.metadata()
+    tensorization = json.loads(header["tensorization"])
+    damage(tensorization)
+    save_file(load_file(str(path)), str(path), metadata={**header, "tensorization": json.dumps(tensorization)})
+    assert "damaged header" in _error(["reconstruct", tmp_path / "r", "--out", tmp_path / "o.npy"], capsys)
+    assert not (tmp_path / "o.npy").exists()

@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 
 from shapesearch.cli.main import build_parser
 
-from .test_cli import FAST, _error, _png, _run
+from .test_cli import FAST, _error, _png, _run, main
 
 CHILD_ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
              "MPLBACKEND": "Agg"}
@@ -276,3 +276,21 @@ def test_sigint_stops_a_run_whose_parent_ignores_it(tmp_path):
         proc.kill()
         raise AssertionError("the run ignored SIGINT") from None
     assert proc.returncode == 130, err
+
+
+def test_a_bad_ray_address_from_the_environment_is_named_as_such(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "garbage")
+    line = _error(["image", _png(tmp_path), "--out", tmp_path / "r", "--workers", "1"], capsys)
+    assert line.startswith("shapesearch: error: RAY_ADDRESS (environment) 'garbage' is not HOST:PORT"), line
+
+
+def test_two_tensors_of_one_file_get_two_default_outputs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tensors = {f"layer/{i}": np.random.default_rng(i).random((12, 12)) for i in range(10)}
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    line = _error(["tensor", "m.safetensors"], capsys)
+    assert "layer/0, layer/1" in line and "(2 more)" in line
+    for key in ("layer/0", "layer/1"):
+        assert main(["tensor", "m.safetensors", "--key", key, "--workers", "0", "--generations", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "shapesearch-out").iterdir()) == ["m-layer_0-eps0.1",
+                                                                               "m-layer_1-eps0.1"]

@@ -140,7 +140,9 @@ def test_pareto_from_the_command_line(tmp_path, capsys):
     assert "--eps is needed" in _error(["reconstruct", out, "--out", tmp_path / "y.png"], capsys)
     assert "below every point" in _error(["reconstruct", out, "--eps", 0.01, "--out", tmp_path / "y.png"], capsys)
     assert "not a relative error" in _error(["reconstruct", out, "--eps", "nan", "--out", tmp_path / "y.png"], capsys)
-    assert "already holds a run" in _error(args, capsys)
+    assert "not a relative error" in _error(["reconstruct", out, "--eps", 5, "--out", tmp_path / "y.png"], capsys)
+    assert "holds a --pareto run, which cannot be resumed" in _error(["image", "--resume", out], capsys)
+    assert "or overwrite it" in _error(args, capsys)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y.png").exists()
     single = tmp_path / "single"
     assert _run(["image", src, "--generations", 1, "--population", 4, "--out", single], capsys)[0] == 0

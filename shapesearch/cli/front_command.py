@@ -6,10 +6,9 @@ front and the files are the library's."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import ArgumentError
-from .output import table
+from .output import path_arg, table
 
 FRONT_METHODS = ("flat-llm", "svd-llm", "tt", "saten")  # compressors.model_front.FRONT_METHODS, without torch
 
@@ -42,17 +41,17 @@ def add_parser(sub) -> None:
                         "activation-aware with a sensitivity budget, searched once for every budget")
     p.add_argument("--eps-grid", type=float, nargs="+", default=None,
                    help="tt/saten: per-layer ε choices (relative error on the activations; default 0.04 … 0.6)")
-    p.add_argument("--text", type=Path, default=None,
+    p.add_argument("--text", type=path_arg, default=None,
                    help="held-out text for perplexity (default: gensim's Wikipedia articles, evaluation split)")
     p.add_argument("--windows", type=int, default=10, help="perplexity windows of 512 tokens (default %(default)s)")
-    p.add_argument("--calib", type=Path, default=None,
+    p.add_argument("--calib", type=path_arg, default=None,
                    help="calibration text file (default: gensim's Wikipedia articles, calibration split)")
     p.add_argument("--samples", type=int, default=32, help="calibration windows (default %(default)s)")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows' offsets (default 0)")
     p.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per CPU; 0 = in this process)")
     p.add_argument("--address", default=None, help="join the Ray cluster whose head is at HOST:PORT")
-    p.add_argument("--out", type=Path, required=True, help="directory for front.json, front.md and front.png")
+    p.add_argument("--out", type=path_arg, required=True, help="directory for front.json, front.md and front.png")
     p.add_argument("--overwrite", action="store_true", help="write into --out even if it is not empty")
     p.add_argument("--json", action="store_true", help="print the rows as one JSON object")
     p.set_defaults(run=front_command)

@@ -14,7 +14,7 @@ from ..matrix.formats import Format
 from ..matrix.layer_search import DEFAULT_EPS_GRID
 from ..matrix.plan import LayerPlan, Plan
 from ..paths import check_writable_file
-from .output import LazyBar
+from .output import LazyBar, path_arg
 
 _OPTIONS: list[tuple[str, dict]] = [
     ("--model", {"required": True, "help": "smollm2, minilm, a model directory, or a .gguf file"}),
@@ -38,7 +38,7 @@ _OPTIONS: list[tuple[str, dict]] = [
     ("--sensitivity", {"action": "store_true",
                        "help": "with --activations and --budget: share the budget by each layer's measured "
                                "sensitivity (loss gradient on its output) as well as its error energy"}),
-    ("--calib", {"type": Path, "default": None,
+    ("--calib", {"type": path_arg, "default": None,
                  "help": "--activations: calibration text file (default: gensim's Wikipedia articles, calibration "
                          "split); compress with the same --calib/--samples/--seqlen/--seed"}),
     ("--samples", {"type": int, "default": 32, "help": "--activations: calibration windows (default %(default)s)"}),
@@ -51,7 +51,7 @@ _OPTIONS: list[tuple[str, dict]] = [
     ("--seed", {"type": int, "default": 0, "help": "makes the plan reproducible (default %(default)s)"}),
     ("--workers", {"type": int, "default": None, "help": "Ray workers (default: one per CPU; 0 = in this process)"}),
     ("--address", {"default": None, "help": "join the Ray cluster whose head is at HOST:PORT (or set RAY_ADDRESS)"}),
-    ("--out", {"type": Path, "required": True, "help": "plan file to write (JSON)"}),
+    ("--out", {"type": path_arg, "required": True, "help": "plan file to write (JSON)"}),
     ("--overwrite", {"action": "store_true", "help": "replace --out if it exists"}),
     ("--json", {"action": "store_true", "help": "print the plan as one JSON object on stdout"}),
 ]

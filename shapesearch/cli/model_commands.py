@@ -7,11 +7,10 @@ Parsing, the checks that are about the flags themselves, and the printed table; 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ArgumentError
-from .output import table
+from .output import path_arg, table
 
 if TYPE_CHECKING:
     from compressors import FinetuneConfig
@@ -32,13 +31,13 @@ def compress_options(comp: argparse.ArgumentParser, for_job: bool = False) -> No
     families = ["flat-llm", "tt", "saten"] + ([] if for_job else ["ptnn", "recipe"])
     comp.add_argument("compressor", choices=families, help="the compressor family, or recipe: several in order")
     if not for_job:
-        comp.add_argument("recipe", nargs="?", type=Path, default=None,
+        comp.add_argument("recipe", nargs="?", type=path_arg, default=None,
                           help="recipe: the recipe JSON, e.g. {\"steps\": [{\"compressor\": \"flat-llm\", "
                                "\"ratio\": 0.1}, {\"compressor\": \"saten\", \"density\": 0.05, \"plan\": "
                                "{\"budget\": 0.8, \"activations\": true}}]}")
     comp.add_argument("--model", required=True,
                       help="smollm2, minilm (tt/saten/ptnn), a model directory, or a .gguf file")
-    comp.add_argument("--plan", type=Path, default=None, help="tt/saten: the plan.json from `shapesearch layers`")
+    comp.add_argument("--plan", type=path_arg, default=None, help="tt/saten: the plan.json from `shapesearch layers`")
     comp.add_argument("--density", type=float, default=None,
                       help="saten: fraction of each layer's entries kept in the sparse residual (exact top-K)")
     comp.add_argument("--nm", default=None, help="saten: structured residual, n of every m inputs (e.g. 2:4)")
@@ -71,7 +70,7 @@ def compress_options(comp: argparse.ArgumentParser, for_job: bool = False) -> No
                       help="flat-llm, or svd / svd-llm at FLAT-LLM's parameter count (default flat-llm)")
     comp.add_argument("--uniform", action="store_true", default=dflt(False),
                       help="same keep ratio in every layer (no IPRS)")
-    comp.add_argument("--calib", type=Path, default=None,
+    comp.add_argument("--calib", type=path_arg, default=None,
                       help="calibration text file (default: gensim's Wikipedia articles, calibration split)")
     comp.add_argument("--samples", type=int, default=dflt(32),
                       help="calibration / fine-tuning windows; flat-llm and svd-llm need samples × seqlen at "
@@ -85,7 +84,7 @@ def task_options(parser: argparse.ArgumentParser) -> None:
     """The labelled data of a classifier: a built-in task or the user's files."""
     parser.add_argument("--task", default=None, help="built-in labelled task: rotten-tomatoes (the default)")
     for split in ("train", "dev", "test"):
-        parser.add_argument(f"--{split}", type=Path, default=None,
+        parser.add_argument(f"--{split}", type=path_arg, default=None,
                             help=f"your own {split} split, CSV (with a header) or JSONL; instead of --task")
     parser.add_argument("--text-column", default="text", help="column of the texts (default %(default)s)")
     parser.add_argument("--label-column", default="label", help="column of the labels (default %(default)s)")
@@ -120,7 +119,7 @@ def add_parsers(sub) -> None:
                                            "text classifier")
     compress_options(comp)
     ptnn_options(comp)
-    comp.add_argument("--out", type=Path, required=True,
+    comp.add_argument("--out", type=path_arg, required=True,
                       help="directory for the compressed model and report.json (new or empty)")
     comp.add_argument("--overwrite", action="store_true", help="write into --out even if it is not empty")
     comp.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a table")
@@ -129,7 +128,7 @@ def add_parsers(sub) -> None:
                                      "word similarity of an encoder")
     ev.add_argument("--model", required=True, help="smollm2, minilm, a model directory, or a .gguf file")
     task_options(ev)
-    ev.add_argument("--text", type=Path, default=None,
+    ev.add_argument("--text", type=path_arg, default=None,
                     help="evaluation text (default: gensim's Wikipedia articles, evaluation split)")
     ev.add_argument("--window", type=int, default=512, help="tokens per perplexity window (default %(default)s)")
     ev.add_argument("--max-windows", type=int, default=None,

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
 from typing import Any
+
+
+def path_arg(text: str) -> Path:
+    """An argparse type for paths: an empty one (an unset shell variable) would mean the current
+    directory, where a run's files would then land; refused instead."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a file or directory path")
+    return Path(text)
 
 
 def table(rows: list[tuple[str, str]]) -> str:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..engine.search import SearchConfig
 from ..errors import ArgumentError, ShapesearchError
-from .output import LazyBar, table
+from .output import LazyBar, path_arg, table
 
 if TYPE_CHECKING:
     from ..jobs.sources import Source
@@ -41,9 +41,9 @@ def _search_options(p: argparse.ArgumentParser) -> None:
                    help="Ray workers (default: one per CPU; 0 = in this process)")
     p.add_argument("--address", default=None,
                    help="join the Ray cluster whose head is at HOST:PORT (or set RAY_ADDRESS)")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=path_arg, default=None,
                    help="result directory (default shapesearch-out/NAME-epsEPS)")
-    p.add_argument("--resume", type=Path, default=None, metavar="DIR",
+    p.add_argument("--resume", type=path_arg, default=None, metavar="DIR",
                    help="continue the checkpointed run in DIR, on its input and with its settings")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (its files are removed)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
@@ -65,8 +65,8 @@ def add_parsers(sub) -> None:
     _search_options(ten)
     ten.set_defaults(run=_search)
     rec = sub.add_parser("reconstruct", help="rebuild the data from a run's tt.safetensors alone")
-    rec.add_argument("dir", type=Path, help="a run's --out directory (or its tt.safetensors)")
-    rec.add_argument("--out", type=Path, required=True, help="FILE.png, FILE.npy or FILE.safetensors")
+    rec.add_argument("dir", type=path_arg, help="a run's --out directory (or its tt.safetensors)")
+    rec.add_argument("--out", type=path_arg, required=True, help="FILE.png, FILE.npy or FILE.safetensors")
     rec.add_argument("--eps", type=float, default=None,
                      help="from a --pareto run: the point with the largest ε at most this")
     rec.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -99,10 +99,13 @@ def _source(args: argparse.Namespace) -> Source:
 
 def _search(args: argparse.Namespace) -> tuple[dict, str]:
     from ..engine.search import checkpointed_config
-    from ..jobs import Job, run_job
+    from ..jobs import Job, artifacts, run_job
 
     if args.pareto is not None:
         return _pareto(args)
+    if args.resume is not None and (args.resume / artifacts.PARETO_FILE).is_file():
+        raise ArgumentError("resume", f"{args.resume} holds a --pareto run, which cannot be resumed; run it "
+                                      "again (--overwrite replaces it)")
     if args.resume is not None and args.out is not None and args.out != args.resume:
         raise ShapesearchError("--resume DIR continues in DIR; drop --out or make it the same directory")
     given = _given(args)
@@ -207,5 +210,7 @@ def _reconstruct(args: argparse.Namespace) -> tuple[dict, str]:
     data = artifacts.reconstruct(cores, shape)
     artifacts.save_data(data, args.out, meta, overwrite=args.overwrite)
     result = {"output": str(args.out), "shape": list(data.shape), "kind": meta.get("kind"),
-              "tt_modes": shape.describe(), "params": int(sum(c.size for c in cores))}
-    return result, f"wrote {args.out} {tuple(data.shape)} from {result['params']:,} TT parameters"
+              "tt_modes": shape.describe(), "params": int(sum(c.size for c in cores)), "eps": meta.get("eps")}
+    eps = meta.get("eps")
+    point = f" (the point at ε = {eps:g})" if pareto_run and isinstance(eps, (int, float)) else ""
+    return result, f"wrote {args.out} {tuple(data.shape)} from {result['params']:,} TT parameters{point}"

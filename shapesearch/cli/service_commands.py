@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import ArgumentError
-from .output import table
+from .output import path_arg, table
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -26,7 +26,7 @@ def add_parsers(sub) -> None:
     from .search_commands import search_settings
 
     srv = sub.add_parser("serve", help="run the job service: HTTP API, web page and jobs on Ray")
-    srv.add_argument("--data", type=Path, default=Path("shapesearch-service"),
+    srv.add_argument("--data", type=path_arg, default=Path("shapesearch-service"),
                      help="directory for the job files and the default SQLite store (default %(default)s)")
     srv.add_argument("--db", default=None, help="SQLAlchemy URL of the job store (default: sqlite in --data), "
                                                 "e.g. postgresql+psycopg://user@host/db")
@@ -37,7 +37,7 @@ def add_parsers(sub) -> None:
                      help="required of every request (needed off loopback; default $SHAPESEARCH_TOKEN)")
     srv.add_argument("--max-upload-mb", type=float, default=256, help="largest upload (default %(default)s MB)")
     srv.add_argument("--max-running", type=int, default=16, help="jobs running at once (default %(default)s)")
-    srv.add_argument("--inputs", type=Path, default=None,
+    srv.add_argument("--inputs", type=path_arg, default=None,
                      help="jobs may read server-side files under this directory (default: uploads only)")
     srv.add_argument("--json", action="store_true", help="(no output; accepted like every command)")
     srv.set_defaults(run=serve_command)
@@ -46,7 +46,7 @@ def add_parsers(sub) -> None:
     kinds = sm.add_subparsers(dest="kind", required=True, help="the job: a command run by the service")
     for kind in ("image", "tensor"):
         k = kinds.add_parser(kind, help=f"a `shapesearch {kind}` search as a job")
-        k.add_argument("path", type=Path, help="the input file, uploaded to the service")
+        k.add_argument("path", type=path_arg, help="the input file, uploaded to the service")
         if kind == "tensor":
             k.add_argument("--key", default=None, help="tensor name inside a .safetensors file")
         search_settings(k)

@@ -100,10 +100,16 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is not None:
+    if address:
         check_address(address)
+    elif os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]
+        try:
+            check_address(address)
+        except ArgumentError as exc:  # the user gave no --address: name what they did set
+            raise ArgumentError("RAY_ADDRESS", f"(environment) {exc.problem}") from None
     else:
+        address = None
         # a local Ray otherwise listens on the machine's public interface and writes a token
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")

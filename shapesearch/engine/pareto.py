@@ -43,8 +43,12 @@ def eps_grid(low: float, high: float, points: int = 6) -> tuple[float, ...]:
                                       f"got {low:g}:{high:g}")
     if not 2 <= points <= MAX_POINTS:
         raise ArgumentError("pareto", f"needs 2 to {MAX_POINTS} points, got {points}")
-    grid = np.geomspace(low, high, points)
-    return tuple(float(f"{e:.4g}") for e in grid)
+    grid = tuple(float(f"{e:.4g}") for e in np.geomspace(low, high, points))
+    if grid[-1] >= 1.0 or any(a >= b for a, b in zip(grid, grid[1:])):
+        raise ArgumentError("pareto", f"{low:g}:{high:g}:{points} rounds (to 4 significant digits) to ε = "
+                                      f"{', '.join(f'{e:g}' for e in grid)}: not {points} distinct values below 1; "
+                                      "widen the range or give fewer points")
+    return grid
 
 
 def parse_pareto(text: str) -> tuple[float, ...]:

@@ -13,6 +13,7 @@ global ``random`` module is neither used nor seeded.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ class ShapeIndividual(list):
         super().__init__(iterable)
 
 
+MAX_POPULATION = 4096  # the initial population is drawn 50 tries a member: a bound keeps that seconds
 MIN_EPS = 1e-10  # float64 reconstruction error alone reaches ~1e-15·√(entries)
 
 
@@ -79,13 +81,16 @@ class SearchConfig:
         if not MIN_EPS <= self.eps < 1.0:
             raise ArgumentError("eps", f"must be in [{MIN_EPS:g}, 1) (relative Frobenius error; below "
                                        f"{MIN_EPS:g} float64 rounding alone can exceed it), got {self.eps}")
-        if self.population < 2:
-            raise ArgumentError("population", f"must be at least 2, got {self.population}")
+        if not 2 <= self.population <= MAX_POPULATION:
+            raise ArgumentError("population", f"must be 2 to {MAX_POPULATION}, got {self.population} (larger "
+                                              "populations only repeat shapes; raise --generations instead)")
+        if self.stall < 1:
+            raise ArgumentError("stall", f"must be at least 1 generation, got {self.stall}")
         if self.restarts < 0:
             raise ArgumentError("restarts", f"must be >= 0, got {self.restarts}")
         if self.generations < 0:
             raise ArgumentError("generations", f"must be >= 0, got {self.generations}")
-        if self.time_limit is not None and self.time_limit <= 0:
+        if self.time_limit is not None and not 0 < self.time_limit < math.inf:  # NaN fails too
             raise ArgumentError("time_limit", f"must be positive seconds, got {self.time_limit}")
         for name in ("cxpb", "mutpb"):
             if not 0.0 <= getattr(self, name) <= 1.0:

@@ -48,6 +48,13 @@ def padding_candidates(size: int, max_pad: float = 0.25, max_prime: int = 7,
     return tuple(out)
 
 
+def _count(value: object, least: int) -> int:
+    """``value`` as an int of at least ``least`` (a JSON integer, not 3.5 or "3" or true)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ShapesearchError(f"expected an integer >= {least}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class AxisSplit:
     """One axis: original length, padded length and its prime digits coarse→fine."""
@@ -141,9 +148,22 @@ class Tensorization:
 
     @classmethod
     def from_dict(cls, d: dict) -> Tensorization:
-        axes = tuple(AxisSplit(int(a["size"]), tuple(int(x) for x in a["digits"])) for a in d["axes"])
-        return cls(axes, tuple(tuple(int(c) for c in m) for m in d["modes"]),
-                   d.get("sweep") == "right-to-left")
+        """The inverse of :meth:`to_dict`, checking every field (a stored file may be damaged);
+        the redundant ``padded`` and ``mode_sizes`` must agree with what they repeat."""
+        if not d["axes"] or not d["modes"]:
+            raise ShapesearchError("a tensorization needs at least one axis and one mode")
+        axes = tuple(AxisSplit(_count(a["size"], 1), tuple(_count(x, 2) for x in a["digits"])) for a in d["axes"])
+        if d.get("sweep", "left-to-right") not in ("left-to-right", "right-to-left"):
+            raise ShapesearchError(f"sweep must be left-to-right or right-to-left, not {d['sweep']!r}")
+        modes = tuple(tuple(_count(c, 0) for c in m) for m in d["modes"])
+        if any(len(m) != len(axes) for m in modes):
+            raise ShapesearchError(f"every mode needs one digit count per axis ({len(axes)})")
+        out = cls(axes, modes, d.get("sweep") == "right-to-left")
+        if any("padded" in a and a["padded"] != b.padded for a, b in zip(d["axes"], axes)):
+            raise ShapesearchError("an axis's padded length is not the product of its digits")
+        if "mode_sizes" in d and list(d["mode_sizes"]) != list(out.mode_sizes):
+            raise ShapesearchError(f"mode_sizes {d['mode_sizes']} do not match the digits ({list(out.mode_sizes)})")
+        return out
 
     @classmethod
     def from_key(cls, key: tuple) -> Tensorization:

@@ -79,12 +79,17 @@ def chosen_tensor(path: Path | str, names: list[str], key: str | None) -> str:
         raise ShapesearchError(f"{path} holds no tensors; give a file with at least one")
     if key is None and len(names) != 1:
         raise ArgumentError("key", f"is needed: {path} holds {len(names)} tensors; choose one "
-                            f"({', '.join(sorted(names)[:5])})")
+                            f"({_listed(names)})")
     name = key or names[0]
     if name not in names:
-        raise ArgumentError("key", f"{name!r}: {path} has no tensor of that name; choose one of "
-                            f"{', '.join(sorted(names)[:5])}")
+        raise ArgumentError("key", f"{name!r}: {path} has no tensor of that name; choose one of {_listed(names)}")
     return name
+
+
+def _listed(names: list[str], most: int = 8) -> str:
+    """Up to ``most`` names, then how many more."""
+    shown = sorted(names)[:most]
+    return ", ".join(shown) + (f", … ({len(names) - most} more)" if len(names) > most else "")
 
 
 def _header(stream: BinaryIO) -> object:

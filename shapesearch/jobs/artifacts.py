@@ -4,6 +4,7 @@ tensorization), ``result.json``, a reconstruction and a convergence plot."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from ..engine.tensorization import Tensorization
 from ..engine.tt_svd import relative_error
 from ..errors import ArgumentError, ShapesearchError
 from ..paths import check_writable_file, readable_mode
+from .memory import check_readable
 
 TT_FILE = "tt.safetensors"
 RESULT_FILE = "result.json"
@@ -84,6 +86,8 @@ def load_tt(path: Path) -> tuple[list[np.ndarray], Tensorization, dict]:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # json's errors and ShapesearchError too
         raise ShapesearchError(f"{path} has a damaged header or cores ({exc}); write it again") from exc
     check_cores(cores, shape, path)
+    entries = math.prod(shape.padded_shape)  # a few small cores can stand for a huge tensor
+    check_readable(entries * 16, f"{path}: its {entries:,} entries", "rebuild it on a larger machine")
     return cores, shape, meta
 
 

@@ -9,11 +9,12 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ShapesearchError
 from .memory import check_readable
 
+_ORIENTATION = 0x0112  # the EXIF tag
 DEFAULT_IMAGE = "astronaut.png"  # NASA photograph (public domain), as bundled in scikit-image
 
 # Pillow mode -> (mode to convert to, bit depth)
@@ -43,8 +44,12 @@ def load_image(path: str | Path | None) -> ImageData:
     """Load PNG/JPEG/... (gray, RGB, alpha, palette, 16-bit gray) as H×W or H×W×C, and an
     animation (GIF, APNG, multi-page TIFF) as frames × H × W × C; clear errors otherwise."""
     path = default_image_path() if path is None else Path(path)
+    if path.is_dir():
+        raise ShapesearchError(f"image {path} is a directory; give an image file (PNG, JPEG, ...)")
     if not path.is_file():
         raise ShapesearchError(f"image {path} not found; give an existing PNG/JPEG file")
+    if path.suffix.lower() in (".npy", ".safetensors"):
+        raise ShapesearchError(f"{path} is an array, not an image; search it with `shapesearch tensor {path}`")
     try:
         with warnings.catch_warnings():
             # Pillow's guard against decompression bombs (about 89 M pixels) stops us, not a warning
@@ -79,6 +84,14 @@ def _read_frame(im: Image.Image, path: Path, mode: str | None = None) -> tuple[n
     """The current frame as an array in ``mode`` (default: the one its own mode maps to) and
     its bit depth."""
     own = im.mode
+    rawmodes = [t.args[0] if isinstance(t.args, tuple) else t.args for t in (im.tile or [])]
+    if own not in ("I;16", "I;16L", "I;16B", "I;16N", "I") and any(";16" in str(r) for r in rawmodes):
+        # Pillow decodes 16-bit colour (and 16-bit gray + alpha) to 8 bits: the data would change
+        raise ShapesearchError(f"{path}: 16-bit colour ({rawmodes[0]}) is read by Pillow only as 8 bits; "
+                               "save it as a .npy array (H × W × C) and use `shapesearch tensor`, or "
+                               "convert it to 8-bit colour or 16-bit gray")
+    if im.getexif().get(_ORIENTATION, 1) != 1:  # a camera's rotation: search what the viewer shows
+        im = ImageOps.exif_transpose(im)
     if own == "P":
         own = "RGBA" if "transparency" in im.info else "RGB"
     if own not in _MODES:

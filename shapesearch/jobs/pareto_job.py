@@ -35,8 +35,10 @@ def pick_point(directory: Path, eps: float) -> Path:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ShapesearchError(f"{directory / PARETO_FILE} is not a readable Pareto result ({exc}); "
                                "run the search again") from exc
-    if not math.isfinite(eps) or eps <= 0:
-        raise ArgumentError("eps", f"{eps:g} is not a relative error; give a number above 0 (ε = "
+    if not grid:
+        raise ShapesearchError(f"{directory / PARETO_FILE} holds no points; run the search again")
+    if not 0 < eps < 1:  # NaN fails too
+        raise ArgumentError("eps", f"{eps:g} is not a relative error; give a number in (0, 1) (ε = "
                                    f"{', '.join(f'{e:g}' for e in grid)} in {directory})")
     fitting = [e for e in grid if e <= eps]
     if not fitting:

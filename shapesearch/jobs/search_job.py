@@ -48,7 +48,8 @@ def check_data(data: np.ndarray, name: str) -> np.ndarray:
     if data.dtype.kind not in "biuf":
         raise ShapesearchError(f"{name}: dtype {data.dtype} is not a real number type; give int or float data")
     if data.size < 4:
-        raise ShapesearchError(f"{name} has only {data.size} entries; nothing to compress")
+        raise ShapesearchError(f"{name} has only {data.size} {'entry' if data.size == 1 else 'entries'}; "
+                               "nothing to compress")
     data = np.asarray(data, dtype=np.float64)
     if not np.all(np.isfinite(data)):
         raise ShapesearchError(f"{name} contains NaN or infinite values; clean them before compressing")
@@ -86,8 +87,9 @@ def check_out(job: Job) -> None:
     taken = [f for f in (artifacts.RESULT_FILE, artifacts.TT_FILE, checkpoint.CHECKPOINT, artifacts.PARETO_FILE)
              if (job.out / f).exists()]
     if taken and not job.overwrite:
-        raise ArgumentError("out", f"{job.out} already holds a run ({taken[0]}); pick another out directory, "
-                            "overwrite it, or resume it")
+        resumable = checkpoint.CHECKPOINT in taken and artifacts.PARETO_FILE not in taken
+        raise ArgumentError("out", f"{job.out} already holds a run ({taken[0]}); pick another out directory"
+                            f"{', overwrite it, or resume it' if resumable else ' or overwrite it'}")
 
 
 def start_out(job: Job) -> None:

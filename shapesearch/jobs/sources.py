@@ -4,6 +4,7 @@ run reads the same input without being told again."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,7 +38,14 @@ class Source:
         if self.kind == "image":
             image = load_image(self.path)
             return image.pixels, image.name, image.bits
-        return load_array(Path(self.path), self.key), Path(self.path).stem, 0
+        return load_array(Path(self.path), self.key), self.name, 0
+
+    @property
+    def name(self) -> str:
+        """What a run on this input is called: the file's stem, and a tensor's key (so that two
+        tensors of one file get two default output directories); safe as a directory name."""
+        stem = Path(self.path).stem if self.path else "astronaut"
+        return stem if self.key is None else f"{stem}-{re.sub(r'[^A-Za-z0-9._-]', '_', self.key)}"
 
     def save(self, directory: Path) -> None:
         (Path(directory) / SOURCE_FILE).write_text(json.dumps(asdict(self)) + "\n")
