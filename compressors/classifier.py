@@ -20,6 +20,7 @@ from torch import nn
 
 from shapesearch.errors import ArgumentError
 
+from .conv1d_linear import as_linears
 from .text_tasks import LabelledText
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ def classifier_from_encoder(directory: str, classes: tuple[str, ...], seed: int 
             ignore_mismatched_sizes=True)
     finally:
         hf_logging.set_verbosity(verbosity)
+    as_linears(model)
     return model.eval()
 
 

@@ -59,6 +59,8 @@ def compress_classifier(model: str, config: PTNNConfig, out: str | Path, task: T
                                      "encoder such as minilm") from exc
     if tok.pad_token is None:
         raise ArgumentError("model", f"{model}'s tokenizer has no padding token; PTNN batches texts")
+    if net.config.pad_token_id is None:  # a decoder's config often has none; its head needs it to find the last token
+        net.config.pad_token_id = tok.pad_token_id
     report = compress(net, config, tokenizer=tok, task=task, progress=progress)
     save(net, out, tok)
     report.update(model=model, task=task.name, classes=list(task.classes), out=str(out))
@@ -73,12 +75,14 @@ def evaluate_encoder(model: str, net, tok, task: str | None = None, test: Path |
     labels = getattr(net.config, "id2label", None) or {}
     if type(net).__name__.endswith("ForSequenceClassification"):
         classes = tuple(labels[i] for i in range(len(labels)))
-        data = (read_split(test, text_column, label_column, classes) if test is not None
-                else builtin_task(task or "rotten-tomatoes").test)
+        data = (read_split(test, text_column, label_column, classes, classes_from="the model's classes")
+                if test is not None else builtin_task(task or "rotten-tomatoes").test)
         if data.classes != classes:
-            raise ArgumentError("task", f"has classes {list(data.classes)}; the model predicts {list(classes)}")
+            raise ArgumentError("task", f"has classes {list(data.classes)}; the model predicts {list(classes)}: give "
+                                        "a labelled test file of its classes with --test")
         return {"model": model, "kind": "classifier", "accuracy": accuracy(net, tok, data), "examples": len(data)}
     if task is not None or test is not None:
-        raise ArgumentError("task", f"{model} is an encoder without a classification head; "
-                                    "compress ptnn makes a classifier")
+        raise ArgumentError("test" if test is not None else "task",
+                            f"needs a classifier; {model} is an encoder without a classification head "
+                            "(compress ptnn makes one)")
     return {"model": model, "kind": "encoder", **word_similarity(net, tok)}

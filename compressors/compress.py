@@ -22,6 +22,7 @@ from torch import nn
 from shapesearch.errors import ArgumentError, ShapesearchError
 
 from .architectures import check_decoder, decoder_linear_params, decoder_weight_params, total_params
+from .conv1d_linear import as_linears
 
 _HANDLERS: dict[type, Callable[..., dict]] = {}
 
@@ -57,6 +58,7 @@ def compress(model: nn.Module, config: object | Sequence[object], **options) -> 
     rewritten.  A recipe's report lists every step's report under ``steps``; ``after_step``
     (recipes only) is called with the model and the step's report after each step, e.g. to
     measure perplexity there."""
+    as_linears(model)  # GPT-2's Conv1D projections, which every handler finds as nn.Linear
     if isinstance(config, list | tuple):
         return compress_recipe(model, list(config), **options)
     return handler_for(config)(model, config, **options)

@@ -21,6 +21,7 @@ from shapesearch.matrix.layer_search import DEFAULT_EPS_GRID, LayerSearchConfig,
 from shapesearch.matrix.plan import LayerPlan, Plan
 
 from .calibration import input_moments, recorded_input_moments
+from .conv1d_linear import as_linears
 from .model_loading import load_model
 from .sensitivity import output_sensitivity
 from .targets import input_embedding, layer_type, target_linears
@@ -161,6 +162,7 @@ def search_options(model: nn.Module | str, eps_values: Sequence[float], fmt: For
     if isinstance(model, str):
         model_name = model_name or model
         model, _ = load_model(model, tokenizer=False)
+    as_linears(model)  # GPT-2's Conv1D projections are searched as the linears they are
     linears = select_linears(model, layers, embeddings)
     weights = {n: searched_weight(m) for n, m in linears.items()}
     config = LayerSearchConfig(population=population, generations=generations, seed=seed,

@@ -311,10 +311,14 @@ def evaluate_model(model: str, text: str | Path | None = None, window: int = 512
     if not is_causal_lm(net):
         from .classifier_jobs import evaluate_encoder
 
+        if text is not None:
+            raise ArgumentError("text", f"measures a causal LM's perplexity; {model} is an encoder: give a labelled "
+                                        "--test file (or --task) for a classifier, or nothing for word similarity")
         return evaluate_encoder(model, net, tok, task, None if test is None else Path(test), text_column,
                                 label_column)
     if task is not None or test is not None:
-        raise ArgumentError("task", f"{model} is a causal LM: eval measures its perplexity on --text")
+        raise ArgumentError("test" if test is not None else "task",
+                            f"is for classifiers; {model} is a causal LM: eval measures its perplexity on --text")
     result = {"model": model, **lm_metrics.perplexity(net, tok, body, window, max_windows)}
     if speed:
         try:

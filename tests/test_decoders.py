@@ -21,6 +21,7 @@ import compressors
 from compressors import FlatLLMConfig, SatenConfig, SVDLLMConfig
 from compressors.architectures import attention_parts, decoder_layers, decoder_linear_params, dims, mlp_parts
 from compressors.calibration import Accumulator, first_layer_inputs, run_layer
+from compressors.conv1d_linear import Conv1DLinear, as_linears
 from compressors.flat_llm import absorb_values, nystrom_select, prune_mlp
 from compressors.layer_plans import plan_layers
 from compressors.low_rank import factorize
@@ -48,6 +49,8 @@ FAMILIES = {
     "stablelm": (hf.StableLmConfig, {"head_dim": 8, "num_key_value_heads": 4}),
     "helium": (hf.HeliumConfig, {"head_dim": 8}),
     "smollm3": (hf.SmolLM3Config, {}),
+    # Conv1D projections ([in, out] weights), fused [q | k | v], learned positions, no GQA
+    "gpt2": (hf.GPT2Config, {"num_key_value_heads": 4, "head_dim": 8, "n_inner": 40}),
 }
 
 
@@ -55,7 +58,9 @@ def tiny(family: str, seed: int = 0) -> torch.nn.Module:
     config_class, extra = FAMILIES[family]
     torch.manual_seed(seed)
     config = config_class(**{**COMMON, **extra})
-    return hf.AutoModelForCausalLM.from_config(config).double().eval()
+    model = hf.AutoModelForCausalLM.from_config(config).double().eval()
+    as_linears(model)  # what loading a model does (GPT-2's Conv1D; no other family has one)
+    return model
 
 
 def windows(n: int = 4, length: int = 24, seed: int = 1) -> list[torch.Tensor]:
@@ -168,14 +173,14 @@ def _fake_gguf(path, architecture: str):
     return path
 
 
-@pytest.mark.parametrize("case", ["gpt2", "unknown-type", "gguf-rwkv"])
+@pytest.mark.parametrize("case", ["encoder", "unknown-type", "gguf-rwkv"])
 def test_an_unusable_model_is_refused_in_one_line_before_any_weights_load(case, tmp_path, capsys):
     from shapesearch.cli.main import main
 
-    if case == "gpt2":  # Conv1D projections, not nn.Linear: no attention to find
-        model = _config_only(tmp_path, hf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=96,
-                                                      architectures=["GPT2LMHeadModel"]))
-        message = "cannot find the attention of this GPT2Block"
+    if case == "encoder":  # no LM head: nothing for a decoder compressor to rewrite
+        model = _config_only(tmp_path, hf.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                     intermediate_size=40, vocab_size=96, architectures=["BertModel"]))
+        message = "not a causal LM"
     elif case == "unknown-type":
         model = tmp_path / "cfg"
         model.mkdir()
@@ -198,3 +203,23 @@ def test_the_gguf_header_is_read_up_to_the_architecture_only():
     start = time.perf_counter()
     assert gguf_architecture(builtin_path("smollm2")) == "llama"  # the tokenizer arrays after it are skipped
     assert time.perf_counter() - start < 1.0
+
+
+def test_gpt2_conv1d_is_a_linear_that_keeps_gpt2s_checkpoint_layout(tmp_path):
+    """Every command loads GPT-2 with its Conv1D projections as nn.Linear (the same function);
+    a model saved after the swap is still a GPT-2 checkpoint transformers reads as it was."""
+    torch.manual_seed(0)
+    config = hf.GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_inner=40, bos_token_id=1, eos_token_id=2)
+    model = hf.GPT2LMHeadModel(config).double().eval()
+    ids = windows(1)[0]
+    ref = logits(model, ids)
+    assert as_linears(model) == 8 and as_linears(model) == 0
+    assert all(isinstance(m, torch.nn.Linear) for m in decoder_layers(model)[0].modules()
+               if "Conv1D" in type(m).__name__ or isinstance(m, Conv1DLinear))
+    assert close(logits(model, ids), ref, 1e-12)
+    model.save_pretrained(tmp_path / "dense")
+    reread = hf.GPT2LMHeadModel.from_pretrained(tmp_path / "dense", dtype=torch.float64).eval()
+    assert torch.equal(logits(reread, ids), ref)  # the file is the original checkpoint, bit for bit
+    loaded = compressors.load(tmp_path / "dense", torch.float64)
+    assert isinstance(loaded.transformer.h[0].attn.c_attn, Conv1DLinear)
+    assert close(logits(loaded, ids), ref, 1e-12)

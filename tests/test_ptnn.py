@@ -172,10 +172,13 @@ def test_command_line_ptnn_then_eval_on_own_files(bert_dir, tmp_path, capsys):
     ("one class", "has one class"),
     ("empty", "has no rows"),
     ("not utf-8", "is not UTF-8"),
-    ("unseen label", "labels the training file lacks"),
+    ("unseen label", "labels the training file lacks ('meh'); every label must be one of 'neg', 'pos'"),
     ("broken jsonl", "is not JSON"),
     ("empty label", "has an empty label"),
     ("short line", "row 2 has no label"),
+    ("long line", "row 2 has 3 fields, the header 2"),
+    ("doubled header", "names 'stars' twice"),
+    ("list label", "has a list as its label"),
 ])
 def test_bad_labelled_files_get_one_line(bert_dir, tmp_path, capsys, problem, message):
     train, dev, test = _files(tmp_path)
@@ -193,6 +196,12 @@ def test_bad_labelled_files_get_one_line(bert_dir, tmp_path, capsys, problem, me
         train.write_text("review,stars\ngood,pos\nno label here\nbad,neg\n")
     elif problem == "empty label":
         test.write_text(test.read_text() + "no stars given,\n")
+    elif problem == "long line":  # an unquoted comma: the text's tail would be taken as the label
+        train.write_text("review,stars\ngood,pos\ngood, I think,pos\nbad,neg\n")
+    elif problem == "doubled header":
+        train.write_text("review,stars,stars\ngood,pos,x\nbad,neg,y\n")
+    elif problem == "list label":
+        train = _write(tmp_path / "train.jsonl", [{"review": "x", "stars": "pos"}, {"review": "y", "stars": ["neg"]}])
     else:
         train = _write(tmp_path / "train.jsonl", [{"review": "x", "stars": "pos"}])
         train.write_text(train.read_text() + "{not json\n")
@@ -216,3 +225,19 @@ def test_a_csv_saved_with_a_byte_order_mark_reads_its_first_column(tmp_path):
     path.write_text("review,stars\ngood film,pos\nbad film,neg\n", encoding="utf-8-sig")
     split = read_split(path, "review", "stars")
     assert split.texts == ("good film", "bad film") and split.classes == ("neg", "pos")
+
+
+def test_a_decoder_whose_config_names_no_padding_token_is_trained_with_the_tokenizers(tmp_path, capsys):
+    """LlamaConfig has no pad_token_id by default; the classification head needs one to find
+    each text's last token in a padded batch (transformers raised for batches above 1)."""
+    from tests.tiny_models import tiny_llama_dir
+
+    model = tiny_llama_dir(tmp_path / "llama")
+    config = json.loads((model / "config.json").read_text())
+    config.pop("pad_token_id", None)
+    (model / "config.json").write_text(json.dumps(config))
+    train, dev, test = _files(tmp_path)
+    code = main(["compress", "ptnn", "--model", str(model), "--train", str(train), "--dev", str(dev), "--test",
+                 str(test), "--text-column", "review", "--label-column", "stars", "--budget", "0.9", "--steps", "1",
+                 "--dense-steps", "2", "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
