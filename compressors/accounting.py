@@ -92,3 +92,24 @@ def layer_bytes(module: nn.Module, value_bytes: int | None = None) -> int:
     if isinstance(module, LowRankLinear):
         return layer_bytes(module.first, value_bytes) + layer_bytes(module.second, value_bytes)
     raise _unsupported(module)
+
+
+def recount_bytes(model: nn.Module, report: dict) -> None:
+    """Count a compression report's bytes again as ``model`` now stores its layers (after the
+    float32 result was cast to the input's float16 / bfloat16): each replaced layer's row, the
+    dense layers they replaced at the same element size, the sums; a recipe's steps too."""
+    for step in report.get("steps", []):
+        recount_bytes(model, step)
+    size = next(model.parameters()).element_size()
+    rows = [r for r in report.get("layers", []) if isinstance(r, dict) and "bytes" in r and "name" in r]
+    for row in rows:
+        row["dense_bytes"] = row["dense_params"] * size
+        try:
+            module = model.get_submodule(row["name"])
+        except AttributeError:
+            continue
+        if layer_params(module) == row["params"]:  # still the layer this row describes (no later step replaced it)
+            row["bytes"] = layer_bytes(module)
+    if rows and "replaced_bytes_before" in report:
+        before, after = sum(r["dense_bytes"] for r in rows), sum(r["bytes"] for r in rows)
+        report.update(replaced_bytes_before=before, replaced_bytes_after=after, replaced_bytes_ratio=after / before)

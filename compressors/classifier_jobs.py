@@ -14,8 +14,8 @@ from shapesearch.errors import ArgumentError
 
 from .classifier import accuracy, classifier_from_encoder
 from .compress import compress
-from .model_jobs import REPORT, _check_out
-from .model_loading import builtin_path, first_line, load_model
+from .model_jobs import REPORT, _check_out, store_as_input
+from .model_loading import builtin_path, first_line, load_model, stored_dtype
 from .ptnn import PTNNConfig
 from .serialization import save
 from .text_tasks import TextTask, builtin_task, read_split, read_task
@@ -49,7 +49,7 @@ def compress_classifier(model: str, config: PTNNConfig, out: str | Path, task: T
     """Fine-tune a classifier on ``model``'s encoder for ``task``, run PTNN, save it to ``out``
     with its tokenizer and ``report.json``; returns the report."""
     out = Path(out)
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, model)
     directory = _encoder_directory(model)
     _, tok = load_model(directory)
     try:
@@ -62,6 +62,7 @@ def compress_classifier(model: str, config: PTNNConfig, out: str | Path, task: T
     if net.config.pad_token_id is None:  # a decoder's config often has none; its head needs it to find the last token
         net.config.pad_token_id = tok.pad_token_id
     report = compress(net, config, tokenizer=tok, task=task, progress=progress)
+    store_as_input(net, report, stored_dtype(directory))
     save(net, out, tok)
     report.update(model=model, task=task.name, classes=list(task.classes), out=str(out))
     (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")

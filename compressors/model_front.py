@@ -16,7 +16,7 @@ from pathlib import Path
 
 from shapesearch.engine.executors import limit_threads, start_ray
 from shapesearch.errors import ArgumentError, ShapesearchError
-from shapesearch.paths import check_writable_dir
+from shapesearch.paths import check_outside, check_writable_dir
 
 from .architectures import decoder_linear_params, decoder_weight_params, total_params
 from .compress import compress
@@ -56,6 +56,7 @@ def model_front(model: str, budgets: Sequence[float], out: str | Path, methods: 
     if windows < 1:
         raise ArgumentError("windows", f"must be >= 1 (perplexity windows of 512 tokens), got {windows}")
     out = Path(out)
+    check_outside(out, model)
     check_writable_dir(out, "out")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ArgumentError("out", f"{out} is not empty; pick another directory or overwrite it")

@@ -17,9 +17,10 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from shapesearch.errors import ArgumentError, ShapesearchError
-from shapesearch.paths import check_writable_dir
+from shapesearch.paths import check_outside, check_writable_dir
 
 from . import lm_metrics
+from .accounting import recount_bytes
 from .calibration import head_input_moment
 from .compress import compress, handler_for
 from .corpus import calibration_windows, read_text, token_ids, wikipedia
@@ -27,7 +28,7 @@ from .finetune import FinetuneConfig, finetune
 from .flat_llm import FlatLLMConfig
 from .layer_plans import PlanRequest
 from .low_rank import SVDConfig
-from .model_loading import first_line, is_causal_lm, load_model, skeleton
+from .model_loading import first_line, is_causal_lm, load_model, skeleton, stored_dtype
 from .serialization import save
 from .targets import tied_output
 from .tt_embedding import frequency_weights
@@ -36,9 +37,12 @@ REPORT = "report.json"
 CALIBRATED = (FlatLLMConfig, SVDConfig)  # rank reduction, calibrated layer by layer
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool, model: str | None = None) -> None:
     """Refuse, before any work, a destination that cannot be written (a file, a path under a
-    file, a directory without write permission) or a non-empty directory unless asked to."""
+    file, a directory without write permission), the input ``model`` or a path inside it, or a
+    non-empty directory unless asked to."""
+    if model is not None:
+        check_outside(out, model)
     try:
         check_writable_dir(out, "out")
         full = out.is_dir() and any(out.iterdir())
@@ -217,7 +221,7 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
     for step in steps:
         if _plans_activations(step) and not isinstance(step.plan, PlanRequest):
             _check_plan_calibration(step, calib, samples, seqlen, seed)
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, model)
     text = read_text(calib, "calibration", "calib") if calibrated or tune or aware else None
     shape = skeleton(model)  # the architecture from config.json / the GGUF header, before any weights
     if calibrated and shape is not None:  # its parts, the ratio and calibration size: before loading
@@ -245,12 +249,22 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
         report = compress(net, config, **({"calibration": windows} if aware else {}))
     if tune:
         report["finetune"] = finetune(net, windows, finetune_config, teacher=teacher, progress=progress)
+    store_as_input(net, report, stored_dtype(model))
     save(net, out, tok)
     report.update(model=model, out=str(out))
     if calibrated or recipe:
         report["seqlen"] = seqlen
     (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def store_as_input(net: nn.Module, report: dict, dtype: torch.dtype) -> None:
+    """Give the compressed model the input's 16-bit dtype back (it is loaded and compressed in
+    float32), so the saved file is not twice the size its input was, and count its bytes so."""
+    report["dtype"] = str(dtype).removeprefix("torch.")
+    if dtype in (torch.float16, torch.bfloat16):
+        net.to(dtype)
+        recount_bytes(net, report)
 
 
 def _plans_activations(config: object) -> bool:

@@ -235,3 +235,19 @@ def skeleton(spec: str) -> nn.Module | None:
     except Exception as exc:  # noqa: BLE001 - any failure to read a user's config is bad input
         raise ArgumentError("model", f"{spec} cannot be read ({first_line(exc)}); give a model directory with a "
                                      "valid config.json or a valid .gguf file") from exc
+
+
+def stored_dtype(spec: str) -> torch.dtype:
+    """The floating type a model's weights are stored in (its config.json's ``dtype``); float32
+    for a GGUF file (dequantized) or a config that names none."""
+    from .serialization import read_config
+
+    path = builtin_path(spec).parent if spec in BUILTIN and BUILTIN[spec][1].endswith("config.json") else Path(spec)
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        return torch.float32
+    try:
+        saved = getattr(read_config(path), "dtype", None)
+    except Exception:  # noqa: BLE001 - load_model has said what is wrong with it by now
+        return torch.float32
+    saved = getattr(torch, saved, None) if isinstance(saved, str) else saved
+    return saved if isinstance(saved, torch.dtype) and saved.is_floating_point else torch.float32

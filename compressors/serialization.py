@@ -36,6 +36,7 @@ MODEL_TYPE = "shapesearch-compressed (load it with: import compressors; compress
 # model type; its config class does reject unknown layer types, quoting them
 REFUSAL = ("not a plain transformers model: compressed by shapesearch; "
            "load it with: import compressors; compressors.load(dir)")
+_STALE_WEIGHTS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json")
 _BASE_TYPE, _BASE_LAYER_TYPES = "base_model_type", "base_layer_types"  # record keys holding what was replaced
 
 
@@ -44,6 +45,9 @@ def save(model: nn.Module, directory: str | Path, tokenizer: PreTrainedTokenizer
     model's config.json is marked so that only :func:`load` (or the Auto classes once
     ``compressors`` is imported) reads it.  Files come out with the modes the umask gives."""
     directory = Path(directory)
+    for stale in _STALE_WEIGHTS:  # an overwritten model's shards or index would be read with the new weights
+        for path in directory.glob(stale):
+            path.unlink()
     before = _file_stamps(directory)
     model.save_pretrained(directory, safe_serialization=True, max_shard_size="100GB")
     if getattr(model.config, "shapesearch_compression", None):

@@ -88,3 +88,13 @@ def readable_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def check_outside(path: str | Path, source: str | Path, argument: str = "out") -> None:
+    """Refuse an output that is the input ``source`` or lies inside it (a model directory written
+    over by its own compression, or its config.json by a plan)."""
+    out, source = Path(path).resolve(), Path(source).resolve()
+    if source.exists() and (out == source or source in out.parents):
+        where = "is" if out == source else "lies inside"
+        raise ArgumentError(argument, f"{path} {where} the input {source}, which it would write over; give another "
+                                      "path")

@@ -269,6 +269,23 @@ def test_unusable_out_is_refused_before_the_model_loads(tiny_dir, files, capsys,
         shutil.rmtree(base)
 
 
+@pytest.mark.parametrize("command", [
+    ["compress", "flat-llm", "--ratio", "0.2", "--overwrite", "--out", "{model}"],
+    ["compress", "flat-llm", "--method", "svd", "--ratio", "0.2", "--out", "{model}/sub"],
+    ["layers", "--eps", "0.3", "--overwrite", "--out", "{model}/config.json"],
+    ["pareto", "--budgets", "0.5", "--methods", "svd-llm", "--overwrite", "--out", "{model}"],
+])
+def test_an_output_inside_the_input_model_is_refused_before_anything_is_written(tiny_dir, files, capsys,
+                                                                                 monkeypatch, command):
+    monkeypatch.setattr(model_jobs, "load_model", _boom)
+    before = {p.name: p.read_bytes() for p in tiny_dir.iterdir()}
+    args = [a.format(model=tiny_dir) for a in command]
+    line = _error([*args[:1 + (args[0] == "compress")], "--model", tiny_dir, *args[1 + (args[0] == "compress"):]],
+                  capsys)
+    assert "the input" in line and "write over" in line
+    assert {p.name: p.read_bytes() for p in tiny_dir.iterdir()} == before
+
+
 # --- defect 6: every bad input is one line and exit 2 ---------------------------------------------------
 
 
@@ -357,3 +374,20 @@ def test_every_compress_and_eval_option_has_help():
     for command in ("compress", "eval"):
         for action in sub.choices[command]._actions:
             assert action.help and action.help.strip(), (command, action.option_strings or action.dest)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_16_bit_model_is_saved_and_counted_in_its_own_dtype(tiny_dir, files, tmp_path, capsys, dtype):
+    """Compression runs in float32; the result goes back to the input's dtype, so its file is not
+    twice the input's, and the bytes reported are the ones stored."""
+    half = tmp_path / "half"
+    compressors.save(compressors.load(tiny_dir).to(dtype), half,
+                     __import__("transformers").AutoTokenizer.from_pretrained(tiny_dir))
+    report = _ok(["compress", "tt", "--model", half, "--plan", files / "plan.json", "--out", tmp_path / "tt"], capsys)
+    assert report["dtype"] == str(dtype).removeprefix("torch.")
+    assert report["replaced_bytes_before"] == 48 * 32 * 2  # the dense gate_proj at 2 bytes a value
+    assert report["replaced_bytes_after"] == 2 * report["replaced_params_after"]
+    back = compressors.load(tmp_path / "tt")
+    assert {p.dtype for p in back.parameters()} == {dtype}
+    size = sum(f.stat().st_size for f in (tmp_path / "tt").glob("*.safetensors"))
+    assert size < 1.1 * sum(f.stat().st_size for f in half.glob("*.safetensors"))

@@ -13,7 +13,7 @@ from ..errors import ArgumentError
 from ..matrix.formats import Format
 from ..matrix.layer_search import DEFAULT_EPS_GRID
 from ..matrix.plan import LayerPlan, Plan
-from ..paths import check_writable_file
+from ..paths import check_outside, check_writable_file
 from .output import LazyBar, path_arg
 
 _OPTIONS: list[tuple[str, dict]] = [
@@ -69,6 +69,7 @@ def layers_command(args: argparse.Namespace) -> tuple[dict, str]:
 
     if args.out.suffix != ".json":
         raise ArgumentError("out", f"{args.out}: the plan is JSON; name it FILE.json")
+    check_outside(args.out, args.model)
     check_writable_file(args.out, "out", args.overwrite)  # before the search, not after it
     if args.sensitivity and not (args.activations and args.budget is not None):
         raise ArgumentError("sensitivity", "needs --activations and --budget")
