@@ -18,7 +18,7 @@ from shapesearch.engine.executors import limit_threads, start_ray
 from shapesearch.errors import ArgumentError, ShapesearchError
 from shapesearch.paths import check_outside, check_writable_dir
 
-from .architectures import decoder_linear_params, decoder_weight_params, total_params
+from .architectures import check_decoder, decoder_linear_params, decoder_weight_params, total_params
 from .compress import compress
 from .corpus import read_text, wikipedia
 from .flat_llm import FlatLLMConfig
@@ -26,6 +26,7 @@ from .layer_plans import search_options
 from .lm_metrics import perplexity
 from .low_rank import SVDLLMConfig
 from .model_jobs import model_calibration
+from .model_loading import skeleton
 from .tt_compress import SatenConfig, TTConfig
 
 FRONT_METHODS = ("flat-llm", "svd-llm", "tt", "saten")
@@ -61,6 +62,9 @@ def model_front(model: str, budgets: Sequence[float], out: str | Path, methods: 
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ArgumentError("out", f"{out} is not empty; pick another directory or overwrite it")
     held_out = read_text(text, "evaluation", "text") if text is not None else wikipedia("evaluation")
+    shape = skeleton(model)  # a model with no LM head has no perplexity: refused before any work
+    if shape is not None:
+        check_decoder(shape)
     import ray  # the points and the search run on it; a Ray this call starts is shut down at its end
 
     running = ray.is_initialized()
@@ -95,6 +99,9 @@ def _front(model: str, budgets: list[float], out: Path, methods: Sequence[str], 
         start_ray(address, workers)
         task = ray.remote(num_cpus=1, max_retries=1)(_front_task)
         rows = ray.get([task.remote(m, b, p, args) for m, b, p in points])
+    if all("error" in r for r in rows):
+        raise ShapesearchError(f"no point of the front could be made ({rows[0]['method']} @ {rows[0]['budget']:g}: "
+                               f"{rows[0]['error']}); give other budgets or methods")
     mark_front(rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / FRONT_FILE).write_text(json.dumps(rows, indent=1) + "\n")

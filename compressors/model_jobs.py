@@ -8,6 +8,7 @@ returns a JSON-ready report.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -167,15 +168,24 @@ def model_calibration(model: str, calib: str | Path | None = None, samples: int 
     check_windows(samples, seqlen)
     text = read_text(calib, "calibration", "calib")
     net, tok = load_model(model)
-    record = {"samples": samples, "seqlen": seqlen, "seed": seed, "text": None if calib is None else str(calib)}
+    record = _calibration_record(calib, text, samples, seqlen, seed)
     return net, tok, calibration_windows(tok, text, samples, seqlen, seed), record
+
+
+def _calibration_record(calib: str | Path | None, text: str, samples: int, seqlen: int, seed: int) -> dict:
+    """What a plan records of its calibration windows: the settings, the file as given and a
+    digest of its text (the same path may hold another text, another path the same one)."""
+    return {"samples": samples, "seqlen": seqlen, "seed": seed, "text": None if calib is None else str(calib),
+            "text_sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
 def _check_plan_calibration(config: object, calib: str | Path | None, samples: int, seqlen: int, seed: int) -> None:
     """An activation-aware plan is whitened on the windows it was made on: refuse others."""
     made = config.plan.calibration or {}
-    given = {"samples": samples, "seqlen": seqlen, "seed": seed, "text": None if calib is None else str(calib)}
-    differ = [k for k in ("samples", "seqlen", "seed", "text") if k in made and made[k] != given[k]]
+    given = _calibration_record(calib, read_text(calib, "calibration", "calib"), samples, seqlen, seed)
+    # the text by its digest where the plan has one (a plan from before digests: by the path given)
+    keys = ("samples", "seqlen", "seed", "text_sha256" if "text_sha256" in made else "text")
+    differ = ["text" if k == "text_sha256" else k for k in keys if k in made and made[k] != given[k]]
     if differ:
         flags = " ".join(f"--{'calib' if k == 'text' else k} {made[k]}" for k in differ if made[k] is not None)
         raise ArgumentError(differ[0] if differ[0] != "text" else "calib",

@@ -3,6 +3,7 @@ Saten residual, sensitivity budgets and recipes, on tiny random models."""
 
 import copy
 import json
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -303,7 +304,17 @@ def test_layers_cli_activation_aware_plan_compresses_only_on_its_windows(tmp_pat
     assert "--seqlen 32" in _error(["compress", "tt", "--plan", plan, "--model", model, "--calib", calib,
                                     "--samples", "4", "--out", out], capsys)
     assert not out.exists()
-    code, _, _ = _run(["compress", "tt", "--plan", plan, "--model", model, *win, "--out", out], capsys)
+    other = tmp_path / "other.txt"  # another text at the path the plan names: refused by its digest
+    other.write_text(TEXT[::-1])
+    moved = calib.rename(tmp_path / "moved.txt")
+    other.rename(calib)
+    assert "other calibration windows" in _error(["compress", "tt", "--plan", plan, "--model", model, *win,
+                                                  "--out", out], capsys)
+    calib.unlink()
+    moved.rename(calib)
+    # the same text by another path is the same windows
+    code, _, _ = _run(["compress", "tt", "--plan", plan, "--model", model, "--calib", os.path.relpath(calib),
+                       *win[2:], "--out", out], capsys)
     assert code == 0 and (out / "report.json").exists()
     # sequential (the default) builds the searched ranks: the plan's size exactly; --dense-inputs its ε
     planned = sum(r["params"] for r in json.loads(plan.read_text())["layers"].values())

@@ -391,3 +391,19 @@ def test_a_16_bit_model_is_saved_and_counted_in_its_own_dtype(tiny_dir, files, t
     assert {p.dtype for p in back.parameters()} == {dtype}
     size = sum(f.stat().st_size for f in (tmp_path / "tt").glob("*.safetensors"))
     assert size < 1.1 * sum(f.stat().st_size for f in half.glob("*.safetensors"))
+
+
+def test_a_front_with_no_point_made_is_an_error_not_an_empty_front(tiny_dir, files, tmp_path, capsys):
+    from tests.tiny_models import tiny_bert_dir
+
+    common = ["--calib", files / "text.txt", "--text", files / "text.txt", "--samples", "4", "--seqlen", "64",
+              "--windows", "1", "--workers", "0"]
+    bert = tiny_bert_dir(tmp_path / "bert")
+    capsys.readouterr()
+    line = _error(["pareto", "--model", bert, "--budgets", "0.9", "--methods", "flat-llm", *common,
+                   "--out", tmp_path / "f1"], capsys)
+    assert "is not a causal LM" in line
+    line = _error(["pareto", "--model", tiny_dir, "--budgets", "0.05", "--methods", "flat-llm", *common,
+                   "--out", tmp_path / "f2"], capsys)
+    assert "no point of the front could be made (flat-llm @ 0.05" in line
+    assert not (tmp_path / "f1").exists() and not (tmp_path / "f2").exists()
