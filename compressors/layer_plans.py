@@ -31,6 +31,16 @@ from .whitening import activation_error, whitened_tt_layer, whitening_factor
 HELD_OUT = 0.25  # fraction of the calibration windows an activation-aware plan measures its errors on
 
 
+def check_budget(budget: float | None) -> None:
+    """A budget is a fraction in (0, 1) of the dense entries or a whole parameter count >= 2
+    (1 or 1.5 would be taken as one parameter: surely not what was meant)."""
+    if budget is None:
+        return
+    if not 0 < budget < 1 and not (budget >= 2 and float(budget).is_integer()):
+        raise ArgumentError("budget", f"must be a fraction in (0, 1) of the dense parameters or a whole parameter "
+                                      f"count, got {budget:g}")
+
+
 def budget_params(budget: float, dense: int) -> int:
     """A budget as a TT parameter count: ``budget`` below 1 is a fraction of ``dense`` (entries
     of the searched weights), otherwise a count."""
@@ -63,8 +73,7 @@ def plan_layers(model: nn.Module | str, eps: float = 0.3, fmt: Format | str = Fo
     ``held_out_error`` is measured on them (see ``compressors.whitening``).  ``sensitivity``
     (with ``calibration`` and ``budget``) weighs each layer's error energy by its measured
     sensitivity (``compressors.sensitivity``) when the budget is shared out."""
-    if budget is not None and not budget > 0:
-        raise ArgumentError("budget", f"must be a positive parameter count or fraction, got {budget:g}")
+    check_budget(budget)
     if sensitivity and (calibration is None or budget is None):
         raise ArgumentError("sensitivity", "needs calibration windows and a budget (it decides how the budget is "
                                            "shared between layers)")
@@ -99,8 +108,7 @@ class LayerOptions:
         """The plan at ``budget`` (a count, or below 1 a fraction of the dense entries; None: the
         single ε searched), sharing it out by error energy, or with ``sensitivity`` by error
         energy × measured sensitivity."""
-        if budget is not None and not budget > 0:
-            raise ArgumentError("budget", f"must be a positive parameter count or fraction, got {budget:g}")
+        check_budget(budget)
         if sensitivity and self.importance is None:
             raise ArgumentError("sensitivity", "was not measured for these options; search them with sensitivity")
         target = None if budget is None else budget_params(budget, self.dense_params)
@@ -248,8 +256,7 @@ class PlanRequest:
 
     def __post_init__(self) -> None:
         Format.parse(self.format)
-        if self.budget is not None and not self.budget > 0:
-            raise ArgumentError("budget", f"must be a positive parameter count or fraction, got {self.budget:g}")
+        check_budget(self.budget)
         if not all(0.0 < e < 1.0 for e in (self.eps, *self.eps_grid)):
             raise ArgumentError("eps", f"and eps_grid must be in (0, 1) (relative Frobenius error), got {self.eps} "
                                        f"and {list(self.eps_grid)}")

@@ -203,7 +203,9 @@ def test_layers_cli_writes_a_plan_for_every_linear(tiny_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("args,msg", [
     (["--eps", "1.5"], "must be in (0, 1)"),
-    (["--budget", "-3"], "positive parameter count"),
+    (["--budget", "-3"], "fraction in (0, 1) of the dense parameters or a whole parameter count, got -3"),
+    (["--budget", "1.5"], "got 1.5"),
+    (["--budget", "1"], "got 1"),
     (["--layers", "nothing-like-this"], "no layer name contains"),
 ])
 def test_layers_cli_bad_inputs(tiny_dir, tmp_path, capsys, args, msg):
@@ -245,6 +247,9 @@ def test_layers_cli_does_not_write_over_a_plan(tiny_dir, tmp_path, capsys):
     (["saten", "--plan", "PLAN", "--density", "0.1", "--alternations", "-1"], "--alternations must be an integer in"),
     (["saten", "--plan", "PLAN", "--density", "0.1", "--alternations", "11"], "--alternations must be an integer in"),
     (["ptnn", "--density", "0.1"], "--density is not a ptnn option"),
+    (["ptnn", "--warmup", "0.5"], "--warmup is not a ptnn option"),
+    (["ptnn", "--samples", "0"], "--samples is not a ptnn option"),
+    (["ptnn", "--calib", "NOPLAN"], "--calib is not a ptnn option"),
 ])
 def test_compress_tt_saten_cli_bad_inputs(tiny_dir, tmp_path, capsys, args, msg):
     plan = tmp_path / "plan.json"

@@ -185,7 +185,7 @@ def ptnn_command(args: argparse.Namespace) -> tuple[dict, str]:
     from compressors.classifier_jobs import compress_classifier, task_from
 
     # tt / saten / flat-llm options PTNN would ignore
-    _refuse_flags(args, _RECIPE_ONLY, "is not a ptnn option; see `shapesearch compress ptnn --help`")
+    _refuse_flags(args, _NOT_PTNN, "is not a ptnn option; see `shapesearch compress ptnn --help`")
     config = PTNNConfig(budget=args.budget, tolerance=args.tolerance, eps=args.eps, embedding_eps=args.embedding_eps,
                         embedding_keep=args.embedding_keep, embeddings=not args.no_embeddings, steps=args.steps,
                         dense_steps=args.dense_steps, final_steps=args.final_steps,
@@ -232,6 +232,9 @@ def recipe_command(args: argparse.Namespace) -> tuple[dict, str]:
 
 _RECIPE_ONLY = {"plan": None, "density": None, "nm": None, "ratio": 0.2, "method": "flat-llm", "uniform": False,
                 "finetune_steps": 0, "dense_inputs": False, "alternations": 0}
+# PTNN trains on its labelled texts with its own schedule: no calibration windows, no warmup
+_NOT_PTNN = {**_RECIPE_ONLY, "calib": None, "samples": 32, "seqlen": 512, "warmup": 0.0, "lr_schedule": "constant",
+             "plain_embedding": False}
 
 
 def compress_command(args: argparse.Namespace) -> tuple[dict, str]:
