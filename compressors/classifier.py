@@ -21,6 +21,7 @@ from torch import nn
 from shapesearch.errors import ArgumentError
 
 from .conv1d_linear import as_linears
+from .serialization import check_safetensors
 from .text_tasks import LabelledText
 
 if TYPE_CHECKING:
@@ -57,10 +58,11 @@ def classifier_from_encoder(directory: str, classes: tuple[str, ...], seed: int 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights are newly initialized": the head, as intended
     try:
+        check_safetensors(directory)
         model = AutoModelForSequenceClassification.from_pretrained(
             directory, num_labels=len(classes), id2label=dict(enumerate(classes)),
             label2id={c: i for i, c in enumerate(classes)}, dtype=torch.float32,
-            ignore_mismatched_sizes=True)
+            ignore_mismatched_sizes=True, use_safetensors=True)
     finally:
         hf_logging.set_verbosity(verbosity)
     as_linears(model)

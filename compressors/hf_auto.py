@@ -2,7 +2,8 @@
 
 ``import compressors`` registers the model type that :func:`compressors.save` writes into a
 compressed model's config.json, so ``AutoModelForCausalLM.from_pretrained(dir)`` (or
-``AutoModel`` for an encoder) returns exactly what ``compressors.load(dir)`` does.  The classes
+``AutoModelForSequenceClassification`` for a classifier, ``AutoModel`` for an encoder) returns
+exactly what ``compressors.load(dir)`` does.  The classes
 registered here only route to :func:`compressors.serialization.load_with_config`; the model
 returned is the base architecture (e.g. ``LlamaForCausalLM``) with compressed layers.
 """
@@ -13,7 +14,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PreTrainedConfig,
+)
 
 from shapesearch.errors import ShapesearchError
 
@@ -117,6 +124,18 @@ class CompressedModelForCausalLM(_CompressedAuto):
         return model
 
 
+class CompressedModelForSequenceClassification(_CompressedAuto):
+    """``AutoModelForSequenceClassification`` for a compressed directory: the compressed
+    classifier (e.g. what ``compress ptnn`` writes)."""
+
+    @classmethod
+    def _select(cls, model: nn.Module) -> nn.Module:
+        if not type(model).__name__.endswith("ForSequenceClassification"):
+            raise ShapesearchError(f"this compressed model is a {type(model).__name__}, not a classifier; "
+                                   "load it with AutoModel, AutoModelForCausalLM or compressors.load(dir)")
+        return model
+
+
 class CompressedModel(_CompressedAuto):
     """``AutoModel`` for a compressed directory: the bare model (an LM's body without its head)."""
 
@@ -129,4 +148,6 @@ def register() -> None:
     """Make the Auto classes load compressed directories (safe to call again)."""
     AutoConfig.register(MODEL_TYPE, CompressedConfig, exist_ok=True)
     AutoModelForCausalLM.register(CompressedConfig, CompressedModelForCausalLM, exist_ok=True)
+    AutoModelForSequenceClassification.register(CompressedConfig, CompressedModelForSequenceClassification,
+                                                exist_ok=True)
     AutoModel.register(CompressedConfig, CompressedModel, exist_ok=True)

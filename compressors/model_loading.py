@@ -106,20 +106,29 @@ def load_model(spec: str, tokenizer: bool = True) -> tuple[nn.Module, PreTrained
     Whatever a bad model file makes transformers raise (a broken config.json, missing or
     mismatched weights, an empty or foreign .gguf, a missing tokenizer) comes out as one
     :class:`ArgumentError` about ``model``; transformers' own load reports stay quiet."""
-    from transformers.utils import logging as hf_logging
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    hf_logging.disable_progress_bar()  # loads take a second; keep stderr for errors and our own bars
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     try:
-        return _load_model(spec, tokenizer)
+        with quiet_transformers():
+            return _load_model(spec, tokenizer)
     except ShapesearchError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to read a user's model file is bad input
         raise ArgumentError("model", f"{spec} cannot be loaded ({first_line(exc)}); give a model directory saved "
                                      "by transformers or compressors.save (config.json, weights and tokenizer) "
                                      "or a valid .gguf file") from exc
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' own load reports (progress bars, notes on a config's odd token ids) off:
+    stderr is kept for our errors and progress bars."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
 
@@ -222,7 +231,8 @@ def skeleton(spec: str) -> nn.Module | None:
             return None
         if not (path.is_dir() and (path / "config.json").is_file()):
             return None  # load_model says what is wrong with it
-        config = read_config(path)
+        with quiet_transformers():
+            config = read_config(path)
         with torch.device("meta"):
             model = _auto_class(config).from_config(config)
             as_linears(model)

@@ -178,6 +178,16 @@ def base_config(config: dict, name_or_path: str | Path = "") -> PreTrainedConfig
     return config_class.from_dict(config, name_or_path=str(name_or_path))
 
 
+def check_safetensors(directory: str | Path) -> None:
+    """Refuse a model directory whose weights are only PyTorch pickles: a pickle can run code
+    when it is read (even torch's restricted reader has had ways round it), so none is read."""
+    directory = Path(directory)
+    if not any(directory.glob("*.safetensors")) and any(directory.glob("*.bin")):
+        raise ShapesearchError(f"{directory} holds its weights only as PyTorch pickles (.bin), which shapesearch "
+                               "never reads; save the model with safetensors (model.save_pretrained(dir)) and give "
+                               "that directory")
+
+
 def read_config(directory: str | Path) -> PreTrainedConfig:
     """The config :func:`load` builds from: the base model's (with the compression record if any),
     also for directories written before compressed ones were marked, and for dense ones."""
@@ -240,8 +250,10 @@ def load_with_config(directory: str | Path, config: PreTrainedConfig, dtype: tor
     record = getattr(config, "shapesearch_compression", None)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if not record:
+        check_safetensors(directory)
         model, info = _auto_class(config).from_pretrained(directory, dtype=dtype, output_loading_info=True,
-                                                          attn_implementation=attn_implementation)
+                                                          attn_implementation=attn_implementation,
+                                                          use_safetensors=True)
         # transformers fills missing weights with random ones and only logs it: a wrong model
         missing = sorted(set(info["missing_keys"]) - tied) + sorted(k[0] for k in info["mismatched_keys"])
         if missing:

@@ -407,3 +407,17 @@ def test_a_front_with_no_point_made_is_an_error_not_an_empty_front(tiny_dir, fil
                    "--out", tmp_path / "f2"], capsys)
     assert "no point of the front could be made (flat-llm @ 0.05" in line
     assert not (tmp_path / "f1").exists() and not (tmp_path / "f2").exists()
+
+
+def test_weights_only_as_pickles_are_never_read(tiny_dir, files, tmp_path, capsys, monkeypatch):
+    """A pytorch_model.bin is a pickle: refused by name, before transformers would unpickle it."""
+    binary = tmp_path / "bin"
+    shutil.copytree(tiny_dir, binary)
+    for f in binary.glob("*.safetensors"):
+        f.unlink()
+    torch.save({}, binary / "pytorch_model.bin")
+    monkeypatch.setattr(torch, "load", _boom)  # reading it at all fails the test
+    for command in (["eval", "--model", binary, "--text", files / "text.txt", "--no-speed"],
+                    ["compress", "flat-llm", "--model", binary, "--calib", files / "text.txt",
+                     "--out", tmp_path / "o"]):
+        assert "PyTorch pickles (.bin), which shapesearch never reads" in _error(command, capsys)

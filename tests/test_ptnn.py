@@ -77,6 +77,11 @@ def test_ptnn_keeps_layers_until_the_budget_and_reports_both_models(bert_dir, ta
     enc = tok(["good movie 3", "bad film 7"], return_tensors="pt", padding=True)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**enc).logits, model(**enc).logits, rtol=1e-6, atol=1e-6)
+    from transformers import AutoModelForSequenceClassification  # the Auto class gives the same classifier
+
+    auto = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+    with torch.no_grad():
+        torch.testing.assert_close(auto(**enc).logits, model(**enc).logits, rtol=1e-6, atol=1e-6)
 
 
 def test_a_layer_that_costs_dev_accuracy_is_reverted_exactly(bert_dir, task, monkeypatch):
