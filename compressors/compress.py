@@ -64,6 +64,8 @@ def compress(model: nn.Module, config: object | Sequence[object], **options) -> 
     return handler_for(config)(model, config, **options)
 
 
+ALREADY_COMPRESSED = ("this model is already compressed; start from the dense model (several methods in turn: "
+                      "one `compress recipe`, e.g. flat-llm then tt)")
 RATE_REDUCTIONS = ("flat-llm", "svd", "svd-llm")  # methods that resize dense linears, so they go first
 
 
@@ -79,7 +81,7 @@ def compress_recipe(model: nn.Module, configs: list[object],
             raise ArgumentError("config", f"step {i + 1} ({c.method}) resizes dense linears: put it first in the "
                                           "recipe")
     if getattr(model.config, "shapesearch_compression", None):
-        raise ShapesearchError("this model is already compressed; start from the dense model")
+        raise ShapesearchError(ALREADY_COMPRESSED)
     def counts() -> tuple[int, int]:
         return decoder_weight_params(model), total_params(model)
 
@@ -148,7 +150,7 @@ def check_model(model: nn.Module, calibration: list[torch.Tensor] | None, needs_
     if needs_data and not calibration:
         raise ShapesearchError("calibration data is empty; give calibration text with enough tokens")
     if getattr(model.config, "shapesearch_compression", None):
-        raise ShapesearchError("this model is already compressed; start from the dense model")
+        raise ShapesearchError(ALREADY_COMPRESSED)
 
 
 def decoder_counts(model: nn.Module) -> tuple[int, int]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from shapesearch.errors import ShapesearchError
+from shapesearch.errors import ArgumentError, ShapesearchError
 
 from .corpus import token_ids
 
@@ -19,11 +19,21 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
+def check_context(model: nn.Module, tokens: int, argument: str) -> None:
+    """Refuse windows longer than the model's context (``max_position_embeddings``): learned
+    positions (GPT-2) have no entry past it, rotary ones were never trained there."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and tokens > limit:
+        raise ArgumentError(argument, f"{tokens} tokens is longer than the model's context of {limit}; give "
+                                      f"{limit} or less")
+
+
 def perplexity(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, window: int = 512,
                max_windows: int | None = None) -> dict:
     """exp(mean NLL) over the first ``max_windows`` (default all) non-overlapping windows of
     ``window`` tokens; each window predicts its last window − 1 tokens (no context carried
     across windows)."""
+    check_context(model, window, "window")
     ids = token_ids(tokenizer, text)
     n = ids.numel() // window
     if max_windows is not None:

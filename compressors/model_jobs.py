@@ -168,6 +168,7 @@ def model_calibration(model: str, calib: str | Path | None = None, samples: int 
     check_windows(samples, seqlen)
     text = read_text(calib, "calibration", "calib")
     net, tok = load_model(model)
+    lm_metrics.check_context(net, seqlen, "seqlen")
     record = _calibration_record(calib, text, samples, seqlen, seed)
     return net, tok, calibration_windows(tok, text, samples, seqlen, seed), record
 
@@ -239,6 +240,8 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
     net, tok = load_model(model)
     if calibrated and shape is None:  # a GGUF's parts are known only once it is loaded
         steps[0].preflight(net, samples * seqlen)
+    if text is not None:
+        lm_metrics.check_context(net, seqlen, "seqlen")
     windows = calibration_windows(tok, text, samples, seqlen, seed) if text is not None else None
     teacher = copy.deepcopy(net) if tune else None  # the dense model, before compress rewrites it
     if recipe:
@@ -251,6 +254,7 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
         moment = None
         if tied_output(net, net.get_input_embeddings()) is not None:
             check_windows(samples, seqlen)
+            lm_metrics.check_context(net, seqlen, "seqlen")
             moment = head_input_moment(net, calibration_windows(tok, text, samples, seqlen, seed))
         report = compress(net, config, embedding_weights=frequency_weights(token_ids(tok, text), vocab),
                           head_moment=moment, **({"calibration": windows} if aware else {}))

@@ -42,7 +42,7 @@ from shapesearch.matrix.layer_search import LayerSearchConfig, search_matrix
 
 from .accounting import dense_params, layer_params
 from .classifier import TrainConfig
-from .compress import register_handler
+from .compress import ALREADY_COMPRESSED, register_handler
 from .layer_plans import searched_weight
 from .retraining import Retraining, TextClassification
 from .targets import input_embedding, layer_type, target_linears
@@ -161,7 +161,7 @@ def ptnn(model: nn.Module, config: PTNNConfig, *, tokenizer=None, task: TextTask
                                         "to compress()")
         retraining = TextClassification(tokenizer, task)
     if getattr(model.config, "shapesearch_compression", None):
-        raise ShapesearchError("this model is already compressed; start from the dense model")
+        raise ShapesearchError(ALREADY_COMPRESSED)
     say = progress or (lambda message: None)
     metric = retraining.metric
     start = time.perf_counter()

@@ -24,7 +24,7 @@ from shapesearch.matrix.plan import LayerPlan, Plan
 from .accounting import dense_params, layer_bytes, layer_params
 from .architectures import block_list
 from .calibration import LayerInputs, input_moments, sequential, staged_moments
-from .compress import register_handler
+from .compress import ALREADY_COMPRESSED, register_handler
 from .layer_plans import PlanRequest
 from .saten import MAX_ALTERNATIONS, SatenLinear
 from .targets import tied_output
@@ -88,15 +88,17 @@ class SatenConfig:
 
     def __post_init__(self) -> None:
         if (self.density is None) == (self.nm is None):
-            raise ArgumentError("density", "and nm: give exactly one of density (e.g. 0.1) or nm (e.g. (2, 4)) "
-                                           "for the sparse residual")
+            raise ArgumentError("density", "and nm: give exactly one of density (e.g. 0.1) or nm (e.g. 2:4; (2, 4) "
+                                           "in Python) for the sparse residual")
         if self.density is not None and not 0.0 <= self.density <= 1.0:
             raise ArgumentError("density", f"must be in [0, 1] (fraction of each layer's entries kept), "
                                            f"got {self.density}")
         if self.nm is not None:
             if not (len(self.nm) == 2 and all(isinstance(v, numbers.Integral) for v in self.nm)
                     and 0 < self.nm[0] <= self.nm[1]):
-                raise ArgumentError("nm", f"must be (n, m) with integers 0 < n <= m (e.g. (2, 4)), got {self.nm}")
+                given = ":".join(map(str, self.nm)) if isinstance(self.nm, tuple | list) else repr(self.nm)
+                raise ArgumentError("nm", f"must be n:m with integers 0 < n <= m (e.g. 2:4; (2, 4) in Python), "
+                                          f"got {given}")
             self.nm = (int(self.nm[0]), int(self.nm[1]))
         if isinstance(self.alternations, bool) or not (isinstance(self.alternations, numbers.Integral)
                                                         and 0 <= self.alternations <= MAX_ALTERNATIONS):
@@ -151,12 +153,12 @@ def tensorize(model: nn.Module, config: TTConfig | SatenConfig,
     plan, searched = config.plan, None
     if isinstance(plan, PlanRequest):
         if getattr(model.config, "shapesearch_compression", None):
-            raise ShapesearchError("this model is already compressed; start from the dense model")
+            raise ShapesearchError(ALREADY_COMPRESSED)
         searched = time.perf_counter()
         plan = plan.make(model, calibration)
         searched = time.perf_counter() - searched
     if getattr(model.config, "shapesearch_compression", None):
-        raise ShapesearchError("this model is already compressed; start from the dense model")
+        raise ShapesearchError(ALREADY_COMPRESSED)
     targets = {}
     for name, rec in plan.layers.items():
         try:

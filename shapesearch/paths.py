@@ -93,8 +93,8 @@ def readable_mode() -> int:
 def check_outside(path: str | Path, source: str | Path, argument: str = "out") -> None:
     """Refuse an output that is the input ``source`` or lies inside it (a model directory written
     over by its own compression, or its config.json by a plan)."""
-    out, source = Path(path).resolve(), Path(source).resolve()
-    if source.exists() and (out == source or source in out.parents):
+    out, source = Path(os.path.realpath(path)), Path(os.path.realpath(source))
+    if os.path.exists(source) and (out == source or source in out.parents):  # os.path: False where we may not look
         where = "is" if out == source else "lies inside"
         raise ArgumentError(argument, f"{path} {where} the input {source}, which it would write over; give another "
                                       "path")

@@ -421,3 +421,13 @@ def test_weights_only_as_pickles_are_never_read(tiny_dir, files, tmp_path, capsy
                     ["compress", "flat-llm", "--model", binary, "--calib", files / "text.txt",
                      "--out", tmp_path / "o"]):
         assert "PyTorch pickles (.bin), which shapesearch never reads" in _error(command, capsys)
+
+
+def test_windows_longer_than_the_models_context_are_refused(tiny_dir, files, tmp_path, capsys):
+    """Past max_position_embeddings a learned position table (GPT-2) has no row: it was a traceback."""
+    assert "longer than the model's context of 512" in _error(
+        ["eval", "--model", tiny_dir, "--text", files / "text.txt", "--window", "600", "--no-speed"], capsys)
+    assert "--seqlen 600 tokens is longer than the model's context of 512" in _error(
+        ["compress", "flat-llm", "--model", tiny_dir, "--calib", files / "text.txt", "--samples", "2", "--seqlen",
+         "600", "--out", tmp_path / "o"], capsys)
+    assert not (tmp_path / "o").exists()

@@ -172,6 +172,9 @@ def tensorize_command(args: argparse.Namespace) -> tuple[dict, str]:
                             f"({report['replaced_bytes_ratio']:.3f} of dense)"),
         ("whole model", f"{report['params_before']:,} → {report['params_after']:,} ({report['model_ratio']:.3f} kept)"),
     ]
+    if report["replaced_bytes_ratio"] > 1:  # allowed (a dense residual, a small ε), but never silently
+        rows.append(("note", f"the replaced layers now take {report['replaced_bytes_ratio']:.2f}× their dense bytes: "
+                             "raise ε in the plan or lower --density"))
     if "finetune" in report:
         f = report["finetune"]
         rows.append(("fine-tune", f"{f['steps']} steps ({f['loss']}), loss {f['loss_start']:.4f} → "
