@@ -225,8 +225,9 @@ def adapt(argv: list[str], cwd: Path, models: dict[str, str], text: Path, head: 
     if sub == "compress" and args[1] == "recipe":
         _recipe_file(cwd / args[2])
     quick = dict(QUICK.get(sub, {}))
-    if sub == "compress" and args[1] == "ptnn":  # a few training steps show the same path as 300
-        quick.update({"--dense-steps": "5", "--steps": "2"})
+    ptnn = sub == "compress" and args[1] == "ptnn"
+    if ptnn:  # a few training steps show the same path as 300; it takes no calibration windows
+        quick = {"--dense-steps": "5", "--steps": "2"}
     if sub == "layers" and "--activations" in args:  # the calibration compress then makes the same windows of
         quick.update({"--samples": "4", "--seqlen": "128", "--calib": str(text)})
     if sub == "pareto":
@@ -242,11 +243,22 @@ def adapt(argv: list[str], cwd: Path, models: dict[str, str], text: Path, head: 
         if flag not in args:
             args += [flag, value]
     text_flag = {"compress": "--calib", "eval": "--text"}.get(sub)
+    if ptnn or (sub == "eval" and not _causal_lm(cwd / args[args.index("--model") + 1])):
+        text_flag = None  # a classifier or an encoder is measured on labelled texts or word pairs
     if text_flag and text_flag not in args:
         if sub in seen:  # the first compress / eval reads gensim's Wikipedia, the default
             args += [text_flag, str(text)]
     seen.add(sub)
     return [str(CONSOLE_SCRIPT)] + args
+
+
+def _causal_lm(model: Path) -> bool:
+    """Whether the model directory a README command names holds a causal LM (by its config)."""
+    config = model / "config.json"
+    if not config.is_file():
+        return True  # a built-in name or a .gguf: the decoders
+    text = config.read_text()
+    return "ForCausalLM" in text or "LMHeadModel" in text
 
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("shapesearch")

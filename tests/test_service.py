@@ -127,7 +127,7 @@ def test_api_round_trip_matches_the_cli(server, tmp_path, capsys):
 
 def test_bad_options_are_422_with_the_command_lines_message(server, tmp_path, capsys):
     image = png(tmp_path / "p.png")
-    for params, message in [({"eps": 2}, "--eps must be in"), ({"population": 1}, "--population must be at least 2"),
+    for params, message in [({"eps": 2}, "--eps must be in"), ({"population": 1}, "--population must be 2 to 4096"),
                             ({"colour": 1}, "image jobs take no option 'colour'"),
                             ({"eps": "x"}, "--eps must be a finite number")]:
         r = httpx.post(f"{server.url}/api/jobs/image", data={"params": json.dumps(params)},
@@ -317,7 +317,7 @@ def test_layers_and_compress_jobs_read_only_allowed_paths(tmp_path):
                  f"plan {inputs / 'calib.txt'} is not JSON"),
                 ("layers", {"model": str(model), "eps": 5.0}, "--eps and eps_grid must be in (0, 1)"),
                 ("layers", {"model": str(model), "population": 1}, "--population must be >= 2"),
-                ("layers", {"model": str(model), "budget": -1.0}, "--budget must be a positive")]:
+                ("layers", {"model": str(model), "budget": -1.0}, "--budget must be a fraction in (0, 1)")]:
             r = httpx.post(f"{s.url}/api/jobs/{kind}", json=params)
             assert r.status_code == 422 and r.json()["detail"].startswith(message), (params, r.text)
         assert client.jobs() == jobs
