@@ -126,7 +126,8 @@ def front_point(method: str, budget: float, plan: dict | None, *, model: str, ca
     except ShapesearchError as exc:  # e.g. a budget this method cannot meet on this model: the other points stand
         return {"method": method, "budget": budget, "error": str(exc)}
     seconds = time.perf_counter() - start
-    return {"method": method, "budget": budget, "perplexity": perplexity(net, tok, text, 512, windows)["perplexity"],
+    measured = perplexity(net, tok, text, 512, windows)  # as many windows as the text holds, up to ``windows``
+    return {"method": method, "budget": budget, "perplexity": measured["perplexity"], "windows": measured["windows"],
             "params": total_params(net), "decoder_fraction": decoder_weight_params(net) / dense, "seconds": seconds}
 
 
