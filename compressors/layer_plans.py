@@ -194,6 +194,9 @@ def search_options(model: nn.Module | str, eps_values: Sequence[float], fmt: For
     total = len(weights) * len(grid)
     found = search_layers(weights, grid, fmt, config, workers, address,
                           None if progress is None else lambda n: progress(n, total))
+    for name, module in linears.items():  # a padded table's dense size is its real rows, not V_pad
+        if isinstance(module, nn.Embedding):
+            found[name] = {e: replace(rec, rows=module.num_embeddings) for e, rec in found[name].items()}
     return LayerOptions(
         found=found, norms2={n: float(np.sum(w.astype(np.float64) ** 2)) for n, w in weights.items()},
         layer_types={n: "embedding" if isinstance(m, nn.Embedding) else layer_type(n) for n, m in linears.items()},

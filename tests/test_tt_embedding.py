@@ -91,8 +91,12 @@ def _plan(model, eps: float) -> dict:
 def test_tied_model_compresses_survives_tie_weights_and_save_load(llama_dir, tmp_path, kind):
     model = compressors.load(llama_dir).double()
     ids = torch.tensor([[1, 5, 9, 30, 200, 7]])
-    config = (compressors.TTConfig(_plan(model, 0.3)) if kind == "tt"
-              else compressors.SatenConfig(_plan(model, 0.3), density=0.05))
+    plan = _plan(model, 0.3)
+    (entry,) = plan["layers"].values()  # the padded vocabulary is searched; its zero rows are not dense entries
+    vocab, dim = model.get_input_embeddings().weight.shape
+    assert entry["out_features"] > vocab and entry["rows"] == vocab and entry["dense_params"] == vocab * dim
+    assert plan["summary"]["dense_params"] == vocab * dim
+    config = compressors.TTConfig(plan) if kind == "tt" else compressors.SatenConfig(plan, density=0.05)
     report = compressors.compress(model, config)
     emb = model.get_input_embeddings()
     assert isinstance(emb, TTEmbedding) and isinstance(model.lm_head, TiedLMHead)

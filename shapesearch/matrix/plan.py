@@ -91,6 +91,7 @@ class LayerPlan:
     bias: bool | None = None
     error_space: str | None = None
     held_out_error: float | None = None
+    rows: int | None = None  # an embedding table's real rows (out_features is its padded vocabulary)
 
     @property
     def activation_aware(self) -> bool:
@@ -106,8 +107,9 @@ class LayerPlan:
 
     @property
     def dense_params(self) -> int:
-        """Entries of the dense weight, out·in (bias not included)."""
-        return self.out_features * self.in_features
+        """Entries of the dense weight, out·in (bias not included; an embedding's padding rows
+        neither: they are not part of the original)."""
+        return (self.rows or self.out_features) * self.in_features
 
     @property
     def balanced_params(self) -> int | None:
@@ -122,7 +124,7 @@ class LayerPlan:
              "balanced": None if self.balanced is None else self.balanced.to_dict(),
              "balanced_params": self.balanced_params, "evaluations": self.evaluations, "seconds": self.seconds,
              "type": self.type, "bias": self.bias, "error_space": self.error_space,
-             "held_out_error": self.held_out_error}
+             "held_out_error": self.held_out_error, "rows": self.rows}
         return {k: v for k, v in d.items() if v is not None}
 
     @classmethod
@@ -140,6 +142,10 @@ class LayerPlan:
         for key, modes in (("out_features", out_modes), ("in_features", in_modes)):
             if key in d and d[key] != math.prod(modes):
                 raise _fail(f"{where}: {key} {d[key]} is not the product of its modes {list(modes)}")
+        rows = d.get("rows")
+        if rows is not None and not (isinstance(rows, int) and not isinstance(rows, bool)
+                                     and 1 <= rows <= math.prod(out_modes)):
+            raise _fail(f"{where}: rows must be a whole number from 1 to out_features, got {rows!r}")
         if d.get("error_space") not in (None, "weight", "activation"):
             raise _fail(f"{where}: error_space must be 'weight' or 'activation', got {d['error_space']!r}")
         balanced = d.get("balanced")
@@ -151,7 +157,7 @@ class LayerPlan:
                        balanced=None if balanced is None else BalancedShape.from_dict(balanced),
                        evaluations=d.get("evaluations"), seconds=d.get("seconds"), type=d.get("type"),
                        bias=d.get("bias"), error_space=d.get("error_space"),
-                       held_out_error=d.get("held_out_error"))
+                       held_out_error=d.get("held_out_error"), rows=rows)
         except (KeyError, TypeError) as exc:
             raise _fail(f"{where} has a malformed record ({exc!r})") from exc
 
