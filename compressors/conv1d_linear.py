@@ -40,4 +40,3 @@ def as_linears(model: nn.Module) -> int:
             linear.bias = conv.bias
         model.set_submodule(name, linear)
     return len(swaps)
-

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
-@torch.no_grad()
 def check_context(model: nn.Module, tokens: int, argument: str) -> None:
     """Refuse windows longer than the model's context (``max_position_embeddings``): learned
     positions (GPT-2) have no entry past it, rotary ones were never trained there."""
@@ -28,6 +27,7 @@ def check_context(model: nn.Module, tokens: int, argument: str) -> None:
                                       f"{limit} or less")
 
 
+@torch.no_grad()
 def perplexity(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text: str, window: int = 512,
                max_windows: int | None = None) -> dict:
     """exp(mean NLL) over the first ``max_windows`` (default all) non-overlapping windows of

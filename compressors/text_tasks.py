@@ -70,7 +70,7 @@ def _rows(stream: io.TextIOBase, path: Path) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ShapesearchError(f"{path} line {number} is not JSON ({exc.msg}); give one JSON object "
-                                            "per line") from None
+                                       "per line") from None
             if not isinstance(row, dict):
                 raise ShapesearchError(f"{path} line {number} is not a JSON object; give one object per line")
             rows.append(row)
@@ -120,7 +120,7 @@ def read_split(path: Path, text_column: str = "text", label_column: str = "label
         missing = [i for i, r in enumerate(rows, 1) if r.get(column) is None]
         if missing and column in rows[missing[0] - 1]:  # a short CSV line, or null in JSON
             raise ShapesearchError(f"{path} row {missing[0]} has no {what} (a short line or null); fill it "
-                                        "or remove the row")
+                                   "or remove the row")
         if missing:
             have = ", ".join(sorted(str(k) for k in rows[missing[0] - 1]))
             raise ArgumentError(f"{what}_column", f"{column!r} is missing from {path} (row {missing[0]} has: "
@@ -129,7 +129,7 @@ def read_split(path: Path, text_column: str = "text", label_column: str = "label
         odd = next((i for i, r in enumerate(rows, 1) if isinstance(r[column], list | dict)), None)
         if odd is not None:
             raise ShapesearchError(f"{path} row {odd} has a {type(rows[odd - 1][column]).__name__} as its {what}; "
-                                   f"give one string or number")
+                                   "give one string or number")
     texts = [str(r[text_column]).strip() for r in rows]
     labels = [str(r[label_column]).strip() for r in rows]
     if any(not t for t in texts):
