@@ -149,9 +149,34 @@ def test_bad_options_are_422_with_the_command_lines_message(server, tmp_path, ca
         assert r.status_code == 422 and r.json()["detail"].startswith(message), r.text
     assert httpx.post(f"{server.url}/api/jobs/movie", json={}).status_code == 422
     assert httpx.post(f"{server.url}/api/jobs/image", json={"eps": 0.1}).json()["detail"].startswith("--path")
-    # the submit command prints the same line and exits 2
+    # what a job would refuse from the file's header is refused at submission, not in the queue
+    import io
+
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for kind, name, content, message in [("image", "t.png", b"hello", "t.png is not an image"),
+                                         ("image", "e.png", b"", "e.png is not an image"),
+                                         ("tensor", "o.npy", pickled.getvalue(), "pickles are never loaded"),
+                                         ("tensor", "g.safetensors", b"\x00" * 20, "not a readable safetensors")]:
+        r = httpx.post(f"{server.url}/api/jobs/{kind}", data={"params": "{}"}, files={"file": (name, content)})
+        assert r.status_code == 422 and message in r.json()["detail"], r.text
+    # malformed requests are 422s / 404s, never a 500
+    r = httpx.post(f"{server.url}/api/jobs/image", files={"file": ("p.png", image.read_bytes()),
+                                                          "params": ("p.json", b"{}")})
+    assert r.status_code == 422 and "not a file" in r.json()["detail"], r.text
+    deep = b"[" * 100_000 + b"]" * 100_000
+    r = httpx.post(f"{server.url}/api/jobs/image", content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "RecursionError" in r.json()["detail"], r.text
+    r = httpx.post(f"{server.url}/api/jobs/layers", content=iter([b'{"model":', b' "smollm2", "eps": 5}']),
+                   headers={"content-type": "application/json"})  # chunked: no content-length
+    assert r.status_code == 422 and r.json()["detail"].startswith("--eps"), r.text
+    # the submit command prints the same line and exits 2, a 0 included (0 == False once dropped it)
     assert main(["submit", "image", str(image), "--eps", "2", "--server", server.url]) == 2
     assert capsys.readouterr().err.startswith("shapesearch: error: --eps must be in")
+    assert main(["submit", "image", str(image), "--population", "0", "--server", server.url]) == 2
+    assert capsys.readouterr().err.startswith("shapesearch: error: --population must be 2 to 4096")
+    assert main(["jobs", "--server", "http://[::1"]) == 2
+    assert capsys.readouterr().err.startswith("shapesearch: error: --server 'http://[::1' is not a server URL")
 
 
 def test_an_animation_dropped_on_the_service_is_searched_as_frames(server, tmp_path):
@@ -172,7 +197,8 @@ def test_a_tensor_of_a_safetensors_upload_is_searched(server, tmp_path):
     client = Client(server.url)
     done = client.wait(client.submit("tensor", tmp_path / "m.safetensors", key="w", **SEARCH), timeout=120)
     assert done["state"] == "SUCCEEDED", done
-    assert client.result(done["id"])["input_shape"] == [24, 20, 2]
+    result = client.result(done["id"])
+    assert result["input_shape"] == [24, 20, 2] and result["input"] == "m-w"  # named as the CLI names it
 
 
 def test_a_job_that_fails_records_the_one_line_error(server, tmp_path):
@@ -183,6 +209,10 @@ def test_a_job_that_fails_records_the_one_line_error(server, tmp_path):
     assert done["state"] == "FAILED" and "all zeros" in done["error"]
     with pytest.raises(Exception, match="FAILED"):
         client.result(done["id"])
+    cut = tmp_path / "cut.png"  # a header that reads, pixels that do not: it fails in the queue
+    cut.write_bytes(png(tmp_path / "whole.png").read_bytes()[:300])
+    done = client.wait(client.submit("image", cut, **SEARCH), timeout=120)
+    assert done["state"] == "FAILED" and done["error"].startswith("cut.png could not be decoded"), done
 
 
 def test_stop_and_artifact_paths_cannot_escape(server, tmp_path):
@@ -192,7 +222,8 @@ def test_stop_and_artifact_paths_cannot_escape(server, tmp_path):
     while client.get(job)["state"] != "RUNNING" and time.time() < deadline:
         time.sleep(0.2)
     assert client.stop(job)["state"] == "STOPPED"
-    for name in ("../../jobs.db", "..%2F..%2Fjobs.db", "%2E%2E/%2E%2E/jobs.db", "/etc/passwd"):
+    for name in ("../../jobs.db", "..%2F..%2Fjobs.db", "%2E%2E/%2E%2E/jobs.db", "/etc/passwd", "log.txt%00.png",
+                 "source.json", "x" * 5000):
         r = httpx.get(f"{server.url}/api/jobs/{job}/artifacts/{name}")
         assert r.status_code == 404, (name, r.status_code)
 

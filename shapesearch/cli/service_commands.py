@@ -94,11 +94,13 @@ _NOT_PARAMS = {"command", "kind", "path", "server", "token", "json", "run"}
 def submit_command(args: argparse.Namespace) -> tuple[dict, str]:
     from ..service.client import Client
 
-    params = {k: v for k, v in vars(args).items() if k not in _NOT_PARAMS and v not in (None, False)}
+    # `is`, not `in (None, False)`: 0 == False, and a 0 the user typed must reach the server's checks
+    params = {k: v for k, v in vars(args).items() if k not in _NOT_PARAMS and v is not None}
     if params.pop("carry_over", None) is False:
         params["no_carry_over"] = True
-    for key in ("plan", "calib"):
-        if key in params:
+    params = {k: v for k, v in params.items() if v is not False}  # flags left out, as on the command line
+    for key in ("plan", "calib", "model"):  # the server reads absolute paths only (a built-in model name stays)
+        if key in params and (key != "model" or Path(params[key]).exists()):
             params[key] = str(Path(params[key]).absolute())
     client = Client(args.server, args.token)
     job_id = client.submit(args.kind, getattr(args, "path", None), **params)

@@ -23,15 +23,20 @@ def _readable(entries: int, file_bytes: int, path: Path) -> None:
 def _npy_header(path: Path) -> None:
     """Check a .npy header against the file before anything is allocated: a numeric dtype and
     no more data promised than the file holds (a huge header would otherwise ask for terabytes)."""
-    size = path.stat().st_size
+    with path.open("rb") as f:
+        check_npy_header(f, path.stat().st_size, path)
+
+
+def check_npy_header(stream: BinaryIO, size: int, path: Path | str) -> None:
+    """:func:`_npy_header` on an open stream of ``size`` bytes (an upload, before it is stored)."""
     if size == 0:
         raise ShapesearchError(f"{path} is empty; write an array with numpy.save(path, array)")
     try:
-        with path.open("rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(f, max_header_size=100_000)
-            offset = f.tell()
+        f = stream
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f, max_header_size=100_000)
+        offset = f.tell()
     except (ValueError, EOFError, OSError) as exc:
         raise ShapesearchError(f"{path} is not a .npy array file ({exc}); write one with numpy.save") from exc
     if dtype.hasobject:

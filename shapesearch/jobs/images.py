@@ -80,9 +80,20 @@ def load_image(path: str | Path | None) -> ImageData:
     return ImageData(pixels, bits, path.stem)
 
 
-def _read_frame(im: Image.Image, path: Path, mode: str | None = None) -> tuple[np.ndarray, int]:
-    """The current frame as an array in ``mode`` (default: the one its own mode maps to) and
-    its bit depth."""
+def check_image_header(stream: object, name: str) -> None:
+    """What :func:`load_image` would refuse from the header alone (not an image, a mode it does
+    not read, 16-bit colour): for an upload, at submission."""
+    try:
+        with Image.open(stream) as im:
+            _check_mode(im, Path(name))
+    except UnidentifiedImageError as exc:
+        raise ShapesearchError(f"{name} is not an image Pillow can read; give a PNG or JPEG file") from exc
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise ShapesearchError(f"{name} could not be opened ({exc})") from exc
+
+
+def _check_mode(im: Image.Image, path: Path) -> None:
+    """A mode this reader converts exactly (16-bit colour is decoded by Pillow to 8 bits)."""
     own = im.mode
     rawmodes = [t.args[0] if isinstance(t.args, tuple) else t.args for t in (im.tile or [])]
     if own not in ("I;16", "I;16L", "I;16B", "I;16N", "I") and any(";16" in str(r) for r in rawmodes):
@@ -90,14 +101,21 @@ def _read_frame(im: Image.Image, path: Path, mode: str | None = None) -> tuple[n
         raise ShapesearchError(f"{path}: 16-bit colour ({rawmodes[0]}) is read by Pillow only as 8 bits; "
                                "save it as a .npy array (H × W × C) and use `shapesearch tensor`, or "
                                "convert it to 8-bit colour or 16-bit gray")
-    if im.getexif().get(_ORIENTATION, 1) != 1:  # a camera's rotation: search what the viewer shows
-        im = ImageOps.exif_transpose(im)
     if own == "P":
         own = "RGBA" if "transparency" in im.info else "RGB"
     if own not in _MODES:
         raise ShapesearchError(f"{path}: image mode {im.mode!r} is not supported; convert it to 8-bit "
                                "RGB/RGBA/gray or 16-bit gray, or save it as a .npy array and "
                                "compress that")
+
+
+def _read_frame(im: Image.Image, path: Path, mode: str | None = None) -> tuple[np.ndarray, int]:
+    """The current frame as an array in ``mode`` (default: the one its own mode maps to) and
+    its bit depth."""
+    _check_mode(im, path)
+    own = im.mode if im.mode != "P" else "RGBA" if "transparency" in im.info else "RGB"
+    if im.getexif().get(_ORIENTATION, 1) != 1:  # a camera's rotation: search what the viewer shows
+        im = ImageOps.exif_transpose(im)
     target, bits = _MODES[mode or own]
     if target != im.mode and target not in ("I;16", "I"):
         im = im.convert(target)

@@ -23,7 +23,8 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from fastapi.staticfiles import StaticFiles
 
 from ..errors import ArgumentError, ShapesearchError
-from ..jobs.arrays import chosen_tensor, tensor_names
+from ..jobs.arrays import check_npy_header, chosen_tensor, tensor_names
+from ..jobs.images import check_image_header
 from ..paths import check_writable_dir
 from .driver import INPUT, LOG, OUT
 from .manager import Manager
@@ -119,17 +120,19 @@ def create_app(settings: Settings) -> FastAPI:
         root = manager.job_dir(job_id)
         if not root.is_dir():
             return []
-        found = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith("checkpoint")
-                 and p.suffix != ".tmp" and p.name != "source.json"]
+        found = [p for p in root.rglob("*") if p.is_file() and not _internal(p)]
         return sorted(str(p.relative_to(root)) if p.parent != root / OUT else p.name for p in found)
 
     def artifact_path(job_id: str, name: str) -> Path:
         """``name`` inside the job's directory (or its out/), never outside it."""
         root = manager.job_dir(job_id).resolve()
         for base in (root / OUT, root):
-            path = (base / name).resolve()
-            if path.is_relative_to(root) and path.is_file():
-                return path
+            try:
+                path = (base / name).resolve()
+                if path.is_relative_to(root) and path.is_file() and not _internal(path):
+                    return path
+            except (ValueError, OSError):  # a NUL byte, a name too long for the file system
+                break
         raise HTTPException(404, f"job {job_id} has no artifact {name!r}")
 
     @app.post("/api/jobs/{kind}", status_code=201, summary="Submit a job (multipart: params JSON + file, or JSON)")
@@ -142,15 +145,19 @@ def create_app(settings: Settings) -> FastAPI:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             form = await request.form(max_part_size=settings.max_upload)
             raw, upload = form.get("params") or "{}", form.get("file")
+            if not isinstance(raw, str):
+                raise HTTPException(422, "params must be a form field holding a JSON object, not a file")
             try:
                 params = json.loads(raw)
-            except ValueError as exc:
-                raise HTTPException(422, f"params must be a JSON object ({exc})") from None
+            except (ValueError, RecursionError) as exc:
+                raise HTTPException(422, f"params must be a JSON object ({type(exc).__name__}: {exc})") from None
         else:
+            body = await _body(request, settings.max_upload)  # also sent chunked, without a length
             try:
-                params = (await request.json()) if size else {}
-            except ValueError as exc:
-                raise HTTPException(422, f"the body must be a JSON object of options ({exc})") from None
+                params = json.loads(body) if body.strip() else {}
+            except (ValueError, RecursionError) as exc:
+                raise HTTPException(422, f"the body must be a JSON object of options ({type(exc).__name__}: "
+                                         f"{exc})") from None
         try:
             checked = check_params(kind, params)
             if upload is not None and kind not in ("image", "tensor"):
@@ -254,6 +261,23 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+def _internal(path: Path) -> bool:
+    """A job's working file, not an artifact: checkpoints, temporaries, and source.json (it holds
+    the server's own path of the input)."""
+    return path.name.startswith("checkpoint") or path.suffix == ".tmp" or path.name == "source.json"
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it passes ``limit`` bytes."""
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"the request is over {limit:,} bytes, the most this server takes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def _check_input(kind: str, params: dict, upload: object, settings: Settings) -> None:
     """An image/tensor job needs an uploaded file or a ``path`` under ``settings.inputs``."""
     if upload is not None:
@@ -264,11 +288,23 @@ def _check_input(kind: str, params: dict, upload: object, settings: Settings) ->
         _check_suffix(kind, name)
         if "path" in params:
             raise ShapesearchError("give either an uploaded file or path, not both")
-        if name.suffix.lower() == ".safetensors":  # which tensor, at submission: the header alone
-            names = tensor_names(upload.file)
-            upload.file.seek(0)
-            if names is not None:
+        # what the job would refuse from the file's header, refused here (a 422, not a failed job)
+        suffix = name.suffix.lower()
+        try:
+            if suffix == ".safetensors":  # and which tensor
+                names = tensor_names(upload.file)
+                if names is None:
+                    raise ShapesearchError(f"{name.name} is not a readable safetensors file (no valid header)")
                 chosen_tensor(name.name, names, params.get("key"))
+            elif suffix == ".npy":
+                if params.get("key") is not None:
+                    raise ArgumentError("key", f"names a tensor inside a .safetensors file; {name.name} is a .npy "
+                                               "file, which holds one array: drop the key")
+                check_npy_header(upload.file, upload.size or 0, name.name)
+            else:
+                check_image_header(upload.file, name.name)
+        finally:
+            upload.file.seek(0)
         return
     if "path" not in params:
         raise ArgumentError("path", "or an uploaded file is needed")
@@ -294,9 +330,15 @@ BUILTIN_MODELS = ("smollm2", "minilm")  # compressors.model_loading.BUILTIN, wit
 
 def _readable(name: str, value: str, settings: Settings) -> str:
     """A server-side path a job may read: under ``--inputs``, or another job's output in ``--data``."""
-    path = Path(value).resolve()
+    if not isinstance(value, str) or not Path(value).is_absolute():  # relative: to what? not the server's cwd
+        raise ArgumentError(name, f"{value!r} is not an absolute path on the server")
+    try:
+        path = Path(value).resolve()
+        exists = path.exists()
+    except (ValueError, OSError):  # a NUL byte, a name too long for the file system
+        path, exists = Path("/"), False
     roots = [r.resolve() for r in (settings.inputs, settings.data / "jobs") if r is not None]
-    if not any(path.is_relative_to(r) for r in roots) or not path.exists():
+    if not any(path.is_relative_to(r) for r in roots) or not exists:
         where = "the server's --inputs directory or a job's output" if settings.inputs else "a job's output"
         raise ArgumentError(name, f"{value} is not a path under {where} (this server reads no other files)")
     return str(path)

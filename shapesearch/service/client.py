@@ -12,9 +12,16 @@ import json
 import time
 from pathlib import Path
 
-from ..errors import ShapesearchError
+from ..errors import ArgumentError, ShapesearchError
 
 FINISHED = ("STOPPED", "SUCCEEDED", "FAILED")
+
+
+def _quoted(part: str) -> str:
+    """One path segment as sent: an id with ?, # or / stays that id (and an empty one no route)."""
+    from urllib.parse import quote
+
+    return quote(str(part), safe="") or "-"
 
 
 class Client:
@@ -25,13 +32,20 @@ class Client:
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.server = server.rstrip("/")
-        self.http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout)
+        try:
+            self.http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout)
+        except (httpx.InvalidURL, ValueError, TypeError) as exc:
+            raise ArgumentError("server", f"{server!r} is not a server URL ({exc}); give e.g. "
+                                          "http://127.0.0.1:8000") from None
 
     def _call(self, method: str, path: str, **kw) -> object:
         import httpx
 
         try:
             r = self.http.request(method, path, **kw)
+        except httpx.InvalidURL as exc:
+            raise ArgumentError("server", f"{self.server!r} is not a server URL ({exc}); give e.g. "
+                                          "http://127.0.0.1:8000") from None
         except httpx.HTTPError as exc:
             raise ShapesearchError(f"no shapesearch server answers at {self.server} ({exc}); start one with "
                                    "`shapesearch serve` or give its address") from None
@@ -60,10 +74,12 @@ class Client:
         return self._call("GET", "/api/jobs", params={"state": state} if state else None)
 
     def get(self, job_id: str) -> dict:
-        return self._call("GET", f"/api/jobs/{job_id}")
+        return self._call("GET", f"/api/jobs/{_quoted(job_id)}")
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.5) -> dict:
         """The job once it has ended (or ShapesearchError after ``timeout`` seconds)."""
+        if timeout is not None and not 0 <= timeout < float("inf"):  # NaN fails too
+            raise ArgumentError("timeout", f"must be a number of seconds >= 0, got {timeout}")
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             job = self.get(job_id)
@@ -77,19 +93,19 @@ class Client:
         """The finished job's result (an image/tensor job's result.json, a plan, a report)."""
         if wait:
             self.wait(job_id, timeout)
-        return self._call("GET", f"/api/jobs/{job_id}/result")
+        return self._call("GET", f"/api/jobs/{_quoted(job_id)}/result")
 
     def artifact(self, job_id: str, name: str) -> bytes:
-        return self._call("GET", f"/api/jobs/{job_id}/artifacts/{name}")
+        return self._call("GET", f"/api/jobs/{_quoted(job_id)}/artifacts/{_quoted(name)}")
 
     def logs(self, job_id: str) -> str:
-        return self._call("GET", f"/api/jobs/{job_id}/logs").decode()
+        return self._call("GET", f"/api/jobs/{_quoted(job_id)}/logs").decode()
 
     def stop(self, job_id: str) -> dict:
-        return self._call("POST", f"/api/jobs/{job_id}/stop")
+        return self._call("POST", f"/api/jobs/{_quoted(job_id)}/stop")
 
     def delete(self, job_id: str) -> dict:
-        return self._call("DELETE", f"/api/jobs/{job_id}")
+        return self._call("DELETE", f"/api/jobs/{_quoted(job_id)}")
 
     def close(self) -> None:
         self.http.close()

@@ -95,8 +95,14 @@ class JobRunner:
         config = search_config(p)
         path = input_file(self.dir) or p.get("path")
         source = Source("image" if self.kind == "image" else "array", path, p.get("key"))
-        data, name, bits = source.load()
-        name = Path(p["upload"]).stem if "upload" in p else name
+        try:
+            data, name, bits = source.load()
+        except ShapesearchError as exc:  # say what the user sent, not where this server keeps it
+            if "upload" not in p:
+                raise
+            raise ShapesearchError(str(exc).replace(str(source.path), p["upload"])) from None
+        if "upload" in p:  # the job's name as a CLI run on that file names it (the file's stem, and its key)
+            name = Source(source.kind, p["upload"], p.get("key")).name
         out = self.dir / OUT
         latest: dict = {}
         tally = {"evaluated": 0, "sent": 0.0}
