@@ -52,10 +52,31 @@ def save(model: nn.Module, directory: str | Path, tokenizer: PreTrainedTokenizer
     model.save_pretrained(directory, safe_serialization=True, max_shard_size="100GB")
     if getattr(model.config, "shapesearch_compression", None):
         _mark_compressed(directory / "config.json")
+        _write_module_weights(model, directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     _umask_modes(directory, before)
     return directory
+
+
+def _write_module_weights(model: nn.Module, directory: Path) -> None:
+    """A compressed model's weights under its modules' own names.  transformers ≥ 5 writes some
+    families under older checkpoint names (GPT-NeoX's ``embed_out``, Mixtral's per-expert
+    ``w1/w2/w3``) and renames them when it loads; :func:`load` reads a compressed model's
+    weights as they are, so they are written as the modules name them.  A tensor that shares
+    its storage with an earlier one (a tied ``lm_head``) is left out; loading ties it again."""
+    from safetensors.torch import save_file
+
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            state[name] = tensor.detach().contiguous()
+    for stale in _STALE_WEIGHTS:
+        for path in directory.glob(stale):
+            path.unlink()
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _mark_compressed(path: Path) -> None:

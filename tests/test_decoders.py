@@ -158,6 +158,24 @@ def test_a_fused_attention_that_does_not_keep_values_last_is_refused_for_flat_ll
     assert report["decoder_linear_removed"] > 0.1 and torch.isfinite(logits(model, windows(1)[0])).all()
 
 
+@pytest.mark.parametrize("family", ["gpt-neox", "mixtral"])
+def test_families_saved_under_old_checkpoint_names_reload(family, tmp_path):
+    """transformers writes GPT-NeoX's lm_head as embed_out and Mixtral's fused experts as
+    per-expert w1/w2/w3; a compressed model is written under its modules' names, so it reloads."""
+    torch.manual_seed(0)
+    if family == "gpt-neox":
+        config = hf.GPTNeoXConfig(**{**COMMON, "head_dim": 8, "num_key_value_heads": 4})
+    else:
+        config = hf.MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2)
+    dtype = torch.float64 if family == "gpt-neox" else torch.float32  # the grouped expert kernel: no float64
+    model = hf.AutoModelForCausalLM.from_config(config).to(dtype).eval()
+    plan = plan_layers(model, eps=0.3, fmt="tt", generations=1, population=4, workers=0, model_name=family)
+    compressors.compress(model, SatenConfig(plan=plan, density=0.05))
+    compressors.save(model, tmp_path / "m")
+    ids = windows(1, seed=7)[0]
+    assert torch.equal(logits(compressors.load(tmp_path / "m", dtype), ids), logits(model, ids))
+
+
 def _config_only(tmp_path, config: hf.PreTrainedConfig):
     """A model directory with a config.json and no weights at all: a refusal that reads them fails."""
     directory = tmp_path / "cfg"
