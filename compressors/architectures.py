@@ -106,7 +106,10 @@ def dims(model: nn.Module) -> Dims:
     """The decoder's sizes, from its config and its first block's projections (some families
     keep a ``head_dim`` in the config that their attention ignores)."""
     c = model.config
-    hidden, heads = c.hidden_size, c.num_attention_heads
+    hidden, heads = getattr(c, "hidden_size", None), getattr(c, "num_attention_heads", None)
+    if not (isinstance(hidden, int) and isinstance(heads, int) and heads > 0):  # Mamba, RWKV: no attention
+        raise ShapesearchError(f"{type(model).__name__} has no attention heads in its config; FLAT-LLM and SVD-LLM "
+                               "rewrite attention decoders (tt and saten take any linear)")
     kv_heads = getattr(c, "num_key_value_heads", None) or heads
     layers = decoder_layers(model)
     candidates = dict.fromkeys(h for h in (getattr(c, "head_dim", None), hidden // heads) if h)
@@ -133,7 +136,7 @@ def attention_parts(block: nn.Module, d: Dims) -> AttentionParts:
         outputs = [n for n, m in linears if m.in_features == q and m.out_features == d.hidden]
         if not outputs:
             continue
-        inputs = tuple(n for n, m in linears if m.in_features == d.hidden and n != outputs[-1])
+        inputs = _qkv_order(tuple(n for n, m in linears if m.in_features == d.hidden and n != outputs[-1]))
         sizes = [child.get_submodule(n).out_features for n in inputs]
         if sizes == [q, kv, kv] or sizes == [q + 2 * kv]:
             found.append(AttentionParts(path, inputs, outputs[-1]))
@@ -144,6 +147,16 @@ def attention_parts(block: nn.Module, d: Dims) -> AttentionParts:
                                f"query / key / value projections of {d.heads} × {d.head_dim} and {d.kv_heads} × "
                                f"{d.head_dim} outputs and one projection back to the hidden size {d.hidden}")
     return found[0]
+
+
+def _qkv_order(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Three projections in q, k, v order: by their names where those say which is which
+    (GPT-J registers k, v, q), else as registered."""
+    if len(names) == 3:
+        first = {n.rsplit(".", 1)[-1][:1].lower(): n for n in names}
+        if set(first) == {"q", "k", "v"}:
+            return first["q"], first["k"], first["v"]
+    return names
 
 
 def block_parts(block: nn.Module, d: Dims) -> tuple[AttentionParts, MLPParts]:

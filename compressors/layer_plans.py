@@ -228,11 +228,15 @@ def searched_weight(module: nn.Linear | nn.Embedding) -> np.ndarray:
 def select_linears(model: nn.Module, layers: str | None = None,
                    embeddings: bool = False) -> dict[str, nn.Linear | nn.Embedding]:
     """The target linears (and with ``embeddings`` the token embedding) whose name contains
-    ``layers`` (all of them for None)."""
+    ``layers`` (all of them for None); "embed" (any part of "embedding") also names the token
+    embedding whatever the family calls it (GPT-2's ``wte``, Bloom's ``word_embeddings``)."""
     pool = dict(target_linears(model))
+    table = None
     if embeddings:
-        pool.update([input_embedding(model)])
-    linears = {n: m for n, m in pool.items() if layers is None or layers in n}
+        table, module = input_embedding(model)
+        pool[table] = module
+    linears = {n: m for n, m in pool.items()
+               if layers is None or layers in n or (n == table and layers and layers in "embedding")}
     if not linears:
         raise ArgumentError("layers", f"{layers!r}: no layer name contains it; drop it or check the names "
                                       f"(e.g. {next(iter(target_linears(model)))!r})")

@@ -29,7 +29,7 @@ from .finetune import FinetuneConfig, finetune
 from .flat_llm import FlatLLMConfig
 from .layer_plans import PlanRequest
 from .low_rank import SVDConfig
-from .model_loading import first_line, is_causal_lm, load_model, skeleton, stored_dtype
+from .model_loading import first_line, is_causal_lm, load_model, quiet_transformers, skeleton, stored_dtype
 from .serialization import save
 from .targets import tied_output
 from .tt_embedding import frequency_weights
@@ -263,6 +263,7 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
         report = compress(net, config, **({"calibration": windows} if aware else {}))
     if tune:
         report["finetune"] = finetune(net, windows, finetune_config, teacher=teacher, progress=progress)
+    check_runs(net)
     store_as_input(net, report, stored_dtype(model))
     save(net, out, tok)
     report.update(model=model, out=str(out))
@@ -270,6 +271,20 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
         report["seqlen"] = seqlen
     (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+@torch.no_grad()
+def check_runs(net: nn.Module) -> None:
+    """Refuse to write a compressed model that no longer runs: a family whose forward reads a
+    layer's weight itself (Mamba's ``dt_proj.weight``) breaks when that layer is replaced."""
+    vocab = getattr(net.config, "vocab_size", None) or 2
+    try:
+        with quiet_transformers():
+            net(input_ids=torch.arange(8).unsqueeze(0) % vocab)
+    except Exception as exc:  # noqa: BLE001 - whatever the family's forward raises: nothing is written
+        raise ShapesearchError(f"the compressed {type(net).__name__} no longer runs ({first_line(exc)}): its forward "
+                               "reads a replaced layer's weights itself; leave that layer out (layers --layers)") \
+            from exc
 
 
 def store_as_input(net: nn.Module, report: dict, dtype: torch.dtype) -> None:

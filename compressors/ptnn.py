@@ -27,7 +27,6 @@ whole-model and replaced-layer parameter ratios.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -221,7 +220,8 @@ def ptnn(model: nn.Module, config: PTNNConfig, *, tokenizer=None, task: TextTask
         "replaced_layers": len(kept_rows),
         "replaced_params_before": replaced_before,
         "replaced_params_after": sum(r["params"] for r in kept_rows),
-        "replaced_ratio": (sum(r["params"] for r in kept_rows) / replaced_before) if replaced_before else math.nan,
+        # None, not NaN, when nothing was replaced: NaN is not JSON
+        "replaced_ratio": (sum(r["params"] for r in kept_rows) / replaced_before) if replaced_before else None,
         "train_steps": steps, "final_steps": config.final_steps if layers else 0,
         "dense_final_loss": dense_losses[-1] if dense_losses else None,
         "seconds": time.perf_counter() - start,

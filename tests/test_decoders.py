@@ -51,6 +51,7 @@ FAMILIES = {
     "smollm3": (hf.SmolLM3Config, {}),
     # Conv1D projections ([in, out] weights), fused [q | k | v], learned positions, no GQA
     "gpt2": (hf.GPT2Config, {"num_key_value_heads": 4, "head_dim": 8, "n_inner": 40}),
+    "gptj": (hf.GPTJConfig, {"num_key_value_heads": 4, "head_dim": 8, "n_inner": 40, "rotary_dim": 4}),  # k, v, q order
 }
 
 
@@ -241,3 +242,23 @@ def test_gpt2_conv1d_is_a_linear_that_keeps_gpt2s_checkpoint_layout(tmp_path):
     loaded = compressors.load(tmp_path / "dense", torch.float64)
     assert isinstance(loaded.transformer.h[0].attn.c_attn, Conv1DLinear)
     assert close(logits(loaded, ids), ref, 1e-12)
+    # "embed" names the token table whatever the family calls it (GPT-2: transformer.wte)
+    plan = plan_layers(loaded, eps=0.5, fmt="tt", layers="embed", embeddings=True, generations=1, population=4,
+                       workers=0)
+    assert list(plan.layers) == ["transformer.wte"]
+
+
+def test_a_family_without_attention_is_refused_by_flat_llm_and_a_broken_rewrite_is_not_written():
+    """Mamba has no attention (FLAT-LLM: one line, not an AttributeError) and its forward reads
+    dt_proj.weight itself, which a TT layer does not have: compress_model checks the result runs."""
+    from compressors.model_jobs import check_runs
+
+    torch.manual_seed(0)
+    config = hf.MambaConfig(vocab_size=96, hidden_size=32, state_size=8, num_hidden_layers=2)
+    model = hf.AutoModelForCausalLM.from_config(config).double().eval()
+    with pytest.raises(ShapesearchError, match="has no attention heads in its config"):
+        compressors.compress(model, FlatLLMConfig(ratio=0.2), calibration=windows())
+    plan = plan_layers(model, eps=0.3, fmt="tt", generations=1, population=4, workers=0, model_name="mamba")
+    compressors.compress(model, compressors.TTConfig(plan))
+    with pytest.raises(ShapesearchError, match="no longer runs"):
+        check_runs(model)
