@@ -222,6 +222,7 @@ def test_stop_and_artifact_paths_cannot_escape(server, tmp_path):
     while client.get(job)["state"] != "RUNNING" and time.time() < deadline:
         time.sleep(0.2)
     assert client.stop(job)["state"] == "STOPPED"
+    assert httpx.post(f"{server.url}/api/jobs/{job}/stop").status_code == 409  # it has ended already
     for name in ("../../jobs.db", "..%2F..%2Fjobs.db", "%2E%2E/%2E%2E/jobs.db", "/etc/passwd", "log.txt%00.png",
                  "source.json", "x" * 5000):
         r = httpx.get(f"{server.url}/api/jobs/{job}/artifacts/{name}")
@@ -237,6 +238,8 @@ def test_token_upload_limit_and_loopback_rules(tmp_path, capsys):
         assert httpx.get(f"{s.url}/api/jobs").status_code == 401
         assert httpx.get(f"{s.url}/api/jobs", headers={"Authorization": "Bearer nope"}).status_code == 401
         assert httpx.get(f"{s.url}/api/jobs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert httpx.get(f"{s.url}/api/jobs", headers={"Authorization": "bearer s3cret"}).status_code == 200
+        assert httpx.get(f"{s.url}/api/jobs", headers={"Authorization": "s3cret"}).status_code == 401
         assert httpx.get(f"{s.url}/api/jobs?token=s3cret").status_code == 200
         big = png(tmp_path / "big.png", 160, 160, seed=1)
         assert big.stat().st_size > 0.01 * 2**20

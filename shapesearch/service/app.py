@@ -98,8 +98,10 @@ def create_app(settings: Settings) -> FastAPI:
     def authorized(request: Request) -> None:
         if not settings.token:
             return
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        given = given or request.query_params.get("token", "")
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 9110); a bare token is not a scheme
+            given = ""
+        given = given.strip() or request.query_params.get("token", "")
         if not hmac.compare_digest(given.encode(), settings.token.encode()):
             raise HTTPException(401, "a valid token is required (Authorization: Bearer TOKEN, or ?token=TOKEN)")
 
@@ -242,7 +244,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/api/jobs/{job_id}/stop", summary="Stop a pending or running job")
     def stop(job_id: str) -> dict:
-        record(job_id)
+        job = record(job_id)
+        if job.state in ("SUCCEEDED", "FAILED", "STOPPED"):
+            raise HTTPException(409, f"job {job_id} is {job.state}; only a pending or running job can be stopped")
         manager.stop(job_id)
         return view(record(job_id))
 
