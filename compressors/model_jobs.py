@@ -180,10 +180,12 @@ def _calibration_record(calib: str | Path | None, text: str, samples: int, seqle
             "text_sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
-def _check_plan_calibration(config: object, calib: str | Path | None, samples: int, seqlen: int, seed: int) -> None:
-    """An activation-aware plan is whitened on the windows it was made on: refuse others."""
+def _check_plan_calibration(config: object, calib: str | Path | None, text: str, samples: int, seqlen: int,
+                            seed: int) -> None:
+    """An activation-aware plan is whitened on the windows it was made on: refuse others
+    (``text``: what ``calib`` holds)."""
     made = config.plan.calibration or {}
-    given = _calibration_record(calib, read_text(calib, "calibration", "calib"), samples, seqlen, seed)
+    given = _calibration_record(calib, text, samples, seqlen, seed)
     # the text by its digest where the plan has one (a plan from before digests: by the path given)
     keys = ("samples", "seqlen", "seed", "text_sha256" if "text_sha256" in made else "text")
     differ = ["text" if k == "text_sha256" else k for k in keys if k in made and made[k] != given[k]]
@@ -229,11 +231,13 @@ def compress_model(model: str, config: object, out: str | Path, *, calib: str | 
     aware = any(_plans_activations(step) for step in steps)  # whitened on the calibration windows
     if calibrated or tune or aware:
         check_windows(samples, seqlen)
-    for step in steps:
-        if _plans_activations(step) and not isinstance(step.plan, PlanRequest):
-            _check_plan_calibration(step, calib, samples, seqlen, seed)
+    planned = [s for s in steps if _plans_activations(s) and not isinstance(s.plan, PlanRequest)]
+    text = read_text(calib, "calibration", "calib") if planned else None  # read once, checked against the plans
+    for step in planned:
+        _check_plan_calibration(step, calib, text, samples, seqlen, seed)
     _check_out(out, overwrite, model)
-    text = read_text(calib, "calibration", "calib") if calibrated or tune or aware else None
+    if text is None and (calibrated or tune or aware):
+        text = read_text(calib, "calibration", "calib")
     shape = skeleton(model)  # the architecture from config.json / the GGUF header, before any weights
     if calibrated and shape is not None:  # its parts, the ratio and calibration size: before loading
         steps[0].preflight(shape, samples * seqlen)

@@ -45,9 +45,7 @@ def save(model: nn.Module, directory: str | Path, tokenizer: PreTrainedTokenizer
     model's config.json is marked so that only :func:`load` (or the Auto classes once
     ``compressors`` is imported) reads it.  Files come out with the modes the umask gives."""
     directory = Path(directory)
-    for stale in _STALE_WEIGHTS:  # an overwritten model's shards or index would be read with the new weights
-        for path in directory.glob(stale):
-            path.unlink()
+    _remove_weights(directory)  # an overwritten model's shards or index would be read with the new weights
     before = _file_stamps(directory)
     model.save_pretrained(directory, safe_serialization=True, max_shard_size="100GB")
     if getattr(model.config, "shapesearch_compression", None):
@@ -73,10 +71,14 @@ def _write_module_weights(model: nn.Module, directory: Path) -> None:
         if key not in seen:
             seen.add(key)
             state[name] = tensor.detach().contiguous()
-    for stale in _STALE_WEIGHTS:
-        for path in directory.glob(stale):
-            path.unlink()
+    _remove_weights(directory)  # save_pretrained's, under the old names
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _remove_weights(directory: Path) -> None:
+    for pattern in _STALE_WEIGHTS:
+        for path in directory.glob(pattern):
+            path.unlink()
 
 
 def _mark_compressed(path: Path) -> None:

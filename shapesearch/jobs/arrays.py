@@ -32,11 +32,10 @@ def check_npy_header(stream: BinaryIO, size: int, path: Path | str) -> None:
     if size == 0:
         raise ShapesearchError(f"{path} is empty; write an array with numpy.save(path, array)")
     try:
-        f = stream
-        version = np.lib.format.read_magic(f)
+        version = np.lib.format.read_magic(stream)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(f, max_header_size=100_000)
-        offset = f.tell()
+        shape, _, dtype = read(stream, max_header_size=100_000)
+        offset = stream.tell()
     except (ValueError, EOFError, OSError) as exc:
         raise ShapesearchError(f"{path} is not a .npy array file ({exc}); write one with numpy.save") from exc
     if dtype.hasobject:
@@ -141,15 +140,20 @@ def _load_safetensors(path: Path, key: str | None) -> np.ndarray:
                                "float, int or bfloat16/float8 type are read") from exc
 
 
+def check_no_key(path: Path | str, key: str | None) -> None:
+    """A .npy file holds one array: a tensor ``key`` for it is a mistake, not something to ignore."""
+    if key is not None:
+        raise ArgumentError("key", f"{key!r} names a tensor inside a .safetensors file; {path} is a .npy "
+                                   "file, which holds one array: drop the key")
+
+
 def load_array(path: Path, key: str | None = None) -> np.ndarray:
     """A real array from .npy (never unpickled) or .safetensors (``key``: which tensor)."""
     path = Path(path)
     if not path.is_file():
         raise ShapesearchError(f"{path} not found; give a .npy or .safetensors file")
     if path.suffix == ".npy":
-        if key is not None:
-            raise ArgumentError("key", f"{key!r} names a tensor inside a .safetensors file; {path} is a .npy "
-                                       "file, which holds one array: drop the key")
+        check_no_key(path, key)
         return _load_npy(path)
     if path.suffix == ".safetensors":
         return _load_safetensors(path, key)

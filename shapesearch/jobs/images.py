@@ -92,11 +92,12 @@ def check_image_header(stream: object, name: str) -> None:
         raise ShapesearchError(f"{name} could not be opened ({exc})") from exc
 
 
-def _check_mode(im: Image.Image, path: Path) -> None:
-    """A mode this reader converts exactly (16-bit colour is decoded by Pillow to 8 bits)."""
+def _check_mode(im: Image.Image, path: Path) -> str:
+    """The :data:`_MODES` key of ``im``'s mode (a palette maps to RGB or RGBA), refusing a mode
+    this reader does not convert exactly (16-bit colour is decoded by Pillow to 8 bits)."""
     own = im.mode
     rawmodes = [t.args[0] if isinstance(t.args, tuple) else t.args for t in (im.tile or [])]
-    if own not in ("I;16", "I;16L", "I;16B", "I;16N", "I") and any(";16" in str(r) for r in rawmodes):
+    if _MODES.get(own, ("", 8))[1] != 16 and any(";16" in str(r) for r in rawmodes):
         # Pillow decodes 16-bit colour (and 16-bit gray + alpha) to 8 bits: the data would change
         raise ShapesearchError(f"{path}: 16-bit colour ({rawmodes[0]}) is read by Pillow only as 8 bits; "
                                "save it as a .npy array (H × W × C) and use `shapesearch tensor`, or "
@@ -107,13 +108,13 @@ def _check_mode(im: Image.Image, path: Path) -> None:
         raise ShapesearchError(f"{path}: image mode {im.mode!r} is not supported; convert it to 8-bit "
                                "RGB/RGBA/gray or 16-bit gray, or save it as a .npy array and "
                                "compress that")
+    return own
 
 
 def _read_frame(im: Image.Image, path: Path, mode: str | None = None) -> tuple[np.ndarray, int]:
     """The current frame as an array in ``mode`` (default: the one its own mode maps to) and
     its bit depth."""
-    _check_mode(im, path)
-    own = im.mode if im.mode != "P" else "RGBA" if "transparency" in im.info else "RGB"
+    own = _check_mode(im, path)
     if im.getexif().get(_ORIENTATION, 1) != 1:  # a camera's rotation: search what the viewer shows
         im = ImageOps.exif_transpose(im)
     target, bits = _MODES[mode or own]

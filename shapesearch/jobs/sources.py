@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ShapesearchError
 from .arrays import load_array
-from .images import load_image
+from .images import DEFAULT_IMAGE, load_image
 
 SOURCE_FILE = "source.json"
 KINDS = ("image", "array")
@@ -44,7 +44,7 @@ class Source:
     def name(self) -> str:
         """What a run on this input is called: the file's stem, and a tensor's key (so that two
         tensors of one file get two default output directories); safe as a directory name."""
-        stem = Path(self.path).stem if self.path else "astronaut"
+        stem = Path(self.path or DEFAULT_IMAGE).stem
         return stem if self.key is None else f"{stem}-{re.sub(r'[^A-Za-z0-9._-]', '_', self.key)}"
 
     def save(self, directory: Path) -> None:

@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from fastapi.staticfiles import StaticFiles
 
 from ..errors import ArgumentError, ShapesearchError
-from ..jobs.arrays import check_npy_header, chosen_tensor, tensor_names
+from ..jobs.arrays import check_no_key, check_npy_header, chosen_tensor, tensor_names
 from ..jobs.images import check_image_header
 from ..paths import check_writable_dir
 from .driver import INPUT, LOG, OUT
@@ -245,7 +245,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/api/jobs/{job_id}/stop", summary="Stop a pending or running job")
     def stop(job_id: str) -> dict:
         job = record(job_id)
-        if job.state in ("SUCCEEDED", "FAILED", "STOPPED"):
+        if job.state in FINISHED:
             raise HTTPException(409, f"job {job_id} is {job.state}; only a pending or running job can be stopped")
         manager.stop(job_id)
         return view(record(job_id))
@@ -301,9 +301,7 @@ def _check_input(kind: str, params: dict, upload: object, settings: Settings) ->
                     raise ShapesearchError(f"{name.name} is not a readable safetensors file (no valid header)")
                 chosen_tensor(name.name, names, params.get("key"))
             elif suffix == ".npy":
-                if params.get("key") is not None:
-                    raise ArgumentError("key", f"names a tensor inside a .safetensors file; {name.name} is a .npy "
-                                               "file, which holds one array: drop the key")
+                check_no_key(name.name, params.get("key"))
                 check_npy_header(upload.file, upload.size or 0, name.name)
             else:
                 check_image_header(upload.file, name.name)
