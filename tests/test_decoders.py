@@ -174,7 +174,9 @@ def test_families_saved_under_old_checkpoint_names_reload(family, tmp_path):
     compressors.compress(model, SatenConfig(plan=plan, density=0.05))
     compressors.save(model, tmp_path / "m")
     ids = windows(1, seed=7)[0]
-    assert torch.equal(logits(compressors.load(tmp_path / "m", dtype), ids), logits(model, ids))
+    # not bit for bit: the reloaded model keeps its rotary buffers in float32 where .to(dtype) cast them
+    assert close(logits(compressors.load(tmp_path / "m", dtype), ids), logits(model, ids),
+                 1e-6 if dtype == torch.float64 else 1e-4)
 
 
 def _config_only(tmp_path, config: hf.PreTrainedConfig):
